@@ -1,0 +1,3 @@
+from harchos_cli.cli.app import main
+
+main()

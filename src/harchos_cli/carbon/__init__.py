@@ -1,0 +1,1 @@
+"""Carbon signals: regions, providers, the embedded forecaster and window search."""

@@ -1,0 +1,1 @@
+"""Carbon data providers: live API clients, the embedded model and trace replay."""

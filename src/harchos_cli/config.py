@@ -1,0 +1,257 @@
+"""Configuration: one table of settings, resolved by the documented precedence.
+
+flag > `HARCHOS_*` (or the ecosystem's) environment variable > project `harchos.toml` >
+user config file > default. Secrets are read only from the environment or the user config file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from harchos_cli import paths
+from harchos_cli.errors import UsageError
+
+ValueType = Literal["str", "float", "int", "bool"]
+Origin = Literal["flag", "env", "project", "user", "default"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    default: str | float | int | bool | None
+    env: str
+    type: ValueType
+    description: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "provider",
+        "auto",
+        "HARCHOS_PROVIDER",
+        "str",
+        "Carbon data provider: auto, embedded, electricitymaps, watttime, ukgrid or replay:PATH.",
+    ),
+    Setting(
+        "http.timeout",
+        10.0,
+        "HARCHOS_HTTP_TIMEOUT",
+        "float",
+        "Seconds before a provider request is abandoned (then harchos falls back).",
+    ),
+    Setting(
+        "http.retries",
+        2,
+        "HARCHOS_HTTP_RETRIES",
+        "int",
+        "Retries, with exponential backoff, on HTTP 429 and 5xx.",
+    ),
+    Setting(
+        "cache.enabled",
+        True,
+        "HARCHOS_CACHE",
+        "bool",
+        "Reuse provider answers within the same half hour.",
+    ),
+    Setting(
+        "electricitymaps.base_url",
+        "https://api.electricitymap.org/v3/",
+        "HARCHOS_ELECTRICITYMAPS_URL",
+        "str",
+        "Electricity Maps API base URL.",
+    ),
+    Setting(
+        "electricitymaps.token",
+        None,
+        "ELECTRICITYMAPS_API_TOKEN",
+        "str",
+        "Electricity Maps API token.",
+        secret=True,
+    ),
+    Setting(
+        "electricitymaps.emission_factor",
+        "lifecycle",
+        "HARCHOS_ELECTRICITYMAPS_EMISSION_FACTOR",
+        "str",
+        "Electricity Maps emission factors: lifecycle or direct.",
+    ),
+    Setting(
+        "watttime.base_url",
+        "https://api.watttime.org",
+        "HARCHOS_WATTTIME_URL",
+        "str",
+        "WattTime API base URL.",
+    ),
+    Setting("watttime.username", None, "WATTTIME_USER", "str", "WattTime user name."),
+    Setting(
+        "watttime.password", None, "WATTTIME_PASSWORD", "str", "WattTime password.", secret=True
+    ),
+    Setting(
+        "watttime.signal",
+        "co2_moer",
+        "HARCHOS_WATTTIME_SIGNAL",
+        "str",
+        "WattTime signal: co2_moer (marginal) or co2_aoer (average).",
+    ),
+    Setting(
+        "ukgrid.base_url",
+        "https://api.carbonintensity.org.uk",
+        "HARCHOS_UKGRID_URL",
+        "str",
+        "UK Carbon Intensity API base URL (no key needed).",
+    ),
+)
+BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+MASK = "********"
+
+
+def _coerce(setting: Setting, raw: Any, origin: str) -> str | float | int | bool:
+    try:
+        if setting.type == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(text)
+        if setting.type == "float":
+            return float(raw)
+        if setting.type == "int":
+            return int(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise UsageError(
+            f"bad value {raw!r} for setting {setting.key} (from {origin})",
+            hint=f"expected a {setting.type}",
+        ) from None
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in table.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{key}."))
+        else:
+            flat[key] = value
+    return flat
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(
+            f"{path} is not valid TOML: {exc}", hint="fix or remove the file"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def find_project_file(start: Path | None = None) -> Path | None:
+    """The nearest `harchos.toml` in `start` or a parent directory."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "harchos.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    value: str | float | int | bool | None
+    origin: Origin
+
+
+class Config:
+    """Resolved settings. Build with `Config.load()`; pass command-line flags as `flags`."""
+
+    def __init__(self, values: dict[str, Resolved], project_file: Path | None, user_file: Path):
+        self._values = values
+        self.project_file = project_file
+        self.user_file = user_file
+
+    @classmethod
+    def load(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        project_file: Path | None = None,
+        user_file: Path | None = None,
+    ) -> Config:
+        env = os.environ if environ is None else environ
+        user_path = user_file or paths.config_file()
+        project_path = project_file if project_file is not None else find_project_file()
+        user = _flatten(_read_toml(user_path))
+        project_table = _read_toml(project_path) if project_path else {}
+        # A project's harchos.toml may carry a [settings] table; the rest belongs to jobs.
+        project = _flatten(project_table.get("settings", {}))
+        for key in project:
+            if key in BY_KEY and BY_KEY[key].secret:
+                raise UsageError(
+                    f"{project_path} sets the secret {key}",
+                    hint=f"secrets belong in the environment ({BY_KEY[key].env}) "
+                    f"or in {user_path}, never in a project file",
+                )
+        given = {k: v for k, v in (flags or {}).items() if v is not None}
+        values: dict[str, Resolved] = {}
+        for setting in SETTINGS:
+            values[setting.key] = cls._resolve(setting, given, env, project, user)
+        return cls(values, project_path, user_path)
+
+    @staticmethod
+    def _resolve(
+        setting: Setting,
+        flags: Mapping[str, Any],
+        env: Mapping[str, str],
+        project: Mapping[str, Any],
+        user: Mapping[str, Any],
+    ) -> Resolved:
+        if setting.key in flags:
+            return Resolved(_coerce(setting, flags[setting.key], "flag"), "flag")
+        if env.get(setting.env):
+            return Resolved(_coerce(setting, env[setting.env], setting.env), "env")
+        if setting.key in project:
+            return Resolved(_coerce(setting, project[setting.key], "harchos.toml"), "project")
+        if setting.key in user:
+            return Resolved(_coerce(setting, user[setting.key], "user config"), "user")
+        return Resolved(setting.default, "default")
+
+    def get(self, key: str) -> Any:
+        return self._values[key].value
+
+    def origin(self, key: str) -> Origin:
+        return self._values[key].origin
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every setting with its value (secrets masked), origin and environment variable."""
+        rows = []
+        for setting in SETTINGS:
+            resolved = self._values[setting.key]
+            value = resolved.value
+            if setting.secret and value is not None:
+                value = MASK
+            rows.append(
+                {
+                    "key": setting.key,
+                    "value": value,
+                    "origin": resolved.origin,
+                    "env": setting.env,
+                    "secret": setting.secret,
+                    "description": setting.description,
+                }
+            )
+        return rows

@@ -1,0 +1,63 @@
+"""The one SQLite state database (WAL), with a small ordered list of schema migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from harchos_cli import paths
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    """Register `fn` as the next schema migration. Never reorder or edit a released one."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def _m001_response_cache(db: sqlite3.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE response_cache (
+            provider TEXT NOT NULL,
+            zone TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            slot TEXT NOT NULL,
+            fetched_at TEXT NOT NULL,
+            body BLOB NOT NULL,
+            PRIMARY KEY (provider, zone, endpoint, slot)
+        )
+        """
+    )
+
+
+def connect(path: Path | None = None) -> sqlite3.Connection:
+    """Open (creating and migrating as needed) the state database."""
+    target = path or paths.state_db()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(target, timeout=30, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA busy_timeout=30000")
+    _migrate(db)
+    return db
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version >= len(MIGRATIONS):
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        # Re-read inside the write lock: another process may have migrated meanwhile.
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        for index in range(version, len(MIGRATIONS)):
+            MIGRATIONS[index](db)
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
