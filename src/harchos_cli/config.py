@@ -7,6 +7,7 @@ user config file > default. Secrets are read only from the environment or the us
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ SETTINGS: tuple[Setting, ...] = (
         "auto",
         "HARCHOS_PROVIDER",
         "str",
-        "Carbon data provider: auto, embedded, electricitymaps, watttime, ukgrid or replay:PATH.",
+        "Carbon data: auto, embedded, electricitymaps, watttime, ukgrid or replay:PATH.",
     ),
     Setting(
         "http.timeout",
@@ -159,6 +160,13 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
+def _readable_by_others(path: Path) -> bool:
+    try:
+        return bool(stat.S_IMODE(path.stat().st_mode) & 0o077)
+    except OSError:
+        return False
+
+
 def find_project_file(start: Path | None = None) -> Path | None:
     """The nearest `harchos.toml` in `start` or a parent directory."""
     here = (start or Path.cwd()).resolve()
@@ -178,10 +186,17 @@ class Resolved:
 class Config:
     """Resolved settings. Build with `Config.load()`; pass command-line flags as `flags`."""
 
-    def __init__(self, values: dict[str, Resolved], project_file: Path | None, user_file: Path):
+    def __init__(
+        self,
+        values: dict[str, Resolved],
+        project_file: Path | None,
+        user_file: Path,
+        warnings: list[str] | None = None,
+    ) -> None:
         self._values = values
         self.project_file = project_file
         self.user_file = user_file
+        self.warnings = warnings or []
 
     @classmethod
     def load(
@@ -210,7 +225,12 @@ class Config:
         values: dict[str, Resolved] = {}
         for setting in SETTINGS:
             values[setting.key] = cls._resolve(setting, given, env, project, user)
-        return cls(values, project_path, user_path)
+        warnings = []
+        if any(BY_KEY[k].secret for k in user if k in BY_KEY) and _readable_by_others(user_path):
+            warnings.append(
+                f"{user_path} holds secrets but others can read it; run: chmod 600 {user_path}"
+            )
+        return cls(values, project_path, user_path, warnings)
 
     @staticmethod
     def _resolve(

@@ -88,7 +88,7 @@ def iso(value: datetime) -> str:
 
 def format_duration(delta: timedelta) -> str:
     """Short human form: `6h`, `1h30m`, `2d3h`, `45s`."""
-    total = int(round(delta.total_seconds()))
+    total = round(delta.total_seconds())
     parts: list[str] = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         count, total = divmod(total, size)

@@ -19,7 +19,7 @@ def half_hour_slot(moment: datetime) -> str:
 
 
 class ResponseCache:
-    """Stores raw response bodies. `enabled=False` makes every lookup miss and every store a no-op."""
+    """Stores raw response bodies; with `enabled=False` every lookup misses."""
 
     def __init__(self, path: Path | None = None, *, enabled: bool = True) -> None:
         self._path = path

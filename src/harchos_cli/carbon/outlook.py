@@ -1,0 +1,168 @@
+"""What `harchos forecast` reports: per region the intensity ahead, the greenest window for a job,
+the spans under a threshold, and, across regions, a ranking of where and when to run."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from harchos_cli.carbon.service import ForecastService
+from harchos_cli.carbon.types import Forecast, Point, Region
+from harchos_cli.carbon.windows import BestWindow, Window, best_window, periods_below
+from harchos_cli.errors import HarchosError
+from harchos_cli.timeparse import floor_hour, format_duration, iso
+
+UNIT = "gCO2eq/kWh"
+
+
+@dataclass
+class RegionOutlook:
+    forecast: Forecast
+    best: BestWindow | None
+    below: list[Window] | None
+    error: str | None = None
+
+
+@dataclass
+class Outlook:
+    now: datetime
+    duration: timedelta
+    deadline: datetime
+    threshold: float | None
+    regions: list[RegionOutlook]
+    warnings: list[str] = field(default_factory=list)
+
+    def ranking(self) -> list[RegionOutlook]:
+        """Regions with a best window, greenest first; average and marginal signals apart."""
+        ranked = [r for r in self.regions if r.best is not None]
+        return sorted(
+            ranked,
+            key=lambda r: (
+                r.forecast.source.signal != "average",
+                r.best.best.mean_intensity if r.best else math.inf,
+                r.best.best.start if r.best else self.now,
+            ),
+        )
+
+
+def build_outlook(
+    service: ForecastService,
+    regions: Sequence[Region],
+    *,
+    now: datetime,
+    hours: int,
+    duration: timedelta,
+    deadline: datetime,
+    threshold: float | None,
+) -> Outlook:
+    """Forecast every region and search each for its greenest window before `deadline`."""
+    earliest = floor_hour(now)
+    # The window search needs the forecast to reach the deadline even if fewer hours are shown.
+    needed = max(hours, math.ceil((deadline - earliest) / timedelta(hours=1)))
+    outlooks = []
+    for region in regions:
+        forecast = service.forecast(region, now, needed)
+        best: BestWindow | None = None
+        error = None
+        try:
+            best = best_window(forecast.points, duration, earliest=earliest, deadline=deadline)
+        except HarchosError as exc:
+            if len(regions) == 1:
+                raise
+            error = exc.message
+        below = periods_below(forecast.points, threshold) if threshold is not None else None
+        outlooks.append(RegionOutlook(forecast, best, below, error))
+    outlook = Outlook(now, duration, deadline, threshold, outlooks, list(service.config.warnings))
+    signals = {r.forecast.source.signal for r in outlooks}
+    if len(signals) > 1:
+        outlook.warnings.append(
+            "some regions have marginal and some average intensity; they are ranked apart, "
+            "averages first (the two are not comparable)"
+        )
+    return outlook
+
+
+def _point_json(point: Point) -> dict[str, Any]:
+    return {
+        "start": iso(point.start),
+        "end": iso(point.end),
+        "intensity": round(point.intensity, 2),
+        "low": round(point.low, 2),
+        "high": round(point.high, 2),
+    }
+
+
+def _window_json(window: Window) -> dict[str, Any]:
+    return {
+        "start": iso(window.start),
+        "end": iso(window.end),
+        "mean_intensity": round(window.mean_intensity, 2),
+    }
+
+
+def region_json(outlook: Outlook, item: RegionOutlook) -> dict[str, Any]:
+    """The documented `harchos forecast --json` object for one region (docs/json.md)."""
+    forecast = item.forecast
+    source = forecast.source
+    best = item.best
+    return {
+        "region": forecast.region.name,
+        "zone": forecast.region.zone,
+        "display_name": forecast.region.display_name,
+        "provider": source.provider,
+        "signal": source.signal,
+        "method": source.method,
+        "kind": source.kind,
+        "model": source.model or None,
+        "source_detail": source.detail or None,
+        "fetched_at": iso(source.fetched_at),
+        "history": {"provider": forecast.history_source, "hours": len(forecast.history)}
+        if forecast.history
+        else None,
+        "unit": UNIT,
+        "now": iso(outlook.now),
+        "duration": format_duration(outlook.duration),
+        "deadline": iso(outlook.deadline),
+        "points": [_point_json(p) for p in forecast.points],
+        "best_window": None
+        if best is None
+        else {
+            **_window_json(best.best),
+            "saving_vs_now": round(best.saving_vs_now, 4),
+            "saving_vs_median": round(best.saving_vs_median, 4),
+            "now_intensity": round(best.now.mean_intensity, 2),
+            "median_intensity": round(best.median_intensity, 2),
+            "candidates": best.candidates,
+        },
+        "threshold": outlook.threshold,
+        "below_threshold": None if item.below is None else [_window_json(w) for w in item.below],
+        "error": item.error,
+        "warnings": forecast.warnings,
+    }
+
+
+def outlook_json(outlook: Outlook) -> dict[str, Any]:
+    """One region: its object. Several: `{"ranking": [...], "forecasts": [...]}`."""
+    if len(outlook.regions) == 1:
+        return region_json(outlook, outlook.regions[0])
+    ranking = []
+    for rank, item in enumerate(outlook.ranking(), start=1):
+        assert item.best is not None
+        ranking.append(
+            {
+                "rank": rank,
+                "region": item.forecast.region.name,
+                "zone": item.forecast.region.zone,
+                "signal": item.forecast.source.signal,
+                **_window_json(item.best.best),
+                "saving_vs_now": round(item.best.saving_vs_now, 4),
+            }
+        )
+    return {
+        "ranking": ranking,
+        "forecasts": [region_json(outlook, r) for r in outlook.regions],
+        "warnings": outlook.warnings,
+    }

@@ -1,0 +1,167 @@
+"""The forecast service: pick a provider, fetch, fall back, and label where every number came from.
+
+Offline first: whatever goes wrong with a live provider, the embedded model answers and the result
+says so. Only a replay trace that cannot serve the request is an error (exit 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from harchos_cli.carbon.cache import ResponseCache
+from harchos_cli.carbon.embedded import EmbeddedModel
+from harchos_cli.carbon.providers.base import LiveProvider, ProviderData
+from harchos_cli.carbon.providers.live import LIVE_PROVIDERS, make_live_provider
+from harchos_cli.carbon.providers.replay import ReplayProvider, parse_replay_spec
+from harchos_cli.carbon.types import Forecast, Observation, Point, Region, Source
+from harchos_cli.config import Config
+from harchos_cli.errors import ProviderError, UsageError
+from harchos_cli.timeparse import floor_hour
+
+PROVIDER_CHOICES = ("auto", "embedded", *LIVE_PROVIDERS, "replay:PATH")
+# Preference for --provider auto among configured providers that cover the zone. WattTime is last:
+# its default signal is marginal, which must never be ranked against the average signals.
+AUTO_ORDER = ("electricitymaps", "ukgrid", "watttime")
+
+
+@dataclass
+class ForecastService:
+    """Forecasts for regions from one provider spec (`auto`, a provider name, `replay:PATH`)."""
+
+    config: Config
+    cache: ResponseCache
+    provider_spec: str = "auto"
+
+    def __post_init__(self) -> None:
+        spec = self.provider_spec.strip()
+        name = spec.split(":", 1)[0].lower()
+        if name not in {"auto", "embedded", "replay", *LIVE_PROVIDERS}:
+            raise UsageError(
+                f"unknown provider {spec!r}", hint=f"choose one of: {', '.join(PROVIDER_CHOICES)}"
+            )
+        self._name = name
+        self._replay = ReplayProvider(parse_replay_spec(spec)) if name == "replay" else None
+        self._live: dict[str, LiveProvider] = {}
+
+    @property
+    def replay(self) -> ReplayProvider | None:
+        return self._replay
+
+    def default_now(self, wall_clock: datetime) -> datetime:
+        """ "Now" for this provider: the wall clock, or 14 days into a replayed trace."""
+        return self._replay.default_now() if self._replay else wall_clock
+
+    def forecast(self, region: Region, now: datetime, hours: int) -> Forecast:
+        if self._replay is not None:
+            history, points, source = self._replay.window(now, hours)
+            forecast = Forecast(region, points, source, history, history_source="replay")
+            if self._replay.trace.zone and self._replay.trace.zone != region.zone:
+                forecast.warnings.append(
+                    f"the replayed trace is for {self._replay.trace.zone}, not {region.zone}"
+                )
+            return forecast
+        if self._name == "embedded":
+            return self._embedded(region, now, hours)
+        warnings: list[str] = []
+        for name in self._candidates(region, warnings):
+            try:
+                data = self._provider(name).fetch(region, now, hours)
+            except ProviderError as exc:
+                warnings.append(f"{exc}; using the embedded model instead")
+                continue
+            forecast = self._from_live(region, now, hours, data)
+            forecast.warnings[:0] = warnings
+            return forecast
+        forecast = self._embedded(region, now, hours)
+        forecast.warnings[:0] = warnings
+        return forecast
+
+    def _candidates(self, region: Region, warnings: list[str]) -> list[str]:
+        if self._name != "auto":
+            provider = self._provider(self._name)
+            if not provider.covers(region):
+                raise UsageError(
+                    f"{self._name} has no data for {region.name} ({region.zone})",
+                    hint="use --provider auto or embedded",
+                )
+            if not provider.configured():
+                warnings.append(
+                    f"{self._name} has no credentials (see `harchos config show`); "
+                    "using the embedded model instead"
+                )
+                return []
+            return [self._name]
+        return [
+            name
+            for name in AUTO_ORDER
+            if self._provider(name).covers(region) and self._provider(name).configured()
+        ]
+
+    def _provider(self, name: str) -> LiveProvider:
+        if name not in self._live:
+            self._live[name] = make_live_provider(name, self.config, self.cache)
+        return self._live[name]
+
+    def _embedded(
+        self,
+        region: Region,
+        now: datetime,
+        hours: int,
+        history: Sequence[Observation] = (),
+        history_source: str | None = None,
+    ) -> Forecast:
+        model = EmbeddedModel.load()
+        points = model.forecast(region.zone, now, hours, history=history)
+        detail = (
+            f"conditioned on {len(history)} h of {history_source} history"
+            if history
+            else "seasonal profile only (no recent history)"
+        )
+        source = Source(
+            provider="embedded",
+            signal="average",
+            method="lifecycle",
+            kind="forecast",
+            fetched_at=now,
+            model=model.model_name,
+            detail=detail,
+        )
+        return Forecast(region, points, source, list(history), history_source)
+
+    def _from_live(self, region: Region, now: datetime, hours: int, data: ProviderData) -> Forecast:
+        if data.forecast is None:
+            forecast = self._embedded(region, now, hours, data.history, data.source.provider)
+        else:
+            points = _with_band(region, now, hours, data.forecast)
+            forecast = Forecast(region, points, data.source, data.history, data.source.provider)
+        forecast.warnings.extend(data.warnings)
+        return forecast
+
+
+def _with_band(region: Region, now: datetime, hours: int, values: list[Observation]) -> list[Point]:
+    """A provider forecast gets the embedded model's calibrated P10–P90 error band per lead.
+
+    Providers publish no spread; the band is the embedded model's backtested error, a stand-in
+    that is wide rather than overconfident.
+    """
+    start = floor_hour(now)
+    ahead = [v for v in values if v.end > start and v.start < start + timedelta(hours=hours)]
+    model = EmbeddedModel.load()
+    if not model.has_zone(region.zone) or not ahead:
+        return [Point(v.start, v.end, v.intensity, v.intensity, v.intensity) for v in ahead]
+    low, high = model.band_ratios(region.zone, max(1, hours), with_history=True)
+    points = []
+    for value in ahead:
+        lead = max(0, min(len(low) - 1, int((value.start - start).total_seconds() // 3600)))
+        points.append(
+            Point(
+                value.start,
+                value.end,
+                value.intensity,
+                min(value.intensity, value.intensity * float(low[lead])),
+                max(value.intensity, value.intensity * float(high[lead])),
+            )
+        )
+    return points

@@ -1,0 +1,1 @@
+"""Thin Typer command modules over the harchos core. No logic lives here."""

@@ -1,0 +1,47 @@
+"""`harchos config`: the resolved settings and where they live."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="Show the configuration and where it lives.", rich_markup_mode=None)
+
+
+@app.command()
+def show(json_: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Every setting, its value (secrets masked) and where the value came from."""
+    from harchos_cli.cli import render
+    from harchos_cli.config import Config
+
+    config = Config.load()
+    if json_:
+        render.print_json(
+            {
+                "user_file": str(config.user_file),
+                "project_file": str(config.project_file) if config.project_file else None,
+                "settings": config.describe(),
+            }
+        )
+    else:
+        render.print_config(config)
+
+
+@app.command()
+def path(json_: bool = typer.Option(False, "--json", help="Print JSON with every path.")) -> None:
+    """The user configuration file (with --json: also the state database and project file)."""
+    from harchos_cli import paths
+    from harchos_cli.config import find_project_file
+
+    if json_:
+        from harchos_cli.cli import render
+
+        project = find_project_file()
+        render.print_json(
+            {
+                "config": str(paths.config_file()),
+                "state": str(paths.state_db()),
+                "project": str(project) if project else None,
+            }
+        )
+    else:
+        typer.echo(str(paths.config_file()))

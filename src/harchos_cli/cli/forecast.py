@@ -1,0 +1,88 @@
+"""`harchos forecast`: the grid's carbon intensity ahead and the greenest window for a job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="Carbon intensity ahead, the greenest window for a job, and how sure it is.",
+    invoke_without_command=True,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def forecast(
+    ctx: typer.Context,
+    region: str | None = typer.Option(
+        None, "--region", "-r", help="Region(s), comma-separated: eu-west, aws:eu-west-1, DE, …"
+    ),
+    hours: int = typer.Option(48, "--hours", min=1, max=168, help="Hours ahead to show."),
+    duration: str = typer.Option("1h", "--duration", help="Job length: 90m, 6h, PT6H."),
+    deadline: str = typer.Option(
+        "24h", "--deadline", help="Job must finish by: a duration from now or an ISO time."
+    ),
+    threshold: float | None = typer.Option(
+        None, "--threshold", help="Also list the periods under this many gCO2eq/kWh."
+    ),
+    provider: str | None = typer.Option(
+        None,
+        "--provider",
+        "-p",
+        help="auto, embedded, electricitymaps, watttime, ukgrid or replay:PATH [HARCHOS_PROVIDER].",
+    ),
+    at: str | None = typer.Option(
+        None, "--at", help="Pretend it is this ISO time (default: now; replay: 14 days in)."
+    ),
+    json_: bool = typer.Option(False, "--json", help="Print JSON (schema in docs/json.md)."),
+    csv_: bool = typer.Option(False, "--csv", help="Print the points as CSV."),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Draw a chart in the terminal."),
+) -> None:
+    """Show the carbon intensity ahead for one or more regions and the greenest window."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from harchos_cli.cli import render
+    from harchos_cli.cli.session import forecast_outlook
+
+    outlook = forecast_outlook(
+        region=region,
+        hours=hours,
+        duration=duration,
+        deadline=deadline,
+        threshold=threshold,
+        provider=provider,
+        at=at,
+    )
+    if json_:
+        from harchos_cli.carbon.outlook import outlook_json
+
+        render.emit_warnings(outlook)
+        render.print_json(outlook_json(outlook))
+    elif csv_:
+        render.print_outlook_csv(outlook)
+    else:
+        render.print_outlook(outlook, plot=plot)
+
+
+@app.command()
+def backtest(
+    trace: Path = typer.Argument(
+        ..., help="Hourly trace: Electricity Maps export or datetime,carbon_intensity."
+    ),
+    horizon: int = typer.Option(24, "--horizon", min=1, max=168, help="Forecast horizon in hours."),
+    zone: str | None = typer.Option(None, "--zone", help="Grid zone, if the file doesn't say."),
+    json_: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Score the forecaster on a trace, beside the same-hour-yesterday baseline."""
+    from harchos_cli.carbon.embedded import EmbeddedModel
+    from harchos_cli.cli import render
+    from harchos_cli.cli.session import load_trace
+    from harchos_cli.plan.evaluate import backtest as run_backtest
+
+    result = run_backtest(load_trace(trace, zone), EmbeddedModel.load(), horizon=horizon)
+    if json_:
+        render.print_json(result)
+    else:
+        render.print_backtest(result)

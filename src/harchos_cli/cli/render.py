@@ -1,0 +1,299 @@
+"""Output for people (rich tables and a terminal chart) and for programs (JSON, CSV).
+
+Imported only inside command bodies, so rich never loads for `--help`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from harchos_cli.carbon.outlook import UNIT, Outlook, RegionOutlook
+from harchos_cli.carbon.types import Point, Region, Source
+from harchos_cli.config import Config
+from harchos_cli.timeparse import format_duration, iso
+
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False)
+_warned: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """A diagnostic on stderr, each distinct message once per run."""
+    if message not in _warned:
+        _warned.add(message)
+        stderr.print(f"[yellow]warning:[/] {message}", markup=True, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def local(moment: datetime, fmt: str = "%a %d %b %H:%M") -> str:
+    """Times are UTC inside; people see their local time."""
+    return moment.astimezone().strftime(fmt)
+
+
+def describe_source(source: Source) -> str:
+    parts = [source.provider]
+    if source.model:
+        parts.append(source.model)
+    parts.append(f"{source.signal} intensity ({source.method})")
+    parts.append(source.kind)
+    text = ", ".join(parts)
+    return f"{text}; {source.detail}" if source.detail else text
+
+
+def region_dict(region: Region) -> dict[str, Any]:
+    return {
+        "name": region.name,
+        "zone": region.zone,
+        "display_name": region.display_name,
+        "kind": region.kind,
+        "providers": list(region.providers),
+        "watttime_region": region.watttime_region,
+        "ukgrid_region": region.ukgrid_region,
+        "note": region.note,
+    }
+
+
+def print_regions(entries: Sequence[Region]) -> None:
+    table = Table(box=None, header_style="bold")
+    for column in ("name", "zone", "display name", "kind", "providers"):
+        table.add_column(column)
+    for r in entries:
+        table.add_row(r.name, r.zone, r.display_name, r.kind, ", ".join(r.providers))
+    stdout.print(table)
+
+
+def print_region(region: Region) -> None:
+    table = Table(box=None, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in region_dict(region).items():
+        if value in (None, "", []):
+            continue
+        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    stdout.print(table)
+
+
+def print_config(config: Config) -> None:
+    for message in config.warnings:
+        warn(message)
+    stdout.print(f"user config: {config.user_file}")
+    stdout.print(f"project file: {config.project_file or '(none)'}")
+    table = Table(box=None, header_style="bold")
+    for column in ("setting", "value", "from", "environment variable"):
+        table.add_column(column)
+    for row in config.describe():
+        value = "" if row["value"] is None else str(row["value"])
+        table.add_row(row["key"], value, row["origin"], row["env"])
+    stdout.print(table)
+
+
+def _chart(
+    points: Sequence[Point], best: tuple[datetime, datetime] | None, height: int = 8
+) -> Text:
+    """Columns of block characters: solid up to the forecast, shaded up to the P90 bound."""
+    if not points:
+        return Text("")
+    top = max(p.high for p in points) or 1.0
+    blocks = " ▁▂▃▄▅▆▇█"
+    text = Text()
+    for row in range(height, 0, -1):
+        floor = top * (row - 1) / height
+        label = f"{top * row / height:7.0f} ┤" if row in (height, 1) else "        │"
+        text.append(label, style="dim")
+        for p in points:
+            in_best = best is not None and best[0] <= p.start < best[1]
+            style = "green" if in_best else "cyan"
+            for value, shade in ((p.intensity, style), (p.high, "grey35")):
+                fill = (value - floor) / (top / height)
+                if fill > 0:
+                    text.append(blocks[min(8, max(1, round(fill * 8)))], style=shade)
+                    break
+            else:
+                text.append(" ")
+        text.append("\n")
+    axis = "        └" + "".join("┬" if p.start.astimezone().hour % 6 == 0 else "─" for p in points)
+    text.append(axis + "\n", style="dim")
+    labels = [" "] * len(points)
+    for i, p in enumerate(points):
+        stamp = p.start.astimezone()
+        if stamp.hour % 6 == 0 and i + 5 <= len(points):
+            tag = stamp.strftime("%a") if stamp.hour == 0 else f"{stamp.hour:02d}h"
+            labels[i : i + len(tag)] = list(tag)
+    text.append("         " + "".join(labels[: len(points)]) + "\n", style="dim")
+    return text
+
+
+def emit_warnings(outlook: Outlook) -> None:
+    for message in [*outlook.warnings, *(w for r in outlook.regions for w in r.forecast.warnings)]:
+        warn(message)
+
+
+def print_outlook(outlook: Outlook, *, plot: bool) -> None:
+    emit_warnings(outlook)
+    for item in outlook.regions:
+        _print_region_outlook(outlook, item, plot=plot)
+    if len(outlook.regions) > 1:
+        _print_ranking(outlook)
+
+
+def _print_region_outlook(outlook: Outlook, item: RegionOutlook, *, plot: bool) -> None:
+    forecast = item.forecast
+    region = forecast.region
+    stdout.print(
+        Text.assemble(
+            (f"{region.name}", "bold"),
+            f" → {region.zone} ({region.display_name})",
+        )
+    )
+    stdout.print(Text(f"source: {describe_source(forecast.source)}", style="dim"))
+    if forecast.history:
+        stdout.print(
+            Text(f"history: {len(forecast.history)} h from {forecast.history_source}", style="dim")
+        )
+    best = item.best
+    span = (best.best.start, best.best.end) if best else None
+    if plot:
+        stdout.print(_chart(forecast.points, span))
+    table = Table(box=None, header_style="bold", title_justify="left")
+    table.add_column("local time")
+    table.add_column(UNIT, justify="right")
+    table.add_column("P10–P90", justify="right")
+    table.add_column("")
+    for p in forecast.points:
+        marks = []
+        if span and span[0] <= p.start < span[1]:
+            marks.append("best window")
+        if outlook.threshold is not None and p.intensity < outlook.threshold:
+            marks.append("under threshold")
+        style = "green" if span and span[0] <= p.start < span[1] else None
+        table.add_row(
+            local(p.start),
+            f"{p.intensity:.0f}",
+            f"{p.low:.0f}–{p.high:.0f}",
+            ", ".join(marks),
+            style=style,
+        )
+    stdout.print(table)
+    if best is not None:
+        stdout.print(
+            Text.assemble(
+                ("Greenest start", "bold"),
+                f" for a {format_duration(outlook.duration)} job finishing by "
+                f"{local(outlook.deadline)}: ",
+                (f"{local(best.best.start)} → {local(best.best.end, '%H:%M')}", "bold green"),
+                f", mean {best.best.mean_intensity:.0f} {UNIT}\n"
+                f"  {best.saving_vs_now:.1%} less than starting now "
+                f"({best.now.mean_intensity:.0f}), {best.saving_vs_median:.1%} less than the "
+                f"median window ({best.median_intensity:.0f})",
+            )
+        )
+    elif item.error:
+        warn(f"{region.name}: {item.error}")
+    if item.below is not None:
+        if item.below:
+            stdout.print(f"Under {outlook.threshold:g} {UNIT}:")
+            for window in item.below:
+                stdout.print(
+                    f"  {local(window.start)} → {local(window.end)}  "
+                    f"mean {window.mean_intensity:.0f}"
+                )
+        else:
+            stdout.print(f"No period under {outlook.threshold:g} {UNIT} in the forecast.")
+    stdout.print()
+
+
+def _print_ranking(outlook: Outlook) -> None:
+    table = Table(title="Where and when (greenest first)", box=None, header_style="bold")
+    for column in ("#", "region", "zone", "signal", "start", "mean", "vs now"):
+        table.add_column(column)
+    for rank, item in enumerate(outlook.ranking(), start=1):
+        assert item.best is not None
+        table.add_row(
+            str(rank),
+            item.forecast.region.name,
+            item.forecast.region.zone,
+            item.forecast.source.signal,
+            local(item.best.best.start),
+            f"{item.best.best.mean_intensity:.0f}",
+            f"{item.best.saving_vs_now:.1%}",
+        )
+    stdout.print(table)
+
+
+def print_outlook_csv(outlook: Outlook) -> None:
+    emit_warnings(outlook)
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(
+        ["region", "zone", "provider", "signal", "start", "end", "intensity", "low", "high"]
+    )
+    for item in outlook.regions:
+        source = item.forecast.source
+        for p in item.forecast.points:
+            writer.writerow(
+                [
+                    item.forecast.region.name,
+                    item.forecast.region.zone,
+                    source.provider,
+                    source.signal,
+                    iso(p.start),
+                    iso(p.end),
+                    f"{p.intensity:.2f}",
+                    f"{p.low:.2f}",
+                    f"{p.high:.2f}",
+                ]
+            )
+
+
+def _metric_table(rows: Iterable[tuple[str, ...]], columns: Sequence[str]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for column in columns:
+        table.add_column(column, justify="right" if column != columns[0] else "left")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_backtest(result: dict[str, Any]) -> None:
+    stdout.print(
+        f"[bold]{result['zone']}[/]: {result['origins']} forecasts of {result['horizon_hours']} h"
+        f" ({result.get('period', '')})"
+    )
+    base = result["baseline"]["persistence_24h"]
+    rows = [
+        ("harchos embedded", f"{result['mape']:.1%}", f"{result['mae']:.1f}"),
+        ("persistence 24 h", f"{base['mape']:.1%}", f"{base['mae']:.1f}"),
+    ]
+    stdout.print(_metric_table(rows, ("forecaster", "MAPE", f"MAE ({UNIT})")))
+    if "coverage" in result:
+        stdout.print(f"P10–P90 band covers {result['coverage']:.1%} of actual values")
+    if result.get("fit_overlap"):
+        warn("the model was fitted on data from this period: these scores are in-sample")
+
+
+def print_evaluation(result: dict[str, Any]) -> None:
+    kind = "interruptible" if result["interruptible"] else "non-interruptible"
+    stdout.print(
+        f"[bold]{result['zone']}[/]: {result['jobs']} {kind} jobs of {result['job_hours']} h "
+        f"with {result['slack_hours']} h slack"
+    )
+    saving, share = result["saving"], result["share_of_oracle"]
+    rows = [
+        ("oracle (knows the future)", f"{saving['oracle']:.1%}", "100%"),
+        ("harchos forecast", f"{saving['forecast']:.1%}", f"{share['forecast']:.0%}"),
+        ("persistence 24 h", f"{saving['persistence']:.1%}", f"{share['persistence']:.0%}"),
+    ]
+    stdout.print(_metric_table(rows, ("policy", "saving vs run now", "share of oracle")))
+    if result.get("fit_overlap"):
+        warn("the model was fitted on data from this period: these scores are in-sample")
