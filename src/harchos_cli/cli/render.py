@@ -100,38 +100,45 @@ def print_config(config: Config) -> None:
 
 
 def _chart(
-    points: Sequence[Point], best: tuple[datetime, datetime] | None, height: int = 8
+    points: Sequence[Point], best: tuple[datetime, datetime] | None, height: int = 10
 ) -> Text:
-    """Columns of block characters: solid up to the forecast, shaded up to the P90 bound."""
+    """One column per point: `█` at the forecast, `░` across its P10–P90 band, best window green."""
     if not points:
         return Text("")
-    top = max(p.high for p in points) or 1.0
-    blocks = " ▁▂▃▄▅▆▇█"
+    bottom = min(p.low for p in points)
+    top = max(p.high for p in points)
+    step = (top - bottom) / height or 1.0
+
+    def row_of(value: float) -> int:
+        return min(height - 1, int((value - bottom) / step))
+
     text = Text()
-    for row in range(height, 0, -1):
-        floor = top * (row - 1) / height
-        label = f"{top * row / height:7.0f} ┤" if row in (height, 1) else "        │"
+    for row in range(height - 1, -1, -1):
+        if row in (height - 1, 0):
+            label = f"{bottom + (row + (1 if row else 0)) * step:7.0f} ┤"
+        else:
+            label = "        │"
         text.append(label, style="dim")
         for p in points:
             in_best = best is not None and best[0] <= p.start < best[1]
-            style = "green" if in_best else "cyan"
-            for value, shade in ((p.intensity, style), (p.high, "grey35")):
-                fill = (value - floor) / (top / height)
-                if fill > 0:
-                    text.append(blocks[min(8, max(1, round(fill * 8)))], style=shade)
-                    break
+            if row == row_of(p.intensity):
+                text.append("█", style="green" if in_best else "cyan")
+            elif row_of(p.low) <= row <= row_of(p.high):
+                text.append("░", style="green" if in_best else "grey50")
             else:
                 text.append(" ")
         text.append("\n")
-    axis = "        └" + "".join("┬" if p.start.astimezone().hour % 6 == 0 else "─" for p in points)
-    text.append(axis + "\n", style="dim")
+    ticks = "".join("┬" if p.start.astimezone().hour % 6 == 0 else "─" for p in points)
+    text.append(f"        └{ticks}\n", style="dim")
     labels = [" "] * len(points)
     for i, p in enumerate(points):
         stamp = p.start.astimezone()
         if stamp.hour % 6 == 0 and i + 5 <= len(points):
             tag = stamp.strftime("%a") if stamp.hour == 0 else f"{stamp.hour:02d}h"
             labels[i : i + len(tag)] = list(tag)
-    text.append("         " + "".join(labels[: len(points)]) + "\n", style="dim")
+    text.append("         " + "".join(labels) + "\n", style="dim")
+    if best is not None:
+        text.append("         █ forecast  ░ P10–P90  green: greenest window\n", style="dim")
     return text
 
 
