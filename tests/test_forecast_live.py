@@ -1,0 +1,138 @@
+"""`harchos forecast` with live providers on a loopback server: use, label, fall back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from httpfake import FakeServer, Reply, fixture
+
+from tests.cli import harchos
+
+AT = "2026-05-03T10:00:00Z"
+HISTORY = "/v3/carbon-intensity/history"
+FORECAST = "/v3/carbon-intensity/forecast"
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
+    with FakeServer() as fake:
+        monkeypatch.setenv("HARCHOS_ELECTRICITYMAPS_URL", f"{fake.url}/v3/")
+        monkeypatch.setenv("HARCHOS_UKGRID_URL", fake.url)
+        monkeypatch.setenv("HARCHOS_HTTP_TIMEOUT", "0.5")
+        yield fake
+
+
+def forecast_de(capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    result = harchos(
+        capsys, "forecast", "-r", "DE", "--at", AT, "--hours", "24", "--duration", "2h", "--json"
+    )
+    assert result.code == 0, result.err
+    data: dict[str, object] = result.json()
+    return data
+
+
+def test_auto_uses_electricitymaps_when_a_token_is_set(
+    server: FakeServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ELECTRICITYMAPS_API_TOKEN", "tok")
+    server.route(HISTORY, Reply(200, fixture("electricitymaps/history_DE.json")))
+    server.route(FORECAST, Reply(200, fixture("electricitymaps/forecast_DE.json")))
+    data = forecast_de(capsys)
+    assert data["provider"] == "electricitymaps"
+    assert data["kind"] == "forecast"
+    points = data["points"]
+    assert isinstance(points, list)
+    recorded = fixture("electricitymaps/forecast_DE.json")["forecast"]
+    assert [p["intensity"] for p in points] == [float(e["carbonIntensity"]) for e in recorded]
+    assert all(p["low"] <= p["intensity"] <= p["high"] for p in points)
+    assert server.hits(FORECAST)[0].headers["auth-token"] == "tok"
+
+
+def test_no_token_means_embedded_without_any_request(
+    server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = forecast_de(capsys)
+    assert data["provider"] == "embedded"
+    assert server.hits() == []
+
+
+def test_server_error_falls_back_to_embedded_labelled(
+    server: FakeServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ELECTRICITYMAPS_API_TOKEN", "tok")
+    monkeypatch.setenv("HARCHOS_HTTP_RETRIES", "1")
+    server.route(HISTORY, Reply(500, {"error": "boom"}))
+    server.route(FORECAST, Reply(500, {"error": "boom"}))
+    result = harchos(capsys, "forecast", "-r", "DE", "--at", AT, "--json")
+    assert result.code == 0, result.err
+    data = result.json()
+    assert data["provider"] == "embedded"
+    assert any("electricitymaps" in w and "embedded" in w for w in data["warnings"])
+    warnings = [line for line in result.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == len(set(warnings)) >= 1
+    assert "Traceback" not in result.err
+
+
+def test_timeout_falls_back_to_embedded(
+    server: FakeServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ELECTRICITYMAPS_API_TOKEN", "tok")
+    monkeypatch.setenv("HARCHOS_HTTP_RETRIES", "0")
+    slow = Reply(200, fixture("electricitymaps/history_DE.json"), delay=5)
+    server.route(HISTORY, slow)
+    server.route(FORECAST, slow)
+    data = forecast_de(capsys)
+    assert data["provider"] == "embedded"
+    assert data["warnings"]
+
+
+def test_plan_without_forecast_uses_live_history(
+    server: FakeServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ELECTRICITYMAPS_API_TOKEN", "tok")
+    server.route(HISTORY, Reply(200, fixture("electricitymaps/history_DE.json")))
+    server.route(FORECAST, Reply(403, fixture("electricitymaps/error_403_forecast.json")))
+    data = forecast_de(capsys)
+    assert data["provider"] == "embedded"
+    # The recorded history has 24 hours, two of them null (skipped).
+    assert data["history"] == {"provider": "electricitymaps", "hours": 22}
+    assert any("forecast" in w for w in data["warnings"])
+    assert "electricitymaps history" in str(data["source_detail"])
+
+
+def test_uk_region_uses_the_uk_api_without_a_key(
+    server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Later routes take precedence: the general one first.
+    server.route(r"/regional/intensity/.*", Reply(200, fixture("ukgrid/regional_range_13.json")))
+    server.route(
+        r"/regional/intensity/.*/fw48h/regionid/13",
+        Reply(200, fixture("ukgrid/regional_fw48h_13_object.json")),
+    )
+    result = harchos(
+        capsys,
+        "forecast",
+        "-r",
+        "uk-south",
+        "--at",
+        AT,
+        "--hours",
+        "6",
+        "--deadline",
+        "6h",
+        "--json",
+    )
+    assert result.code == 0, result.err
+    data = result.json()
+    assert data["provider"] == "ukgrid", data["warnings"]
+    assert data["zone"] == "GB"
+    assert len(data["points"]) == 6
+
+
+def test_explicit_provider_that_does_not_cover_the_region_is_exit_2(
+    server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = harchos(capsys, "forecast", "-r", "DE", "--provider", "ukgrid")
+    assert result.code == 2
+    assert "ukgrid has no data for" in result.err
