@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from clirunner import harchos
 
 from harchos_cli import __version__
-from tests.cli import harchos
 
 # pydantic is not here: typer itself imports it to build a subcommand's parameters.
 HEAVY = ("httpx", "copier", "numpy", "torch", "accelerate", "rich")

@@ -8,8 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
-from tests.cli import harchos
+from clirunner import harchos
 
 T0 = datetime(2022, 2, 1, tzinfo=UTC)
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from clirunner import harchos
 from httpfake import FakeServer, Reply, fixture
-
-from tests.cli import harchos
 
 AT = "2026-05-03T10:00:00Z"
 HISTORY = "/v3/carbon-intensity/history"
@@ -23,12 +23,12 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
         yield fake
 
 
-def forecast_de(capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+def forecast_de(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     result = harchos(
         capsys, "forecast", "-r", "DE", "--at", AT, "--hours", "24", "--duration", "2h", "--json"
     )
     assert result.code == 0, result.err
-    data: dict[str, object] = result.json()
+    data: dict[str, Any] = result.json()
     return data
 
 
