@@ -1,0 +1,1 @@
+"""Decisions (when, where, how big) and their evaluation against real traces."""
