@@ -273,9 +273,11 @@ def _metric_table(rows: Iterable[tuple[str, ...]], columns: Sequence[str]) -> Ta
 
 
 def print_backtest(result: dict[str, Any]) -> None:
+    period = result.get("period") or {}
+    span = f", {period['start'][:10]} to {period['end'][:10]}" if period else ""
     stdout.print(
         f"[bold]{result['zone']}[/]: {result['origins']} forecasts of {result['horizon_hours']} h"
-        f" ({result.get('period', '')})"
+        f"{span}"
     )
     base = result["baseline"]["persistence_24h"]
     rows = [
@@ -296,10 +298,14 @@ def print_evaluation(result: dict[str, Any]) -> None:
         f"with {result['slack_hours']} h slack"
     )
     saving, share = result["saving"], result["share_of_oracle"]
+
+    def percent(value: float | None, digits: int) -> str:
+        return "n/a" if value is None else f"{value:.{digits}%}"
+
     rows = [
-        ("oracle (knows the future)", f"{saving['oracle']:.1%}", "100%"),
-        ("harchos forecast", f"{saving['forecast']:.1%}", f"{share['forecast']:.0%}"),
-        ("persistence 24 h", f"{saving['persistence']:.1%}", f"{share['persistence']:.0%}"),
+        ("oracle (knows the future)", percent(saving["oracle"], 1), "100%"),
+        ("harchos forecast", percent(saving["forecast"], 1), percent(share["forecast"], 0)),
+        ("persistence 24 h", percent(saving["persistence"], 1), percent(share["persistence"], 0)),
     ]
     stdout.print(_metric_table(rows, ("policy", "saving vs run now", "share of oracle")))
     if result.get("fit_overlap"):
