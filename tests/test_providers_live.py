@@ -8,7 +8,8 @@ import pytest
 from httpfake import provider_config
 
 from harchos_cli.carbon.cache import ResponseCache
-from harchos_cli.carbon.providers.live import LIVE_PROVIDERS, make_live_provider
+from harchos_cli.carbon.providers.live import LIVE_PROVIDERS, make_live_provider, worth_trying
+from harchos_cli.carbon.types import Region
 from harchos_cli.errors import UsageError
 
 
@@ -52,3 +53,36 @@ def test_unknown_name_lists_valid_ones(tmp_path: Path) -> None:
         make_live_provider("entsoe", provider_config(tmp_path), ResponseCache(enabled=False))
     assert "entsoe" in caught.value.message
     assert caught.value.hint == "use one of electricitymaps, watttime, ukgrid"
+
+
+@pytest.mark.parametrize(
+    ("settings", "region"),
+    [
+        ({}, Region("de", "DE", "Germany", "zone", ())),
+        ({"electricitymaps__token": "t"}, Region("de", "DE", "Germany", "zone", ())),
+        ({}, Region("gb", "GB", "Great Britain", "zone", (), ukgrid_region=None)),
+        ({}, Region("ukgrid:13", "GB", "London", "ukgrid", (), ukgrid_region=13)),
+        (
+            {"watttime__username": "u", "watttime__password": "p"},
+            Region("ciso", "US-CAL-CISO", "CAISO", "zone", (), watttime_region="CAISO_NORTH"),
+        ),
+        (
+            {"watttime__username": "u"},
+            Region("ciso", "US-CAL-CISO", "CAISO", "zone", (), watttime_region="CAISO_NORTH"),
+        ),
+        (
+            {"watttime__username": "u", "watttime__password": "p"},
+            Region("de", "DE", "D", "zone", ()),
+        ),
+    ],
+)
+def test_worth_trying_agrees_with_the_clients(
+    tmp_path: Path, settings: dict[str, str], region: Region
+) -> None:
+    config = provider_config(tmp_path, **settings)
+    cache = ResponseCache(enabled=False)
+    for name in LIVE_PROVIDERS:
+        client = make_live_provider(name, config, cache)
+        assert worth_trying(name, region, config) == (
+            client.covers(region) and client.configured()
+        ), name

@@ -35,6 +35,9 @@ class Outlook:
     regions: list[RegionOutlook]
     warnings: list[str] = field(default_factory=list)
 
+    def all_warnings(self) -> list[str]:
+        return [*self.warnings, *(w for r in self.regions for w in r.forecast.warnings)]
+
     def ranking(self) -> list[RegionOutlook]:
         """Regions with a best window, greenest first; average and marginal signals apart."""
         ranked = [r for r in self.regions if r.best is not None]

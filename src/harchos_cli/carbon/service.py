@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from harchos_cli.carbon.cache import ResponseCache
 from harchos_cli.carbon.embedded import EmbeddedModel
 from harchos_cli.carbon.providers.base import LiveProvider, ProviderData
-from harchos_cli.carbon.providers.live import LIVE_PROVIDERS, make_live_provider
+from harchos_cli.carbon.providers.live import LIVE_PROVIDERS, make_live_provider, worth_trying
 from harchos_cli.carbon.providers.replay import ReplayProvider, parse_replay_spec
 from harchos_cli.carbon.types import Forecast, Observation, Point, Region, Source
 from harchos_cli.config import Config
@@ -93,11 +93,7 @@ class ForecastService:
                 )
                 return []
             return [self._name]
-        return [
-            name
-            for name in AUTO_ORDER
-            if self._provider(name).covers(region) and self._provider(name).configured()
-        ]
+        return [name for name in AUTO_ORDER if worth_trying(name, region, self.config)]
 
     def _provider(self, name: str) -> LiveProvider:
         if name not in self._live:

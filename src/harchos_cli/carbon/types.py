@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 Signal = Literal["average", "marginal"]
 ValueKind = Literal["forecast", "measured", "estimated", "replayed"]
@@ -26,6 +26,19 @@ class Region:
     watttime_region: str | None = None
     ukgrid_region: int | None = None
     note: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        """The documented `harchos regions show --json` object."""
+        return {
+            "name": self.name,
+            "zone": self.zone,
+            "display_name": self.display_name,
+            "kind": self.kind,
+            "providers": list(self.providers),
+            "watttime_region": self.watttime_region,
+            "ukgrid_region": self.ukgrid_region,
+            "note": self.note,
+        }
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,13 @@ app = typer.Typer(help="Show the configuration and where it lives.", rich_markup
 @app.command()
 def show(json_: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Every setting, its value (secrets masked) and where the value came from."""
-    from harchos_cli.cli import render
+    from harchos_cli.cli import output
     from harchos_cli.config import Config
 
     config = Config.load()
     if json_:
-        render.print_json(
+        output.warn_all(config.warnings)
+        output.print_json(
             {
                 "user_file": str(config.user_file),
                 "project_file": str(config.project_file) if config.project_file else None,
@@ -23,6 +24,8 @@ def show(json_: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
             }
         )
     else:
+        from harchos_cli.cli import render
+
         render.print_config(config)
 
 
@@ -33,10 +36,10 @@ def path(json_: bool = typer.Option(False, "--json", help="Print JSON with every
     from harchos_cli.config import find_project_file
 
     if json_:
-        from harchos_cli.cli import render
+        from harchos_cli.cli import output
 
         project = find_project_file()
-        render.print_json(
+        output.print_json(
             {
                 "config": str(paths.config_file()),
                 "state": str(paths.state_db()),

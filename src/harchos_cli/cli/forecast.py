@@ -43,7 +43,6 @@ def forecast(
     """Show the carbon intensity ahead for one or more regions and the greenest window."""
     if ctx.invoked_subcommand is not None:
         return
-    from harchos_cli.cli import render
     from harchos_cli.cli.session import forecast_outlook
 
     outlook = forecast_outlook(
@@ -57,10 +56,14 @@ def forecast(
     )
     if json_:
         from harchos_cli.carbon.outlook import outlook_json
+        from harchos_cli.cli import output
 
-        render.emit_warnings(outlook)
-        render.print_json(outlook_json(outlook))
-    elif csv_:
+        output.warn_all(outlook.all_warnings())
+        output.print_json(outlook_json(outlook))
+        return
+    from harchos_cli.cli import render
+
+    if csv_:
         render.print_outlook_csv(outlook)
     else:
         render.print_outlook(outlook, plot=plot)
@@ -77,12 +80,15 @@ def backtest(
 ) -> None:
     """Score the forecaster on a trace, beside the same-hour-yesterday baseline."""
     from harchos_cli.carbon.embedded import EmbeddedModel
-    from harchos_cli.cli import render
     from harchos_cli.cli.session import load_trace
     from harchos_cli.plan.evaluate import backtest as run_backtest
 
     result = run_backtest(load_trace(trace, zone), EmbeddedModel.load(), horizon=horizon)
     if json_:
-        render.print_json(result)
+        from harchos_cli.cli import output
+
+        output.print_json(result)
     else:
+        from harchos_cli.cli import render
+
         render.print_backtest(result)

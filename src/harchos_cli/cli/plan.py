@@ -26,7 +26,6 @@ def evaluate(
 ) -> None:
     """Savings of forecast-driven and persistence-driven scheduling against the oracle."""
     from harchos_cli.carbon.embedded import EmbeddedModel
-    from harchos_cli.cli import render
     from harchos_cli.cli.session import load_trace
     from harchos_cli.plan.evaluate import evaluate as run_evaluate
 
@@ -38,6 +37,10 @@ def evaluate(
         interruptible=interruptible,
     )
     if json_:
-        render.print_json(result)
+        from harchos_cli.cli import output
+
+        output.print_json(result)
     else:
+        from harchos_cli.cli import render
+
         render.print_evaluation(result)

@@ -16,7 +16,7 @@ def list_(
 ) -> None:
     """Every region name harchos knows, with its zone."""
     from harchos_cli.carbon import regions
-    from harchos_cli.cli import render
+    from harchos_cli.cli import output
     from harchos_cli.errors import UsageError
 
     kinds = ("alias", "cloud", "zone", "ukgrid", "watttime")
@@ -24,8 +24,10 @@ def list_(
         raise UsageError(f"unknown kind {kind!r}", hint=f"choose one of: {', '.join(kinds)}")
     entries = [r for r in regions.all_regions() if kind is None or r.kind == kind.lower()]
     if json_:
-        render.print_json([render.region_dict(r) for r in entries])
+        output.print_json([r.as_json() for r in entries])
     else:
+        from harchos_cli.cli import render
+
         render.print_regions(entries)
 
 
@@ -36,10 +38,12 @@ def show(
 ) -> None:
     """What one region name resolves to."""
     from harchos_cli.carbon import regions
-    from harchos_cli.cli import render
+    from harchos_cli.cli import output
 
     resolved = regions.resolve(region)
     if json_:
-        render.print_json(render.region_dict(resolved))
+        output.print_json(resolved.as_json())
     else:
+        from harchos_cli.cli import render
+
         render.print_region(resolved)

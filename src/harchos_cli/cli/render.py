@@ -6,7 +6,6 @@ Imported only inside command bodies, so rich never loads for `--help`.
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -18,23 +17,11 @@ from rich.text import Text
 
 from harchos_cli.carbon.outlook import UNIT, Outlook, RegionOutlook
 from harchos_cli.carbon.types import Point, Region, Source
+from harchos_cli.cli.output import warn, warn_all
 from harchos_cli.config import Config
 from harchos_cli.timeparse import format_duration, iso
 
 stdout = Console(highlight=False)
-stderr = Console(stderr=True, highlight=False)
-_warned: set[str] = set()
-
-
-def warn(message: str) -> None:
-    """A diagnostic on stderr, each distinct message once per run."""
-    if message not in _warned:
-        _warned.add(message)
-        stderr.print(f"[yellow]warning:[/] {message}", markup=True, soft_wrap=True)
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def local(moment: datetime, fmt: str = "%a %d %b %H:%M") -> str:
@@ -52,19 +39,6 @@ def describe_source(source: Source) -> str:
     return f"{text}; {source.detail}" if source.detail else text
 
 
-def region_dict(region: Region) -> dict[str, Any]:
-    return {
-        "name": region.name,
-        "zone": region.zone,
-        "display_name": region.display_name,
-        "kind": region.kind,
-        "providers": list(region.providers),
-        "watttime_region": region.watttime_region,
-        "ukgrid_region": region.ukgrid_region,
-        "note": region.note,
-    }
-
-
 def print_regions(entries: Sequence[Region]) -> None:
     table = Table(box=None, header_style="bold")
     for column in ("name", "zone", "display name", "kind", "providers"):
@@ -78,7 +52,7 @@ def print_region(region: Region) -> None:
     table = Table(box=None, show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    for key, value in region_dict(region).items():
+    for key, value in region.as_json().items():
         if value in (None, "", []):
             continue
         table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
@@ -142,13 +116,8 @@ def _chart(
     return text
 
 
-def emit_warnings(outlook: Outlook) -> None:
-    for message in [*outlook.warnings, *(w for r in outlook.regions for w in r.forecast.warnings)]:
-        warn(message)
-
-
 def print_outlook(outlook: Outlook, *, plot: bool) -> None:
-    emit_warnings(outlook)
+    warn_all(outlook.all_warnings())
     for item in outlook.regions:
         _print_region_outlook(outlook, item, plot=plot)
     if len(outlook.regions) > 1:
@@ -240,7 +209,7 @@ def _print_ranking(outlook: Outlook) -> None:
 
 
 def print_outlook_csv(outlook: Outlook) -> None:
-    emit_warnings(outlook)
+    warn_all(outlook.all_warnings())
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(
         ["region", "zone", "provider", "signal", "start", "end", "intensity", "low", "high"]

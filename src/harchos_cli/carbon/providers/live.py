@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from harchos_cli.carbon.cache import ResponseCache
 from harchos_cli.carbon.providers.base import LiveProvider
+from harchos_cli.carbon.types import Region
 from harchos_cli.config import Config
 from harchos_cli.errors import UsageError
 
@@ -54,3 +55,20 @@ def make_live_provider(
     raise UsageError(
         f"unknown live provider {name!r}", hint=f"use one of {', '.join(LIVE_PROVIDERS)}"
     )
+
+
+def worth_trying(name: str, region: Region, config: Config) -> bool:
+    """Whether `--provider auto` should try `name` for `region`: it covers the zone and has its
+    credentials. Decided from the settings alone, so an offline run never even imports httpx;
+    it agrees with each client's `covers()` and `configured()`."""
+    if name == "electricitymaps":
+        return bool(region.zone) and bool(config.get("electricitymaps.token"))
+    if name == "watttime":
+        return (
+            region.watttime_region is not None
+            and bool(config.get("watttime.username"))
+            and bool(config.get("watttime.password"))
+        )
+    if name == "ukgrid":
+        return region.zone == "GB"
+    return False
