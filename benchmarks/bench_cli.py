@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-MARK_BEGIN = "<!-- bench_cli:begin -->"
-MARK_END = "<!-- bench_cli:end -->"
+from _record import machine, record
 
 
 def commands(harchos: str, copier: str) -> dict[str, list[str]]:
@@ -75,18 +72,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "HARCHOS_HOME": home, "NO_COLOR": "1"}
         timings = measure(commands(harchos, copier), args.runs, env)
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     report = (
-        f"Measured {stamp} on {machine}; {args.runs} interleaved runs each, wall time of the "
+        f"Measured {machine()}; {args.runs} interleaved runs each, wall time of the "
         f"whole process.\n\n{table(timings)}\n"
     )
     print(report)
     if args.write:
-        text = args.write.read_text()
-        head, _, rest = text.partition(MARK_BEGIN)
-        _, _, tail = rest.partition(MARK_END)
-        args.write.write_text(f"{head}{MARK_BEGIN}\n{report}{MARK_END}{tail}")
+        record(args.write, "bench_cli", report)
 
 
 if __name__ == "__main__":

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+from _record import machine, record
+
 REPO = Path(__file__).resolve().parent.parent
-MARK_BEGIN = "<!-- bench_evaluate:begin -->"
-MARK_END = "<!-- bench_evaluate:end -->"
 
 
 def default_trace() -> Path:
@@ -60,10 +58,8 @@ def main() -> None:
                 started = time.perf_counter()
                 subprocess.run(argv, env=env, capture_output=True, check=True)
                 timings[name].append(time.perf_counter() - started)
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     lines = [
-        f"Measured {stamp} on {machine}; trace `{args.trace.name}` (8,760 hours); median of "
+        f"Measured {machine()}; trace `{args.trace.name}` (8,760 hours); median of "
         f"{args.runs} runs, wall time of the whole process.",
         "",
         "| command | median (s) |",
@@ -73,10 +69,7 @@ def main() -> None:
     report = "\n".join(lines) + "\n"
     print(report)
     if args.write:
-        text = args.write.read_text()
-        head, _, rest = text.partition(MARK_BEGIN)
-        _, _, tail = rest.partition(MARK_END)
-        args.write.write_text(f"{head}{MARK_BEGIN}\n{report}{MARK_END}{tail}")
+        record(args.write, "bench_evaluate", report)
 
 
 if __name__ == "__main__":

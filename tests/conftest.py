@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from httpfake import FakeServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,6 +35,13 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # A project harchos.toml above the test's cwd must not leak in.
     monkeypatch.chdir(tmp_path)
     return home
+
+
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    """A real HTTP server on 127.0.0.1 serving registered routes (see httpfake)."""
+    with FakeServer() as fake:
+        yield fake
 
 
 @pytest.fixture

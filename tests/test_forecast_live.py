@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,13 +13,12 @@ HISTORY = "/v3/carbon-intensity/history"
 FORECAST = "/v3/carbon-intensity/forecast"
 
 
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
-    with FakeServer() as fake:
-        monkeypatch.setenv("HARCHOS_ELECTRICITYMAPS_URL", f"{fake.url}/v3/")
-        monkeypatch.setenv("HARCHOS_UKGRID_URL", fake.url)
-        monkeypatch.setenv("HARCHOS_HTTP_TIMEOUT", "0.5")
-        yield fake
+@pytest.fixture(autouse=True)
+def live_settings(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the providers at the loopback server."""
+    monkeypatch.setenv("HARCHOS_ELECTRICITYMAPS_URL", f"{server.url}/v3/")
+    monkeypatch.setenv("HARCHOS_UKGRID_URL", server.url)
+    monkeypatch.setenv("HARCHOS_HTTP_TIMEOUT", "0.5")
 
 
 def forecast_de(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:

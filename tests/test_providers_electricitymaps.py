@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,6 @@ NOW = datetime(2026, 5, 3, 10, 5, tzinfo=UTC)
 DE = Region("de", "DE", "Germany", "zone", ("electricitymaps",))
 HISTORY = "/v3/carbon-intensity/history"
 FORECAST = "/v3/carbon-intensity/forecast"
-
-
-@pytest.fixture
-def server() -> Iterator[FakeServer]:
-    with FakeServer() as fake:
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HARCHOS_HOME", str(tmp_path / "home"))
 
 
 def provider(server: FakeServer, tmp_path: Path, **settings: Any) -> ElectricityMaps:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,17 +23,6 @@ from harchos_cli.carbon.providers.http import (
 from harchos_cli.errors import ProviderError
 
 NOW = datetime(2026, 5, 3, 10, 5, tzinfo=UTC)
-
-
-@pytest.fixture
-def server() -> Iterator[FakeServer]:
-    with FakeServer() as fake:
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HARCHOS_HOME", str(tmp_path / "home"))
 
 
 class Sleeps:

@@ -13,11 +13,6 @@ from harchos_cli.carbon.types import Region
 from harchos_cli.errors import UsageError
 
 
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HARCHOS_HOME", str(tmp_path / "home"))
-
-
 @pytest.mark.parametrize("name", LIVE_PROVIDERS)
 def test_factory_builds_each_provider(tmp_path: Path, name: str) -> None:
     client = make_live_provider(name, provider_config(tmp_path), ResponseCache(enabled=False))

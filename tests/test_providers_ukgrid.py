@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,17 +22,6 @@ NATIONAL_FW = "/intensity/2026-05-03T10:00Z/fw48h"
 NATIONAL_PT = "/intensity/2026-05-03T10:00Z/pt24h"
 LONDON_FW = "/regional/intensity/2026-05-03T10:00Z/fw48h/regionid/13"
 LONDON_PT = "/regional/intensity/2026-05-02T10:00Z/2026-05-03T10:00Z/regionid/13"
-
-
-@pytest.fixture
-def server() -> Iterator[FakeServer]:
-    with FakeServer() as fake:
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HARCHOS_HOME", str(tmp_path / "home"))
 
 
 def provider(server: FakeServer, tmp_path: Path, **settings: Any) -> UkGrid:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import copy
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,17 +20,6 @@ NOW = datetime(2026, 5, 3, 10, 2, tzinfo=UTC)
 NORTH = Region("caiso-north", "US-CAL-CISO", "California", "watttime", ("watttime",), "CAISO_NORTH")
 PJM = Region("us-east", "US-MIDA-PJM", "PJM", "alias", ("watttime",), "PJM_DC")
 LB = 0.453592
-
-
-@pytest.fixture
-def server() -> Iterator[FakeServer]:
-    with FakeServer() as fake:
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HARCHOS_HOME", str(tmp_path / "home"))
 
 
 class Tokens:
