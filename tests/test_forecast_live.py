@@ -45,6 +45,13 @@ def test_auto_uses_electricitymaps_when_a_token_is_set(
     assert [p["intensity"] for p in points] == [float(e["carbonIntensity"]) for e in recorded]
     assert all(p["low"] <= p["intensity"] <= p["high"] for p in points)
     assert server.hits(FORECAST)[0].headers["auth-token"] == "tok"
+    # The provider's forecast is used and compared with harchos's model on the same history.
+    comparison = data["comparison"]
+    assert comparison["hours"] == len(points)
+    assert comparison["mean_abs_diff"] > 0
+    assert comparison["relative_diff"] == pytest.approx(
+        comparison["mean_abs_diff"] / (sum(p["intensity"] for p in points) / len(points)), abs=1e-3
+    )
 
 
 def test_no_token_means_embedded_without_any_request(

@@ -142,6 +142,14 @@ def region_json(outlook: Outlook, item: RegionOutlook) -> dict[str, Any]:
         },
         "threshold": outlook.threshold,
         "below_threshold": None if item.below is None else [_window_json(w) for w in item.below],
+        "comparison": None
+        if forecast.comparison is None
+        else {
+            "model": forecast.comparison.model,
+            "hours": forecast.comparison.hours,
+            "mean_abs_diff": round(forecast.comparison.mean_abs_diff, 2),
+            "relative_diff": round(forecast.comparison.relative_diff, 4),
+        },
         "error": item.error,
         "warnings": forecast.warnings,
     }

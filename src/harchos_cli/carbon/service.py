@@ -15,7 +15,7 @@ from harchos_cli.carbon.embedded import EmbeddedModel
 from harchos_cli.carbon.providers.base import LiveProvider, ProviderData
 from harchos_cli.carbon.providers.live import LIVE_PROVIDERS, make_live_provider, worth_trying
 from harchos_cli.carbon.providers.replay import ReplayProvider, parse_replay_spec
-from harchos_cli.carbon.types import Forecast, Observation, Point, Region, Source
+from harchos_cli.carbon.types import Comparison, Forecast, Observation, Point, Region, Source
 from harchos_cli.config import Config
 from harchos_cli.errors import ProviderError, UsageError
 from harchos_cli.timeparse import floor_hour
@@ -132,6 +132,7 @@ class ForecastService:
         else:
             points = _with_band(region, now, hours, data.forecast)
             forecast = Forecast(region, points, data.source, data.history, data.source.provider)
+            forecast.comparison = _compare(region, now, hours, data.history, points)
         forecast.warnings.extend(data.warnings)
         return forecast
 
@@ -161,3 +162,19 @@ def _with_band(region: Region, now: datetime, hours: int, values: list[Observati
             )
         )
     return points
+
+
+def _compare(
+    region: Region, now: datetime, hours: int, history: Sequence[Observation], used: list[Point]
+) -> Comparison | None:
+    """Run the embedded model on the provider's own history and measure the disagreement."""
+    model = EmbeddedModel.load()
+    if not history or not used or not model.has_zone(region.zone):
+        return None
+    ours = {p.start: p.intensity for p in model.forecast(region.zone, now, hours, history=history)}
+    pairs = [(ours[p.start], p.intensity) for p in used if p.start in ours]
+    if not pairs:
+        return None
+    mean_abs = sum(abs(a - b) for a, b in pairs) / len(pairs)
+    level = sum(b for _, b in pairs) / len(pairs)
+    return Comparison(model.model_name, mean_abs, mean_abs / level if level else 0.0, len(pairs))

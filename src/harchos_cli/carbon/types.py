@@ -85,3 +85,18 @@ class Forecast:
     history: list[Observation] = field(default_factory=list)
     history_source: str | None = None
     warnings: list[str] = field(default_factory=list)
+    comparison: Comparison | None = None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How harchos's own model, run on the same live history, differs from a provider's forecast.
+
+    The provider's forecast is the one used (it sees weather and market data harchos does not);
+    the comparison tells the user how much the two disagree.
+    """
+
+    model: str
+    mean_abs_diff: float
+    relative_diff: float
+    hours: int

@@ -138,6 +138,14 @@ def _print_region_outlook(outlook: Outlook, item: RegionOutlook, *, plot: bool) 
         stdout.print(
             Text(f"history: {len(forecast.history)} h from {forecast.history_source}", style="dim")
         )
+    if forecast.comparison:
+        stdout.print(
+            Text(
+                f"using {forecast.source.provider}'s own forecast; harchos's model on the same "
+                f"history differs by {forecast.comparison.relative_diff:.0%} on average",
+                style="dim",
+            )
+        )
     best = item.best
     span = (best.best.start, best.best.end) if best else None
     if plot:
