@@ -9,9 +9,16 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
 
+# The generated training projects' own tests need PyTorch. Pin the CPU build first: an unpinned
+# torch (asked for by accelerate) would pull a multi-GB CUDA build.
+TORCH = "torch==2.13.0"
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite (two workers, as on CI's two cores)."""
+    session.install(TORCH)
+    session.install(TORCH, "accelerate>=1.0")
     session.install("-e", ".[test]")
     session.run("pytest", "-n", "2", *session.posargs)
 

@@ -12,7 +12,7 @@ from types import FrameType
 import typer
 
 from harchos_cli import __version__
-from harchos_cli.cli import config_cmd, forecast, plan, regions
+from harchos_cli.cli import config_cmd, forecast, new, plan, regions
 from harchos_cli.errors import ExitCode, HarchosError
 
 app = typer.Typer(
@@ -29,6 +29,8 @@ app.add_typer(forecast.app, name="forecast")
 app.add_typer(regions.app, name="regions")
 app.add_typer(plan.app, name="plan")
 app.add_typer(config_cmd.app, name="config")
+app.command("new")(new.new)
+app.command("update")(new.update)
 
 
 class Interrupted(BaseException):
