@@ -5,9 +5,14 @@ Run from the repository root:
     python scripts/fit_embedded.py [--traces ../shared/traces] [--until 2022-01-01] [--out PATH]
 
 For each zone it merges every trace that covers it (one value per hour; where sources overlap the
-first source in `SOURCE_PRIORITY` wins), fits the climatology, the per-lead blend weights (least
-squares over walk-forward origins: the features use only values before each origin) and the
-P10/P90 bands, and records where the data came from. See docs/model.md.
+first source in `SOURCE_PRIORITY` wins) and fits the climatology. It then fits the per-lead
+regressions of `log(actual / climatology)` on the last week's log ratios: least squares over
+walk-forward origins (the features use only values before each origin), first pooled over all
+zones, then per zone, shrunk towards the pooled weights. The P10/P90 band per lead comes from the
+residuals, widened by `BAND_SCALE` and scaled with recent volatility (both chosen on validation
+splits inside 2021, see scripts/validate_forecaster.py). Without `--until` it also refits on all
+but the last `--holdout-months` months and stores every zone's held-out backtest in its `info`.
+See docs/model.md.
 """
 
 from __future__ import annotations
@@ -25,18 +30,23 @@ from typing import Any
 import numpy as np
 
 from harchos_cli.carbon.embedded import (
-    FEATURES,
+    DAY_TYPES,
+    FORMAT,
     HISTORY_HOURS,
     MAX_LEAD,
     MODEL_FILE,
+    EmbeddedModel,
     ZoneParams,
     calendar,
     features,
-    predict_batch,
+    log_ratios,
+    regress,
+    volatility,
 )
 from harchos_cli.carbon.traces import Trace, read_trace, read_wide_traces
+from harchos_cli.plan.evaluate import backtest, evaluate
 
-SCRIPT_VERSION = "fit_embedded 1"
+SCRIPT_VERSION = "fit_embedded 2"
 WIDE_FILE = "derived/sukprasert_2022_123zones_hourly_lca.csv"
 SOURCE_PRIORITY = (
     "derived",
@@ -48,10 +58,15 @@ SOURCE_PRIORITY = (
 EXTRA_ZONES = ("BR", "NO")
 YEAR_DECAY = 0.5
 """Weight of a year's monthly level relative to the next year's (recent years count more)."""
-RIDGE = 1e-3
+SHRINK = 1.0
+"""Ridge penalty pulling a zone's weights towards the pooled ones (features are log ratios)."""
+BAND_SCALE = 1.15
+"""Widening of the in-sample residual quantiles, calibrated on held-out 2021 data."""
+VOLATILITY_POWER = 0.5
+"""Band width ∝ (recent volatility / typical volatility) ** this."""
+FULL_SHARE_TRAIN = 0.8
 MIN_FIT_HOURS = 24 * 30
 BAND_QUANTILES = (10.0, 90.0)
-WARMUP_HOURS = 14 * 24
 DEFAULT_OUT = Path("src/harchos_cli/carbon/data") / MODEL_FILE
 
 
@@ -118,9 +133,9 @@ def merge(data: ZoneData, until_hour: int | None) -> tuple[int, np.ndarray, list
 
 
 def fit_climatology(first: int, series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Monthly levels (recency-weighted over years) and normalised daily shapes."""
+    """Monthly levels (recency-weighted over years) and normalised daily shapes per day type."""
     hours = first + np.arange(len(series))
-    month, weekend, hour, _ = calendar(hours)
+    month, day_type, hour, _ = calendar(hours)
     year = hours.astype("datetime64[h]").astype("datetime64[Y]").astype(np.int64) + 1970
     valid = ~np.isnan(series)
     last_year = int(year[valid].max())
@@ -145,94 +160,145 @@ def fit_climatology(first: int, series: np.ndarray) -> tuple[np.ndarray, np.ndar
         months = np.arange(12)
         level[~have] = np.interp(months[~have], months[have], level[have], period=12)
 
-    shape_sum = np.zeros((12, 2, 24))
-    shape_n = np.zeros((12, 2, 24))
+    shape_sum = np.zeros((12, DAY_TYPES, 24))
+    shape_n = np.zeros((12, DAY_TYPES, 24))
     ok = ~np.isnan(norm)
-    np.add.at(shape_sum, (month[ok], weekend[ok], hour[ok]), norm[ok])
-    np.add.at(shape_n, (month[ok], weekend[ok], hour[ok]), 1.0)
-    # neighbouring months share their profile (weights ¼ ½ ¼): one year has few weekend days
+    np.add.at(shape_sum, (month[ok], day_type[ok], hour[ok]), norm[ok])
+    np.add.at(shape_n, (month[ok], day_type[ok], hour[ok]), 1.0)
+    # neighbouring months share their profile (weights ¼ ½ ¼): one year has few Sundays a month
     kernel = (0.25, 0.5, 0.25)
-    ssum = sum(k * np.roll(shape_sum, s, axis=0) for k, s in zip(kernel, (-1, 0, 1), strict=True))
-    sn = sum(k * np.roll(shape_n, s, axis=0) for k, s in zip(kernel, (-1, 0, 1), strict=True))
-    assert isinstance(ssum, np.ndarray)
-    assert isinstance(sn, np.ndarray)
-    shape = np.where(sn > 0, ssum / np.where(sn > 0, sn, 1.0), np.nan)
+    ssum = np.zeros_like(shape_sum)
+    sn = np.zeros_like(shape_n)
+    for k, s in zip(kernel, (-1, 0, 1), strict=True):
+        ssum += k * np.roll(shape_sum, s, axis=0)
+        sn += k * np.roll(shape_n, s, axis=0)
+    # a month without data takes the profile of the nearest month with data
+    have_month = np.flatnonzero(sn.sum(axis=(1, 2)) > 0)
     for m in range(12):
-        for w in range(2):
-            row = shape[m, w]
+        if m not in have_month:
+            gap = np.minimum((have_month - m) % 12, (m - have_month) % 12)
+            nearest = int(have_month[np.argmin(gap)])
+            ssum[m], sn[m] = ssum[nearest], sn[nearest]
+    shape = np.where(sn > 0, ssum / np.where(sn > 0, sn, 1.0), np.nan)
+    days_per_week = np.array([5.0, 1.0, 1.0])
+    for m in range(12):
+        for d in range(DAY_TYPES):
+            row = shape[m, d]
             if np.isnan(row).all():
-                row[:] = np.nanmean(shape[m], axis=0) if not np.isnan(shape[m]).all() else 1.0
+                row[:] = np.nanmean(shape[m], axis=0)
             row[np.isnan(row)] = np.nanmean(row)
-        week_mean = (5 * shape[m, 0].mean() + 2 * shape[m, 1].mean()) / 7
-        shape[m] /= week_mean
+        shape[m] /= float((days_per_week * shape[m].mean(axis=1)).sum() / 7.0)
     return level, shape
 
 
-def windows(series: np.ndarray, origins: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    """History (n, HISTORY_HOURS) and target (n, horizon) matrices; NaN outside the series."""
-    padded = np.concatenate([np.full(HISTORY_HOURS, np.nan), series, np.full(horizon, np.nan)])
-    base = origins + HISTORY_HOURS
-    hist = padded[base[:, None] + np.arange(-HISTORY_HOURS, 0)]
-    target = padded[base[:, None] + np.arange(horizon)]
-    return hist, target
+@dataclass
+class Design:
+    """Walk-forward training data of one zone: history log ratios and target log ratios."""
+
+    level: np.ndarray
+    shape: np.ndarray
+    history: np.ndarray  # (n, HISTORY_HOURS)
+    target: np.ndarray  # (n, MAX_LEAD)
 
 
-def fit_zone(first: int, series: np.ndarray) -> tuple[ZoneParams, dict[str, float]]:
-    """Fit one zone's parameters and compute its in-sample 24 h backtest MAPEs."""
+def design(first: int, series: np.ndarray) -> Design:
+    """The zone's climatology and its walk-forward origins (every hour, every 2nd if long)."""
     level, shape = fit_climatology(first, series)
-    n = len(series)
-    step = 1 if n <= 20000 else 2
-    origins = np.arange(24, n - 1, step)
-    hist, target = windows(series, origins, MAX_LEAD)
-    enough = (~np.isnan(hist[:, -24:])).sum(axis=1) >= 24
-    origins, hist, target = origins[enough], hist[enough], target[enough]
-    origin_hours = first + origins
-
     clim = ZoneParams(
-        level, shape, np.zeros((MAX_LEAD, len(FEATURES))), np.ones((1, 2)), np.ones((1, 2))
+        level, shape, *(np.zeros((1, 1)),) * 2, *(np.zeros((1, 2)),) * 3, volatility_ref=1.0
     )
-    hist_clim = clim.climatology(origin_hours[:, None] + np.arange(-HISTORY_HOURS, 0))
-    target_clim = clim.climatology(origin_hours[:, None] + np.arange(MAX_LEAD))
-    feats = features(hist, hist_clim, MAX_LEAD)
-    ratio = target / target_clim
-    ok = ~np.isnan(ratio)
+    ratios = log_ratios(series, clim.climatology(first + np.arange(len(series))))
+    step = 1 if len(series) <= 20000 else 2
+    origins = np.arange(HISTORY_HOURS, len(series) - 1, step)
+    padded = np.concatenate([ratios, np.full(MAX_LEAD, np.nan)])
+    history = padded[origins[:, None] + np.arange(-HISTORY_HOURS, 0)]
+    target = padded[origins[:, None] + np.arange(MAX_LEAD)]
+    known = ~np.isnan(history)
+    keep = known.mean(axis=1) >= FULL_SHARE_TRAIN
+    keep &= known[:, -24:].all(axis=1)
+    return Design(level, shape, history[keep], target[keep])
 
-    # weights sum to one, so the forecast scales with the history's level: a pull back to the
-    # fitted climatology's level looks good in-sample but does not carry over from year to year
-    weights = np.zeros((MAX_LEAD, len(FEATURES)))
+
+def _short(history: np.ndarray) -> np.ndarray:
+    return np.where(np.arange(HISTORY_HOURS) >= HISTORY_HOURS - 24, history, np.nan)
+
+
+def grams(d: Design, short: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-lead normal equations (X'X / n, X'y / n) of the full or short regression."""
+    anchor, common, per = features(_short(d.history) if short else d.history, MAX_LEAD, short)
+    width = common.shape[1] + per.shape[2]
+    gram = np.zeros((MAX_LEAD, width, width))
+    rhs = np.zeros((MAX_LEAD, width))
     for lead in range(MAX_LEAD):
-        x = feats[ok[:, lead], lead]
-        base = x[:, -1]
-        xs = x[:, 1:-1] - base[:, None]
-        ys = ratio[ok[:, lead], lead] - base
-        gram = xs.T @ xs / len(ys) + np.eye(xs.shape[1]) * RIDGE
-        w = np.linalg.solve(gram, xs.T @ ys / len(ys))
-        weights[lead, 1:-1] = w
-        weights[lead, -1] = 1.0 - w.sum()
-
-    def band(actual_over_forecast: np.ndarray) -> np.ndarray:
-        lo, hi = np.nanpercentile(actual_over_forecast, BAND_QUANTILES, axis=0)
-        return np.stack([np.minimum(lo, 1.0), np.maximum(hi, 1.0)], axis=1)
-
-    fitted = ZoneParams(level, shape, weights, np.ones((1, 2)), np.ones((1, 2)))
-    point, _, _ = predict_batch(fitted, hist, origin_hours, MAX_LEAD)
-    params = ZoneParams(level, shape, weights, band(target / point), band(target / target_clim))
-    return params, protocol_mapes(params, first, series)
+        y = d.target[:, lead] - anchor
+        ok = ~np.isnan(y)
+        x = np.concatenate([common[ok], per[ok, lead]], axis=1)
+        gram[lead] = x.T @ x / max(int(ok.sum()), 1)
+        rhs[lead] = x.T @ y[ok] / max(int(ok.sum()), 1)
+    return gram, rhs
 
 
-def protocol_mapes(params: ZoneParams, first: int, series: np.ndarray) -> dict[str, float]:
-    """24 h MAPE of the model and of 24 h persistence under the evaluation protocol."""
-    n = len(series)
-    idx = np.arange(WARMUP_HOURS, n - 24)
-    idx = idx[(first + idx) % 6 == 0]
-    hist, target = windows(series, idx, 24)
-    point, _, _ = predict_batch(params, hist, first + idx, 24)
-    persistence = hist[:, -24:]
-    ok = ~np.isnan(target) & ~np.isnan(persistence) & (target > 0)
-    ok &= (~np.isnan(hist[:, -24:])).all(axis=1)[:, None]
-    model = np.abs(point - target)[ok] / target[ok]
-    pers = np.abs(persistence - target)[ok] / target[ok]
-    return {"model": float(model.mean()), "persistence_24h": float(pers.mean())}
+def solve(gram: np.ndarray, rhs: np.ndarray, shrink: float, prior: np.ndarray) -> np.ndarray:
+    """Per-lead ridge solutions pulled towards `prior`.
+
+    The penalty is `shrink` times the mean feature variance of that lead, so it weighs the same
+    in a steady zone (small log ratios) as in a volatile one.
+    """
+    eye = np.eye(gram.shape[1])
+    out = []
+    for h in range(gram.shape[0]):
+        scale = float(np.trace(gram[h])) / gram.shape[1]
+        penalty = shrink * scale + 1e-9 + 1e-6 * scale
+        out.append(np.linalg.solve(gram[h] + penalty * eye, rhs[h] + shrink * scale * prior[h]))
+    return np.stack(out)
+
+
+def residual_band(d: Design, weights: np.ndarray, short: bool) -> np.ndarray:
+    """P10/P90 per lead of log(actual / forecast) on the training origins."""
+    history = _short(d.history) if short else d.history
+    error = d.target - regress(history, weights, MAX_LEAD, short)
+    return np.asarray(np.nanpercentile(error, BAND_QUANTILES, axis=0).T)
+
+
+def fit_all(
+    series_by_zone: dict[str, tuple[int, np.ndarray]],
+    shrink: float = SHRINK,
+    band_scale: float = BAND_SCALE,
+) -> tuple[dict[str, ZoneParams], dict[str, np.ndarray]]:
+    """Fit every zone: pooled weights first, then each zone shrunk towards them.
+
+    Returns:
+        The zones' parameters and the pooled weights (`weights_full`, `weights_short`).
+    """
+    # two passes, so that only one zone's design matrices are in memory at a time
+    per_zone: dict[str, dict[bool, tuple[np.ndarray, np.ndarray]]] = {}
+    for zone, (first, series) in series_by_zone.items():
+        d = design(first, series)
+        per_zone[zone] = {short: grams(d, short) for short in (False, True)}
+    pooled: dict[bool, np.ndarray] = {}
+    for short in (False, True):
+        gram = np.mean([g[short][0] for g in per_zone.values()], axis=0)
+        rhs = np.mean([g[short][1] for g in per_zone.values()], axis=0)
+        pooled[short] = solve(gram, rhs, 0.0, np.zeros_like(rhs))
+    out: dict[str, ZoneParams] = {}
+    for zone, (first, series) in series_by_zone.items():
+        d = design(first, series)
+        w_full = solve(*per_zone[zone][False], shrink, pooled[False])
+        w_short = solve(*per_zone[zone][True], shrink, pooled[True])
+        anomaly = d.target - np.nanmedian(d.target, axis=0)
+        out[zone] = ZoneParams(
+            level=d.level,
+            shape=d.shape,
+            weights_full=w_full,
+            weights_short=w_short,
+            band_full=residual_band(d, w_full, short=False),
+            band_short=residual_band(d, w_short, short=True),
+            band_climatology=np.asarray(np.nanpercentile(anomaly, BAND_QUANTILES, axis=0).T),
+            volatility_ref=float(np.nanmedian(volatility(d.history))),
+            band_scale=band_scale,
+            volatility_power=VOLATILITY_POWER,
+        )
+    return out, {"weights_full": pooled[False], "weights_short": pooled[True]}
 
 
 def rounded(values: np.ndarray, digits: int) -> list[float]:
@@ -245,12 +311,122 @@ def iso_hour(epoch_hour: int) -> str:
     return datetime.fromtimestamp(epoch_hour * 3600, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
+def to_document(
+    fitted: tuple[dict[str, ZoneParams], dict[str, np.ndarray]],
+    infos: dict[str, dict[str, Any]],
+    until: str | None,
+) -> dict[str, Any]:
+    """The gzip-JSON document: shared weights, then per zone the offsets from them."""
+    params, pooled = fitted
+    shared = {key: np.round(value, 5) for key, value in pooled.items()}
+    scale = next(iter(params.values())).band_scale
+    zones: dict[str, Any] = {}
+    for zone in sorted(params):
+        p = params[zone]
+        arrays = {
+            "level": rounded(p.level, 1),
+            "shape": rounded(p.shape, 3),
+            "weights_full": rounded(p.weights_full - shared["weights_full"], 4),
+            "weights_short": rounded(p.weights_short - shared["weights_short"], 4),
+            "band_full": rounded(p.band_full, 3),
+            "band_short": rounded(p.band_short, 3),
+            "band_climatology": rounded(p.band_climatology, 3),
+            "volatility_ref": round(p.volatility_ref, 4),
+        }
+        # a JSON string per zone: the model parses only the zones it is asked about
+        zones[zone] = {"info": infos[zone], "params": json.dumps(arrays, separators=(",", ":"))}
+    return {
+        "format": FORMAT,
+        "script": SCRIPT_VERSION,
+        "fitted_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "until": until,
+        "history_hours": HISTORY_HOURS,
+        "max_lead": MAX_LEAD,
+        "band_scale": scale,
+        "volatility_power": VOLATILITY_POWER,
+        "attribution": "Contains data from Electricity Maps (https://www.electricitymaps.com), "
+        "made available under the Open Database License (ODbL) 1.0",
+        "shared": {key: rounded(value, 5) for key, value in shared.items()},
+        "zones": zones,
+    }
+
+
+def score(model: EmbeddedModel, trace: Trace) -> dict[str, Any]:
+    """Day-ahead backtest and 1 h / 6 h (24 h slack) scheduling shares of `model` on `trace`."""
+    bt = backtest(trace, model, horizon=24)
+    out: dict[str, Any] = {
+        "period": f"{bt['period']['start']}/{bt['period']['end']}",
+        "horizon_hours": 24,
+        "mape": round(bt["mape"], 4),
+        "coverage": round(bt["coverage"], 4),
+        "persistence_mape": round(bt["baseline"]["persistence_24h"]["mape"], 4),
+    }
+    for job in (1, 6):
+        ev = evaluate(trace, model, job_hours=job, slack_hours=24)
+        share = ev["share_of_oracle"]
+        out[f"share_of_oracle_{job}h"] = _round(share["forecast"])
+        out[f"persistence_share_of_oracle_{job}h"] = _round(share["persistence"])
+    return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def holdout_scores(
+    series_by_zone: dict[str, tuple[int, np.ndarray]], cutoff: int, shrink: float, band_scale: float
+) -> dict[str, dict[str, Any]]:
+    """Refit on the hours before `cutoff` and score each zone on its hours from `cutoff` on."""
+    before = {}
+    for zone, (first, series) in series_by_zone.items():
+        head = series[: max(0, cutoff - first)]
+        if (~np.isnan(head)).sum() >= MIN_FIT_HOURS:
+            before[zone] = (first, head)
+    fitted = fit_all(before, shrink, band_scale)
+    infos = {
+        z: {"fit_start": iso_hour(f), "fit_end": iso_hour(f + len(s) - 1)}
+        for z, (f, s) in before.items()
+    }
+    model = EmbeddedModel.from_document(to_document(fitted, infos, iso_hour(cutoff)))
+    out = {}
+    for zone in before:
+        first, series = series_by_zone[zone]
+        tail = series[cutoff - first :]
+        if len(tail) < 24 * 30:
+            continue
+        start = datetime.fromtimestamp(cutoff * 3600, tz=UTC)
+        trace = Trace(zone, start, _filled(tail), Path(zone))
+        entry = score(model, trace)
+        entry["kind"] = "held-out"
+        entry["fit_until"] = iso_hour(cutoff)
+        out[zone] = entry
+    return out
+
+
+def _filled(values: np.ndarray) -> np.ndarray:
+    known = ~np.isnan(values)
+    if known.all():
+        return values
+    pos = np.arange(len(values))
+    return np.asarray(np.interp(pos, pos[known], values[known]))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Fit every zone and write the gzip JSON model."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--traces", type=Path, default=Path("../shared/traces"))
     parser.add_argument("--until", help="fit only on hours before this UTC date (YYYY-MM-DD)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--holdout-months",
+        type=int,
+        default=4,
+        help="without --until: refit without the last N months and record each zone's held-out "
+        "scores on them (0: record in-sample scores on the last 4 months instead)",
+    )
+    parser.add_argument("--shrink", type=float, default=SHRINK, help="(for validation runs)")
+    parser.add_argument("--band-scale", type=float, default=BAND_SCALE, help="(for validation)")
+    parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     until_hour = None
     if args.until:
@@ -259,55 +435,74 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     zones = collect(args.traces)
-    doc: dict[str, Any] = {
-        "format": 1,
-        "script": SCRIPT_VERSION,
-        "fitted_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "until": args.until,
-        "features": list(FEATURES),
-        "max_lead": MAX_LEAD,
-        "history_hours": HISTORY_HOURS,
-        "attribution": "Contains data from Electricity Maps (https://www.electricitymaps.com), "
-        "made available under the Open Database License (ODbL) 1.0",
-        "zones": {},
-    }
+    series_by_zone: dict[str, tuple[int, np.ndarray]] = {}
+    sources_by_zone: dict[str, list[str]] = {}
+    skipped = []
     for zone in sorted(zones):
         first, series, sources = merge(zones[zone], until_hour)
         valid = np.flatnonzero(~np.isnan(series))
         if len(valid) < MIN_FIT_HOURS:
-            print(f"{zone}: too little data before {args.until}, skipped", file=sys.stderr)
+            skipped.append(zone)
             continue
-        series = series[valid[0] : valid[-1] + 1]
-        first += int(valid[0])
-        params, mapes = fit_zone(first, series)
-        doc["zones"][zone] = {
-            "level": rounded(params.level, 1),
-            "shape": rounded(params.shape, 3),
-            "weights": rounded(params.weights, 4),
-            "band_history": rounded(params.band_history, 3),
-            "band_climatology": rounded(params.band_climatology, 3),
-            "info": {
-                "sources": sources,
-                "fit_start": iso_hour(first),
-                "fit_end": iso_hour(first + len(series) - 1),
-                "hours": int((~np.isnan(series)).sum()),
-                "backtest_mape_24h": round(mapes["model"], 4),
-                "persistence_mape_24h": round(mapes["persistence_24h"], 4),
-            },
-        }
+        series_by_zone[zone] = (first + int(valid[0]), series[valid[0] : valid[-1] + 1])
+        sources_by_zone[zone] = sources
+    if skipped:
         print(
-            f"{zone:14s} {len(series):6d} h  model {mapes['model']:.3f}  "
-            f"persistence {mapes['persistence_24h']:.3f}  {', '.join(sources)}"
+            f"{len(skipped)} zones have too little data before {args.until}, skipped: "
+            f"{', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}",
+            file=sys.stderr,
         )
+    fitted = fit_all(series_by_zone, args.shrink, args.band_scale)
+    infos: dict[str, dict[str, Any]] = {}
+    for zone, (first, series) in series_by_zone.items():
+        infos[zone] = {
+            "sources": sources_by_zone[zone],
+            "fit_start": iso_hour(first),
+            "fit_end": iso_hour(first + len(series) - 1),
+            "hours": int((~np.isnan(series)).sum()),
+            "backtest": None,
+        }
+    doc = to_document(fitted, infos, args.until)
+    if until_hour is None:
+        # the typical end (a few sources run a couple of days past the others)
+        last = int(np.median([f + len(s) for f, s in series_by_zone.values()]))
+        end_month = np.datetime64(last - 1, "h").astype("datetime64[M]")
+        months = max(args.holdout_months, 1)
+        cutoff = int((end_month - months + 1).astype("datetime64[h]").astype(np.int64))
+        held: dict[str, dict[str, Any]] = {}
+        if args.holdout_months > 0:
+            held = holdout_scores(series_by_zone, cutoff, args.shrink, args.band_scale)
+        model = EmbeddedModel.from_document(doc)
+        for zone, (first, series) in series_by_zone.items():
+            entry = held.get(zone)
+            if entry is None and cutoff - first < len(series) - 24 * 30:
+                tail = series[max(0, cutoff - first) :]
+                start = datetime.fromtimestamp(max(cutoff, first) * 3600, tz=UTC)
+                entry = score(model, Trace(zone, start, _filled(tail), Path(zone)))
+                entry["kind"] = "in-sample"
+            doc["zones"][zone]["info"]["backtest"] = entry
+        doc["holdout"] = {"from": iso_hour(cutoff), "months": args.holdout_months}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     blob = json.dumps(doc, separators=(",", ":")).encode()
     args.out.write_bytes(gzip.compress(blob, compresslevel=9, mtime=0))
-    model_m = np.mean([z["info"]["backtest_mape_24h"] for z in doc["zones"].values()])
-    pers_m = np.mean([z["info"]["persistence_mape_24h"] for z in doc["zones"].values()])
+    if not args.quiet:
+        scored = [z["info"]["backtest"] for z in doc["zones"].values() if z["info"]["backtest"]]
+        for zone in sorted(doc["zones"]):
+            b = doc["zones"][zone]["info"]["backtest"]
+            if b:
+                print(
+                    f"{zone:14s} {b['kind']:9s} MAPE {b['mape']:.3f} (persistence "
+                    f"{b['persistence_mape']:.3f}) coverage {b['coverage']:.2f}"
+                )
+        if scored:
+            print(
+                f"mean {scored[0]['kind']} MAPE {np.mean([b['mape'] for b in scored]):.4f} vs "
+                f"persistence {np.mean([b['persistence_mape'] for b in scored]):.4f}, coverage "
+                f"{np.mean([b['coverage'] for b in scored]):.3f}"
+            )
     print(
-        f"{len(doc['zones'])} zones, mean in-sample 24 h MAPE model {model_m:.4f} vs persistence "
-        f"{pers_m:.4f}; wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) in "
-        f"{time.perf_counter() - started:.1f} s"
+        f"{len(doc['zones'])} zones; wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) "
+        f"in {time.perf_counter() - started:.1f} s"
     )
     return 0
 

@@ -1,15 +1,22 @@
-"""The packaged embedded model: coverage, shapes, bands, conditioning and no look-ahead."""
+"""The embedded model: coverage, shapes, bands, conditioning, explain, and the fit itself."""
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from harchos_cli.carbon.embedded import HISTORY_HOURS, EmbeddedModel
+from harchos_cli.carbon.embedded import HISTORY_HOURS, EmbeddedModel, calendar
+from harchos_cli.carbon.traces import Trace
 from harchos_cli.carbon.types import Observation
 from harchos_cli.errors import ExitCode, NoCarbonDataError
+from harchos_cli.plan.evaluate import backtest, evaluate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import fit_embedded
 
 ORIGIN = datetime(2023, 6, 14, 6, tzinfo=UTC)
 
@@ -32,7 +39,11 @@ def test_fit_info_names_sources_and_period(model: EmbeddedModel) -> None:
     assert any("eco4cast" in s for s in info["sources"])
     assert any("lets-wait-awhile" in s for s in info["sources"])
     assert info["fit_start"] < info["fit_end"]
-    assert 0 < info["backtest_mape_24h"] < 1
+    backtest = info["backtest"]
+    assert backtest["kind"] == "held-out"
+    assert backtest["period"].startswith(backtest["fit_until"][:10])
+    assert 0 < backtest["mape"] < backtest["persistence_mape"] < 1
+    assert 0.5 < backtest["coverage"] < 1
 
 
 def test_unknown_zone_is_no_carbon_data(model: EmbeddedModel) -> None:
@@ -127,3 +138,81 @@ def test_band_ratios_bracket_one_and_history_band_is_narrower(model: EmbeddedMod
     assert (hi_h[:6] - lo_h[:6]).mean() < (hi_c[:6] - lo_c[:6]).mean()
     # the band widens with lead time when the history is informative
     assert hi_h[23] - lo_h[23] > hi_h[0] - lo_h[0]
+
+
+def test_explain_says_model_history_mode_and_backtest(model: EmbeddedModel) -> None:
+    week = model.explain("DE", 24 * 14)
+    assert week["model"] == model.model_name
+    assert week["history"]["mode"] == "full"
+    assert week["history"]["used_hours"] == HISTORY_HOURS
+    assert week["fit"]["sources"] == model.fit_info("DE")["sources"]
+    assert week["backtest"]["kind"] == "held-out"
+    day = model.explain("DE", 24)
+    assert day["history"]["mode"] == "short"
+    assert day["history"]["used_hours"] == 24
+    none = model.explain("DE", 3)
+    assert none["history"]["mode"] == "climatology"
+    assert none["history"]["used_hours"] == 0
+    with pytest.raises(NoCarbonDataError):
+        model.explain("XX-NOWHERE", 24)
+
+
+def test_history_length_selects_the_weights(model: EmbeddedModel) -> None:
+    """A day of history (a free live provider) and a week (replay) both move the forecast."""
+    clim, _, _ = model.forecast_values("GB", ORIGIN, 24, None)
+    past, _, _ = model.forecast_values("GB", ORIGIN - timedelta(hours=HISTORY_HOURS), 168, None)
+    # a quiet week, then a day at 1.5 times the climatology
+    week_history = past * np.concatenate([np.ones(144), np.full(24, 1.5)])
+    day, lo_day, hi_day = model.forecast_values("GB", ORIGIN, 24, week_history[-24:])
+    week, lo_week, hi_week = model.forecast_values("GB", ORIGIN, 24, week_history)
+    assert day.mean() > 1.2 * clim.mean()
+    assert week.mean() > 1.05 * clim.mean()
+    assert not np.allclose(day, week)
+    assert model.explain("GB", 24)["history"]["mode"] == "short"
+    assert model.explain("GB", 168)["history"]["mode"] == "full"
+    assert (lo_day <= day).all()
+    assert (day <= hi_day).all()
+    assert (lo_week <= week).all()
+    assert (week <= hi_week).all()
+
+
+def test_calendar_day_types() -> None:
+    # 2024-06-07 is a Friday, 06-08 a Saturday, 06-09 a Sunday, 06-10 a Monday
+    hours = np.array(
+        [datetime(2024, 6, d, 12, tzinfo=UTC).timestamp() // 3600 for d in (7, 8, 9, 10)]
+    )
+    month, day_type, hour, _ = calendar(hours.astype(np.int64))
+    assert day_type.tolist() == [0, 1, 2, 0]
+    assert month.tolist() == [5] * 4
+    assert hour.tolist() == [12] * 4
+
+
+def _synthetic(days: int, seed: int, start: datetime) -> np.ndarray:
+    """A daily cycle with weekend dips and persistent (AR(1)) weather-like swings."""
+    rng = np.random.default_rng(seed)
+    hours = np.arange(days * 24)
+    weekday = ((int(start.timestamp() // 3600) + hours) // 24 + 3) % 7
+    cycle = 1 + 0.3 * np.sin(2 * np.pi * (hours % 24) / 24) - 0.15 * (weekday >= 5)
+    swing = np.zeros(len(hours))
+    for i in range(1, len(hours)):
+        swing[i] = 0.97 * swing[i - 1] + 0.04 * rng.standard_normal()
+    return 300 * cycle * np.exp(swing)
+
+
+def test_fit_on_synthetic_zones_beats_persistence_out_of_sample() -> None:
+    """The fit script's core: climatology, pooled and shrunk weights, bands, document round trip."""
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    first = int(start.timestamp() // 3600)
+    series = {f"Z{i}": (first, _synthetic(120, seed=i, start=start)) for i in range(2)}
+    fitted = fit_embedded.fit_all(series)
+    info = {z: {"fit_start": "2030-01-01T00:00Z", "fit_end": "2030-04-30T23:00Z"} for z in series}
+    model = EmbeddedModel.from_document(fit_embedded.to_document(fitted, info, None))
+    assert model.zones() == ["Z0", "Z1"]
+    later = start + timedelta(days=120)
+    trace = Trace("Z0", later, _synthetic(60, seed=9, start=later), Path("z0.csv"))
+    result = backtest(trace, model, horizon=24)
+    assert result["fit_overlap"] is False
+    assert result["mape"] < 0.8 * result["baseline"]["persistence_24h"]["mape"]
+    assert 0.65 < result["coverage"] < 0.95
+    plan = evaluate(trace, model, job_hours=1, slack_hours=24)
+    assert plan["share_of_oracle"]["forecast"] > plan["share_of_oracle"]["persistence"]

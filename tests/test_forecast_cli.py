@@ -217,3 +217,26 @@ def test_atlantis_suggests_names(capsys: pytest.CaptureFixture[str]) -> None:
     result = harchos(capsys, "forecast", "--region", "atlantis")
     assert result.code == 2
     assert "did you mean" in result.err
+
+
+def test_explain_names_the_model_history_and_backtest(capsys: pytest.CaptureFixture[str]) -> None:
+    data = harchos(capsys, "forecast", "-r", "DE", "--explain", "--json").json()
+    explained = data["explain"]
+    assert explained["used"] == "embedded"
+    assert explained["model"] == data["model"]
+    assert explained["history"]["given_hours"] == 0
+    assert explained["history"]["mode"] == "climatology"
+    assert 0 < explained["backtest"]["mape"] < 1
+    assert "explain" not in harchos(capsys, "forecast", "-r", "DE", "--json").json()
+    human = harchos(capsys, "forecast", "-r", "DE", "--explain", "--no-plot")
+    assert "How this forecast was made" in human.out
+    assert "backtest for DE" in human.out
+
+
+def test_explain_replay_with_history(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    trace = tmp_path / "t.csv"
+    write_trace(trace)
+    data = harchos(
+        capsys, "forecast", "--provider", f"replay:{trace}", "-r", "DE", "--explain", "--json"
+    ).json()
+    assert data["explain"]["used"] == "replay"

@@ -88,11 +88,13 @@ def transform(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     out = []
     for row in rows:
         celsius = float(row["celsius"])
-        out.append({
-            **row,
-            "fahrenheit": f"{celsius * 9 / 5 + 32:.2f}",
-            "anomaly": "1" if abs(celsius - 20.0) > 15.0 else "0",
-        })
+        out.append(
+            {
+                **row,
+                "fahrenheit": f"{celsius * 9 / 5 + 32:.2f}",
+                "anomaly": "1" if abs(celsius - 20.0) > 15.0 else "0",
+            }
+        )
     return out
 
 
@@ -104,7 +106,9 @@ def write_synthetic_input(path: Path, rows: int, seed: int = 7) -> None:
         writer = csv.writer(handle)
         writer.writerow(["row", "timestamp", "sensor", "celsius"])
         for i in range(rows):
-            writer.writerow([i, 1_700_000_000 + 60 * i, f"s{i % 17:02d}", f"{rng.gauss(20, 8):.2f}"])
+            writer.writerow(
+                [i, 1_700_000_000 + 60 * i, f"s{i % 17:02d}", f"{rng.gauss(20, 8):.2f}"]
+            )
     os.replace(partial, path)
 
 
@@ -139,7 +143,7 @@ def plan(db: sqlite3.Connection, source: Path, chunk_rows: int) -> None:
     with source.open("rb") as handle:
         handle.readline()  # header
         start, rows, total = handle.tell(), 0, 0
-        while line := handle.readline():
+        while handle.readline():
             rows += 1
             if rows == chunk_rows:
                 chunks.append((len(chunks), start, handle.tell(), rows))
@@ -209,9 +213,7 @@ def run(cfg: PipelineConfig, should_stop: threading.Event | None = None) -> str:
         )
         db.execute("COMMIT")
         print(f"chunk {chunk_id} done", flush=True)
-    done, total = db.execute(
-        "SELECT SUM(status = 'done'), COUNT(*) FROM chunks"
-    ).fetchone()
+    done, total = db.execute("SELECT SUM(status = 'done'), COUNT(*) FROM chunks").fetchone()
     print(f"finished: {done}/{total} chunks", flush=True)
     return "finished"
 
@@ -228,8 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", nargs="?", default="run", choices=["run", "status"])
     parser.add_argument("--config", type=Path, default=PROJECT / "pipeline.toml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override one setting, e.g. --set chunk_rows=100")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set chunk_rows=100",
+    )
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     if args.command == "status":
@@ -239,8 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
-        print(f"received {signal.Signals(signum).name}: stopping after this chunk",
-              file=sys.stderr, flush=True)
+        print(
+            f"received {signal.Signals(signum).name}: stopping after this chunk",
+            file=sys.stderr,
+            flush=True,
+        )
         stop.set()
 
     signal.signal(signal.SIGUSR1, request_stop)

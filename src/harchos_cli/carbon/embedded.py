@@ -1,17 +1,19 @@
-"""The embedded forecaster: a per-zone climatology conditioned on recent history.
+"""The embedded forecaster: a per-zone climatology and a per-lead regression on recent history.
 
 The model (fitted by `scripts/fit_embedded.py` on real grid traces, stored as gzip JSON in
-`carbon/data/embedded_model.json.gz`) has, per zone:
+`carbon/data/embedded_model.json.gz`; see docs/model.md) has, per zone:
 
-- a climatology `c(t) = level(t) × shape(month, weekday/weekend, hour)`, where `level` is
-  interpolated between mid-month means and `shape` is the normalised daily profile (UTC hours);
-- per lead hour `h` (1..72), least-squares weights for a blend of features expressed as ratios to
-  the climatology: the level of the last 24 h and of the last 168 h, the last value, and the same
-  hour on the most recent day before the origin. The fit makes the weights sum to one and leaves
-  the constant feature (a pull to the climatology's level) at weight 0, so forecasts scale with
-  the history's level;
-- per lead hour, the P10 and P90 of actual / forecast from walk-forward backtests on the fit data,
-  with history and without it, giving a ~80 % band.
+- a climatology `c(t) = level(t) × shape(month, day type, hour)`, where `level` is interpolated
+  between mid-month means, the day types are Monday–Friday, Saturday and Sunday, and `shape` is
+  the normalised daily profile (UTC hours);
+- per lead hour `h` (1..`MAX_LEAD`), linear weights that predict the log ratio
+  `log(actual / climatology)` at `t + h - 1` from the log ratios of the last week: the mean of the
+  last 168 h (the anchor) plus weighted deviations from it of the mean of the last 24 h, each of
+  the last 24 hours, and the same hour one day, two days and one week back. A second, "short"
+  weight set uses only the last 24 h (what a free live provider gives); with less than 12 of
+  those hours the forecast is the climatology;
+- per lead, the P10 and P90 of the log error, scaled by a factor calibrated on held-out data and by
+  the recent volatility, giving the ~80 % band.
 
 With no history the forecast is the climatology, so any date (also years past the fit) works.
 """
@@ -33,14 +35,27 @@ from harchos_cli.carbon.types import Observation, Point
 from harchos_cli.errors import NoCarbonDataError
 
 MODEL_FILE = "embedded_model.json.gz"
+FORMAT = 2
 HISTORY_HOURS = 168
 """Hours of history the features look at (older values are ignored)."""
 MAX_LEAD = 72
 """Leads beyond this use the weights and band of lead `MAX_LEAD`."""
-FEATURES = ("climatology", "level_24h", "level_168h", "last", "same_hour_yesterday")
+DAY_TYPES = 3
+"""Monday–Friday, Saturday, Sunday."""
+LAGS = 24
+FULL_FEATURES = ("mean_24h", *(f"lag_{k}" for k in range(1, LAGS + 1)))
+"""Minus the anchor `mean_168h`."""
+FULL_LEAD_FEATURES = ("same_hour_1d", "same_hour_2d", "same_hour_7d")
+SHORT_FEATURES = tuple(f"lag_{k}" for k in range(1, LAGS + 1))
+"""Minus the anchor `mean_24h`."""
+SHORT_LEAD_FEATURES = ("same_hour_1d",)
+FULL_HISTORY_SHARE = 0.8
+"""Share of the last `HISTORY_HOURS` that must be known to use the full weights."""
 MIN_HISTORY_FOR_BAND = 12
-"""Valid values needed in the last 24 h to use the (narrower) with-history band."""
-_RATIO_CLIP = (0.02, 20.0)
+"""Known values needed in the last 24 h to use the short weights (else the climatology)."""
+VOLATILITY_CLIP = (0.5, 3.0)
+_FLOOR = 1e-3
+_LOG_RATIO_CLIP = (-4.0, 3.0)
 
 ArrayF = np.ndarray
 
@@ -51,27 +66,14 @@ def epoch_hour(moment: datetime) -> int:
     return int(aware.timestamp() // 3600)
 
 
-@dataclass(frozen=True)
-class ZoneParams:
-    """The fitted parameters of one zone, as arrays."""
-
-    level: ArrayF  # (12,) mean g/kWh per calendar month
-    shape: ArrayF  # (12, 2, 24) daily profile per month, weekday(0)/weekend(1), UTC hour
-    weights: ArrayF  # (MAX_LEAD, len(FEATURES))
-    band_history: ArrayF  # (MAX_LEAD, 2) P10, P90 of actual / forecast
-    band_climatology: ArrayF  # (MAX_LEAD, 2)
-
-    def climatology(self, hours: ArrayF) -> ArrayF:
-        """Climatological intensity for epoch hours (any shape of int array)."""
-        return climatology(self.level, self.shape, hours)
-
-
 def calendar(hours: ArrayF) -> tuple[ArrayF, ArrayF, ArrayF, ArrayF]:
-    """Month index (0–11), weekend flag, UTC hour, and fractional month position of epoch hours.
+    """Month index (0–11), day type, UTC hour, and fractional month position of epoch hours.
 
-    The fractional position is 0 at the middle of January, 1 at the middle of February, and so on
-    (wrapping around), for interpolating between mid-month levels.
+    Day type is 0 for Monday–Friday, 1 for Saturday, 2 for Sunday. The fractional position is 0
+    at the middle of January, 1 at the middle of February, and so on (wrapping around), for
+    interpolating between mid-month levels.
     """
+    hours = np.asarray(hours, dtype=np.int64)
     stamps = hours.astype("datetime64[h]")
     months = stamps.astype("datetime64[M]")
     month = (months.astype(np.int64) % 12).astype(np.int64)
@@ -79,66 +81,116 @@ def calendar(hours: ArrayF) -> tuple[ArrayF, ArrayF, ArrayF, ArrayF]:
     month_len = (months + 1).astype("datetime64[h]").astype(np.int64) - month_start
     frac = (hours - month_start + 0.5) / month_len
     weekday = ((hours // 24) + 3) % 7  # 1970-01-01 was a Thursday; Monday is 0
-    weekend = (weekday >= 5).astype(np.int64)
-    return month, weekend, (hours % 24).astype(np.int64), month + frac - 0.5
+    day_type = np.clip(weekday - 4, 0, 2).astype(np.int64)
+    return month, day_type, (hours % 24).astype(np.int64), month + frac - 0.5
 
 
 def climatology(level: ArrayF, shape: ArrayF, hours: ArrayF) -> ArrayF:
-    """Evaluate `level(t) × shape(month, weekend, hour)` at integer epoch hours."""
-    month, weekend, hour, position = calendar(np.asarray(hours, dtype=np.int64))
+    """Evaluate `level(t) × shape(month, day type, hour)` at integer epoch hours."""
+    month, day_type, hour, position = calendar(hours)
     lower = np.floor(position).astype(np.int64)
     weight = position - lower
     smooth = level[lower % 12] * (1.0 - weight) + level[(lower + 1) % 12] * weight
-    return np.asarray(smooth * shape[month, weekend, hour], dtype=np.float64)
+    return np.asarray(smooth * shape[month, day_type, hour], dtype=np.float64)
 
 
-def features(history: ArrayF, history_clim: ArrayF, horizon: int) -> ArrayF:
-    """The blend's features (ratios to the climatology) for a batch of origins.
+def log_ratios(values: ArrayF, clim: ArrayF) -> ArrayF:
+    """`log(value / climatology)`, NaN where the value is unknown."""
+    with np.errstate(invalid="ignore"):
+        ratio = np.log(np.maximum(values, _FLOOR) / clim)
+    return np.asarray(np.clip(ratio, *_LOG_RATIO_CLIP))
+
+
+def features(ratios: ArrayF, horizon: int, short: bool) -> tuple[ArrayF, ArrayF, ArrayF]:
+    """The regression's anchor and features for a batch of origins.
+
+    Every feature is a log ratio minus the anchor (the mean log ratio of the last 168 h, or of
+    the last 24 h for the short weights), and so is the target: the forecast is the anchor plus a
+    weighted sum of deviations from it. A level that moved between years moves the anchor, and
+    nothing pulls the forecast back to the climatology's level.
 
     Args:
-        history: (n, HISTORY_HOURS) values before each origin, oldest first; NaN where unknown.
-        history_clim: (n, HISTORY_HOURS) the climatology at those hours.
+        ratios: (n, HISTORY_HOURS) log ratios to the climatology before each origin, oldest
+            first; NaN where unknown (filled with the mean of the last 24 known hours).
         horizon: Number of leads.
+        short: Only the last 24 h (the short weights' features).
 
     Returns:
-        (n, horizon, len(FEATURES)) feature array. Rows with no valid history get ratio 1
-        everywhere, i.e. the climatology.
+        anchor (n,), common (n, len(FULL_FEATURES) or len(SHORT_FEATURES)) and per-lead
+        (n, horizon, len(FULL_LEAD_FEATURES) or len(SHORT_LEAD_FEATURES)) arrays.
     """
-    n = history.shape[0]
-    valid = ~np.isnan(history)
-    ratio = np.where(valid, history / history_clim, np.nan)
+    n = ratios.shape[0]
+    valid = ~np.isnan(ratios)
 
-    def level(span: int, fallback: ArrayF) -> ArrayF:
-        y = np.where(valid[:, -span:], history[:, -span:], 0.0).sum(axis=1)
-        c = np.where(valid[:, -span:], history_clim[:, -span:], 0.0).sum(axis=1)
-        return np.where(c > 0, y / np.where(c > 0, c, 1.0), fallback)
+    def mean(span: int, fallback: ArrayF) -> ArrayF:
+        count = valid[:, -span:].sum(axis=1)
+        total = np.where(valid[:, -span:], ratios[:, -span:], 0.0).sum(axis=1)
+        return np.where(count > 0, total / np.maximum(count, 1), fallback)
 
-    level168 = level(HISTORY_HOURS, np.ones(n))
-    level24 = level(24, level168)
-    # the most recent valid ratio, whatever its age within the window
-    last_pos = HISTORY_HOURS - 1 - np.argmax(valid[:, ::-1], axis=1)
-    last = np.where(valid.any(axis=1), ratio[np.arange(n), last_pos], level24)
+    mean24 = mean(24, np.zeros(n))
+    filled = np.where(valid, ratios, mean24[:, None])
+    anchor = mean24 if short else mean(HISTORY_HOURS, mean24)
+    lags = filled[:, ::-1][:, :LAGS]
+    common = lags if short else np.column_stack([mean24, lags])
+    common = common - anchor[:, None]
 
     leads = np.arange(1, horizon + 1)
-    # lead 1 is the hour starting at the origin; the same hour on the most recent day before it
+    # lead 1 is the hour starting at the origin; "same hour" means the most recent such hour
     back = 24 * ((leads + 23) // 24)
-    pos = HISTORY_HOURS + leads - 1 - back  # index into history; always within the last 24 h
-    same = ratio[:, pos]
-    same = np.where(np.isnan(same), level24[:, None], same)
-
-    out = np.empty((n, horizon, len(FEATURES)))
-    out[:, :, 0] = 1.0
-    out[:, :, 1] = level24[:, None]
-    out[:, :, 2] = level168[:, None]
-    out[:, :, 3] = last[:, None]
-    out[:, :, 4] = same
-    return out
+    offsets = [back] if short else [back, back + 24, 168 * ((leads + 167) // 168)]
+    per = np.empty((n, horizon, len(offsets)))
+    for j, offset in enumerate(offsets):
+        pos = HISTORY_HOURS + leads - 1 - offset
+        # beyond the window (very long horizons) the feature repeats the same hour yesterday
+        pos = np.where(pos >= 0, pos, HISTORY_HOURS + leads - 1 - back)
+        pos = np.where(pos >= 0, pos, HISTORY_HOURS - 1)
+        per[:, :, j] = filled[:, pos] - anchor[:, None]
+    return anchor, common, per
 
 
 def lead_rows(table: ArrayF, horizon: int) -> ArrayF:
     """Rows of a per-lead table for leads 1..horizon (leads past the table repeat its last row)."""
     idx = np.minimum(np.arange(horizon), table.shape[0] - 1)
     return np.asarray(table[idx])
+
+
+def volatility(ratios: ArrayF) -> ArrayF:
+    """Mean absolute day-over-day change of the log ratios over the last 144 h (NaN if unknown)."""
+    change = np.abs(ratios[:, -144:] - ratios[:, -168:-24])
+    known = ~np.isnan(change)
+    total = np.where(known, change, 0.0).sum(axis=1)
+    count = known.sum(axis=1)
+    return np.where(count >= 24, total / np.maximum(count, 1), np.nan)
+
+
+@dataclass(frozen=True)
+class ZoneParams:
+    """The fitted parameters of one zone, as arrays."""
+
+    level: ArrayF  # (12,) mean g/kWh per calendar month
+    shape: ArrayF  # (12, DAY_TYPES, 24) daily profile per month, day type, UTC hour
+    weights_full: ArrayF  # (MAX_LEAD, len(FULL_FEATURES) + len(FULL_LEAD_FEATURES))
+    weights_short: ArrayF  # (MAX_LEAD, len(SHORT_FEATURES) + len(SHORT_LEAD_FEATURES))
+    band_full: ArrayF  # (MAX_LEAD, 2) P10, P90 of log(actual / forecast), unscaled
+    band_short: ArrayF  # (MAX_LEAD, 2)
+    band_climatology: ArrayF  # (MAX_LEAD, 2)
+    volatility_ref: float  # typical `volatility` in the fit data
+    band_scale: float = 1.0  # calibration factor on the band's log width
+    volatility_power: float = 0.0  # band width ∝ (volatility / volatility_ref) ** power
+
+    def climatology(self, hours: ArrayF) -> ArrayF:
+        """Climatological intensity for epoch hours (any shape of int array)."""
+        return climatology(self.level, self.shape, hours)
+
+
+def regress(ratios: ArrayF, weights: ArrayF, horizon: int, short: bool) -> ArrayF:
+    """Predicted log ratios (n, horizon) from history log ratios and per-lead weights."""
+    anchor, common, per = features(ratios, horizon, short)
+    rows = lead_rows(weights, horizon)
+    n_common = common.shape[1]
+    out = anchor[:, None] + common @ rows[:, :n_common].T
+    out += np.einsum("nhf,hf->nh", per, rows[:, n_common:])
+    return np.asarray(out)
 
 
 def predict_batch(
@@ -153,30 +205,43 @@ def predict_batch(
         horizon: Number of hours to forecast.
 
     Returns:
-        (point, low, high), each (n, horizon).
+        (point, low, high), each (n, horizon), with low <= point <= high.
     """
     origin_hours = np.asarray(origin_hours, dtype=np.int64)
-    hist_hours = origin_hours[:, None] + np.arange(-HISTORY_HOURS, 0)
-    target_hours = origin_hours[:, None] + np.arange(horizon)
-    hist_clim = params.climatology(hist_hours)
-    target_clim = params.climatology(target_hours)
-    feats = features(history, hist_clim, horizon)
-    weights = lead_rows(params.weights, horizon)
-    ratio = np.clip(np.einsum("nhf,hf->nh", feats, weights), *_RATIO_CLIP)
-    point = ratio * target_clim
-    recent = (~np.isnan(history[:, -24:])).sum(axis=1) >= MIN_HISTORY_FOR_BAND
-    band = np.where(
-        recent[:, None, None],
-        lead_rows(params.band_history, horizon)[None],
-        lead_rows(params.band_climatology, horizon)[None],
+    n = len(origin_hours)
+    ratios = log_ratios(
+        np.asarray(history, dtype=np.float64),
+        params.climatology(origin_hours[:, None] + np.arange(-HISTORY_HOURS, 0)),
     )
-    return point, point * band[:, :, 0], point * band[:, :, 1]
+    target_clim = params.climatology(origin_hours[:, None] + np.arange(horizon))
+    known = ~np.isnan(ratios)
+    full = known.mean(axis=1) >= FULL_HISTORY_SHARE
+    short = ~full & (known[:, -24:].sum(axis=1) >= MIN_HISTORY_FOR_BAND)
+
+    log_point = np.zeros((n, horizon))
+    band = np.broadcast_to(lead_rows(params.band_climatology, horizon), (n, horizon, 2)).copy()
+    if full.any():
+        log_point[full] = regress(ratios[full], params.weights_full, horizon, short=False)
+        scale = np.full(int(full.sum()), params.band_scale)
+        if params.volatility_power:
+            reference = max(params.volatility_ref, 1e-6)
+            ratio = np.nan_to_num(volatility(ratios[full]) / reference, nan=1.0)
+            scale *= np.clip(ratio, *VOLATILITY_CLIP) ** params.volatility_power
+        band[full] = lead_rows(params.band_full, horizon)[None] * scale[:, None, None]
+    if short.any():
+        log_point[short] = regress(ratios[short], params.weights_short, horizon, short=True)
+        band[short] = lead_rows(params.band_short, horizon)[None] * params.band_scale
+    log_point = np.clip(log_point, *_LOG_RATIO_CLIP)
+    point = np.exp(log_point) * target_clim
+    low = point * np.exp(np.minimum(band[:, :, 0], 0.0))
+    high = point * np.exp(np.maximum(band[:, :, 1], 0.0))
+    return point, low, high
 
 
 class EmbeddedModel:
     """The offline forecaster shipped with harchos (see the module docstring)."""
 
-    model_name = "harchos-embedded-1 (climatology × recent level, blended with persistence)"
+    model_name = "harchos-embedded-2 (climatology × per-lead regression on the last week)"
 
     def __init__(self, document: dict[str, Any]) -> None:
         self._doc = document
@@ -195,6 +260,12 @@ class EmbeddedModel:
         """A model from an already parsed document (used by the fit script and tests)."""
         return cls(document)
 
+    @classmethod
+    def from_file(cls, path: str | Any) -> EmbeddedModel:
+        """A model from a gzip JSON file written by `scripts/fit_embedded.py`."""
+        with open(path, "rb") as handle:
+            return cls(json.loads(gzip.decompress(handle.read())))
+
     def zones(self) -> list[str]:
         """The zones the model covers, sorted."""
         return sorted(self._zones)
@@ -204,7 +275,7 @@ class EmbeddedModel:
         return zone in self._zones
 
     def fit_info(self, zone: str) -> dict[str, Any]:
-        """Sources, first/last hour fitted, and in-sample 24 h backtest MAPEs for `zone`."""
+        """Sources, first/last hour fitted, and the zone's backtest figures (see `explain`)."""
         return dict(self._zone(zone)["info"])
 
     def params(self, zone: str) -> ZoneParams:
@@ -212,17 +283,42 @@ class EmbeddedModel:
         cached = self._params.get(zone)
         if cached is None:
             raw = self._zone(zone)
+            packed = raw.get("params")
+            if isinstance(packed, str):  # parsed on first use: loading stays fast
+                raw = json.loads(packed)
+            shared = self._doc.get("shared", {})
+
+            def table(key: str, width: int) -> ArrayF:
+                values = np.asarray(raw[key], dtype=np.float64).reshape(-1, width)
+                base = shared.get(key)
+                if base is not None:  # per-zone weights are stored as offsets from shared ones
+                    values = values + np.asarray(base, dtype=np.float64).reshape(-1, width)
+                return values
+
             cached = ZoneParams(
                 level=np.asarray(raw["level"], dtype=np.float64),
-                shape=np.asarray(raw["shape"], dtype=np.float64).reshape(12, 2, 24),
-                weights=np.asarray(raw["weights"], dtype=np.float64).reshape(-1, len(FEATURES)),
-                band_history=np.asarray(raw["band_history"], dtype=np.float64).reshape(-1, 2),
+                shape=np.asarray(raw["shape"], dtype=np.float64).reshape(12, DAY_TYPES, 24),
+                weights_full=table("weights_full", len(FULL_FEATURES) + len(FULL_LEAD_FEATURES)),
+                weights_short=table(
+                    "weights_short", len(SHORT_FEATURES) + len(SHORT_LEAD_FEATURES)
+                ),
+                band_full=np.asarray(raw["band_full"], dtype=np.float64).reshape(-1, 2),
+                band_short=np.asarray(raw["band_short"], dtype=np.float64).reshape(-1, 2),
                 band_climatology=np.asarray(raw["band_climatology"], dtype=np.float64).reshape(
                     -1, 2
                 ),
+                volatility_ref=float(raw["volatility_ref"]),
+                band_scale=float(self._doc.get("band_scale", 1.0)),
+                volatility_power=float(self._doc.get("volatility_power", 0.0)),
             )
             self._params[zone] = cached
         return cached
+
+    def predict_batch(
+        self, zone: str, history: ArrayF, origin_hours: ArrayF, horizon: int
+    ) -> tuple[ArrayF, ArrayF, ArrayF]:
+        """`predict_batch` with this model's parameters for `zone` (see the module function)."""
+        return predict_batch(self.params(zone), history, origin_hours, horizon)
 
     def forecast_values(
         self, zone: str, origin: datetime, horizon: int, history: ArrayF | None
@@ -261,21 +357,9 @@ class EmbeddedModel:
         Observations at or after the start are ignored; sub-hourly ones are averaged per hour.
         """
         origin = epoch_hour(start)
-        window = np.full(HISTORY_HOURS, np.nan)
-        if history:
-            sums = np.zeros(HISTORY_HOURS)
-            counts = np.zeros(HISTORY_HOURS)
-            for obs in history:
-                idx = epoch_hour(obs.start) - origin + HISTORY_HOURS
-                if 0 <= idx < HISTORY_HOURS and np.isfinite(obs.intensity):
-                    sums[idx] += obs.intensity
-                    counts[idx] += 1
-            seen = counts > 0
-            window[seen] = sums[seen] / counts[seen]
-        point, low, high = self.forecast_values(
-            zone, datetime.fromtimestamp(origin * 3600, tz=UTC), hours, window
-        )
+        window = _history_window(origin, history)
         first = datetime.fromtimestamp(origin * 3600, tz=UTC)
+        point, low, high = self.forecast_values(zone, first, hours, window)
         return [
             Point(
                 start=first + timedelta(hours=i),
@@ -290,11 +374,74 @@ class EmbeddedModel:
     def band_ratios(
         self, zone: str, horizon: int, with_history: bool
     ) -> tuple[np.ndarray, np.ndarray]:
-        """P10 and P90 of actual / forecast for leads 1..horizon (multiply a forecast by them)."""
+        """P10 and P90 of actual / forecast for leads 1..horizon (multiply a forecast by them).
+
+        With history this is the full-history band at typical volatility.
+        """
         params = self.params(zone)
-        table = params.band_history if with_history else params.band_climatology
-        rows = lead_rows(table, max(int(horizon), 0))
-        return rows[:, 0].copy(), rows[:, 1].copy()
+        if with_history:
+            rows = lead_rows(params.band_full, max(int(horizon), 0)) * params.band_scale
+        else:
+            rows = lead_rows(params.band_climatology, max(int(horizon), 0))
+        return np.exp(np.minimum(rows[:, 0], 0.0)), np.exp(np.maximum(rows[:, 1], 0.0))
+
+    def history_mode(self, history_hours: int) -> str:
+        """Which weights a history of `history_hours` consecutive known hours selects."""
+        known = min(max(int(history_hours), 0), HISTORY_HOURS)
+        if known >= FULL_HISTORY_SHARE * HISTORY_HOURS:
+            return "full"
+        if min(known, 24) >= MIN_HISTORY_FOR_BAND:
+            return "short"
+        return "climatology"
+
+    def explain(self, zone: str, history_hours: int) -> dict[str, Any]:
+        """What the model is and how well it did for `zone`, for `harchos forecast --explain`.
+
+        Args:
+            zone: Electricity Maps zone id.
+            history_hours: Hours of recent history (consecutive, ending at the origin) the
+                forecast is given.
+
+        Returns:
+            A JSON-ready dict: model, method, fitted_at, fit {start, end, hours, sources},
+            history {given_hours, used_hours, mode, description}, backtest (the zone's scores as
+            stored by the fit script: kind "held-out" or "in-sample", period, horizon_hours, mape,
+            coverage, persistence_mape, share_of_oracle_1h / _6h and their persistence values
+            where known, or None when the fit recorded nothing).
+
+        Raises:
+            NoCarbonDataError: The model does not cover `zone`.
+        """
+        info = self.fit_info(zone)
+        mode = self.history_mode(history_hours)
+        used = min(max(int(history_hours), 0), HISTORY_HOURS if mode == "full" else 24)
+        descriptions = {
+            "full": "regression on the last week (means of 24 h and 168 h, the last 24 hours, "
+            "the same hour 1, 2 and 7 days back) over the climatology",
+            "short": "regression on the last 24 h (their mean, each hour, the same hour "
+            "yesterday) over the climatology",
+            "climatology": "seasonal profile only (month, day type, hour): fewer than "
+            f"{MIN_HISTORY_FOR_BAND} recent hours known",
+        }
+        return {
+            "model": self.model_name,
+            "method": "per-zone climatology × per-lead linear regression of log(actual / "
+            "climatology) on recent history; P10–P90 band from calibrated residual quantiles",
+            "fitted_at": self.fitted_at,
+            "fit": {
+                "start": info.get("fit_start"),
+                "end": info.get("fit_end"),
+                "hours": info.get("hours"),
+                "sources": list(info.get("sources", [])),
+            },
+            "history": {
+                "given_hours": int(history_hours),
+                "used_hours": used if mode != "climatology" else 0,
+                "mode": mode,
+                "description": descriptions[mode],
+            },
+            "backtest": info.get("backtest"),
+        }
 
     def _zone(self, zone: str) -> dict[str, Any]:
         raw = self._zones.get(zone)
@@ -306,6 +453,23 @@ class EmbeddedModel:
                 hint=hint or f"it covers {len(self._zones)} zones, e.g. DE, FR, GB, US-CAL-CISO",
             )
         return raw
+
+
+def _history_window(origin: int, history: Sequence[Observation]) -> ArrayF:
+    """Hourly means of the observations in the `HISTORY_HOURS` before `origin` (NaN if none)."""
+    window = np.full(HISTORY_HOURS, np.nan)
+    if not history:
+        return window
+    sums = np.zeros(HISTORY_HOURS)
+    counts = np.zeros(HISTORY_HOURS)
+    for obs in history:
+        idx = epoch_hour(obs.start) - origin + HISTORY_HOURS
+        if 0 <= idx < HISTORY_HOURS and np.isfinite(obs.intensity):
+            sums[idx] += obs.intensity
+            counts[idx] += 1
+    seen = counts > 0
+    window[seen] = sums[seen] / counts[seen]
+    return window
 
 
 @cache

@@ -106,11 +106,35 @@ def _window_json(window: Window) -> dict[str, Any]:
     }
 
 
-def region_json(outlook: Outlook, item: RegionOutlook) -> dict[str, Any]:
+def explain(forecast: Forecast) -> dict[str, Any]:
+    """Which model made the numbers, what history it used, and how it backtested for this zone."""
+    from harchos_cli.carbon.embedded import EmbeddedModel
+
+    model = EmbeddedModel.load()
+    source = forecast.source
+    if source.provider == "embedded":
+        return {"used": "embedded", **model.explain(forecast.region.zone, len(forecast.history))}
+    if source.provider == "replay":
+        return {"used": "replay", "method": "the trace's own recorded values, served as a forecast"}
+    explained: dict[str, Any] = {
+        "used": source.provider,
+        "method": f"{source.provider}'s own forecast ({source.method})",
+    }
+    if model.has_zone(forecast.region.zone):
+        explained["embedded_on_same_history"] = model.explain(
+            forecast.region.zone, len(forecast.history)
+        )
+    return explained
+
+
+def region_json(
+    outlook: Outlook, item: RegionOutlook, *, with_explain: bool = False
+) -> dict[str, Any]:
     """The documented `harchos forecast --json` object for one region (docs/json.md)."""
     forecast = item.forecast
     source = forecast.source
     best = item.best
+    extra = {"explain": explain(forecast)} if with_explain else {}
     return {
         "region": forecast.region.name,
         "zone": forecast.region.zone,
@@ -152,13 +176,14 @@ def region_json(outlook: Outlook, item: RegionOutlook) -> dict[str, Any]:
         },
         "error": item.error,
         "warnings": forecast.warnings,
+        **extra,
     }
 
 
-def outlook_json(outlook: Outlook) -> dict[str, Any]:
+def outlook_json(outlook: Outlook, *, explain: bool = False) -> dict[str, Any]:
     """One region: its object. Several: `{"ranking": [...], "forecasts": [...]}`."""
     if len(outlook.regions) == 1:
-        return region_json(outlook, outlook.regions[0])
+        return region_json(outlook, outlook.regions[0], with_explain=explain)
     ranking = []
     for rank, item in enumerate(outlook.ranking(), start=1):
         assert item.best is not None
@@ -174,6 +199,6 @@ def outlook_json(outlook: Outlook) -> dict[str, Any]:
         )
     return {
         "ranking": ranking,
-        "forecasts": [region_json(outlook, r) for r in outlook.regions],
+        "forecasts": [region_json(outlook, r, with_explain=explain) for r in outlook.regions],
         "warnings": outlook.warnings,
     }

@@ -39,6 +39,9 @@ def forecast(
     json_: bool = typer.Option(False, "--json", help="Print JSON (schema in docs/json.md)."),
     csv_: bool = typer.Option(False, "--csv", help="Print the points as CSV."),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Draw a chart in the terminal."),
+    explain: bool = typer.Option(
+        False, "--explain", help="Say which model, what history and its backtested error."
+    ),
 ) -> None:
     """Show the carbon intensity ahead for one or more regions and the greenest window."""
     if ctx.invoked_subcommand is not None:
@@ -59,14 +62,14 @@ def forecast(
         from harchos_cli.cli import output
 
         output.warn_all(outlook.all_warnings())
-        output.print_json(outlook_json(outlook))
+        output.print_json(outlook_json(outlook, explain=explain))
         return
     from harchos_cli.cli import render
 
     if csv_:
         render.print_outlook_csv(outlook)
     else:
-        render.print_outlook(outlook, plot=plot)
+        render.print_outlook(outlook, plot=plot, explain=explain)
 
 
 @app.command()

@@ -116,10 +116,12 @@ def _chart(
     return text
 
 
-def print_outlook(outlook: Outlook, *, plot: bool) -> None:
+def print_outlook(outlook: Outlook, *, plot: bool, explain: bool = False) -> None:
     warn_all(outlook.all_warnings())
     for item in outlook.regions:
         _print_region_outlook(outlook, item, plot=plot)
+        if explain:
+            _print_explain(item)
     if len(outlook.regions) > 1:
         _print_ranking(outlook)
 
@@ -195,6 +197,35 @@ def _print_region_outlook(outlook: Outlook, item: RegionOutlook, *, plot: bool) 
                 )
         else:
             stdout.print(f"No period under {outlook.threshold:g} {UNIT} in the forecast.")
+    stdout.print()
+
+
+def _print_explain(item: RegionOutlook) -> None:
+    from harchos_cli.carbon.outlook import explain
+
+    details = explain(item.forecast)
+    stdout.print(Text("How this forecast was made", style="bold"))
+    stdout.print(f"  source: {details['method']}")
+    model = details if details["used"] == "embedded" else details.get("embedded_on_same_history")
+    if model:
+        if details["used"] != "embedded":
+            stdout.print(f"  compared with: {model['model']}")
+        else:
+            stdout.print(f"  model: {model['model']}")
+        fit = model["fit"]
+        stdout.print(
+            f"  fitted on {fit['hours']:,} hours, {fit['start'][:10]} to {fit['end'][:10]} "
+            f"({len(fit['sources'])} trace files)"
+        )
+        stdout.print(f"  history: {model['history']['description']}")
+        backtest = model.get("backtest")
+        if backtest:
+            stdout.print(
+                f"  {backtest['kind']} backtest for {item.forecast.region.zone} "
+                f"({backtest['period'].replace('/', ' to ')}): day-ahead MAPE "
+                f"{backtest['mape']:.1%} (same-hour-yesterday {backtest['persistence_mape']:.1%}),"
+                f" P10–P90 band covered {backtest['coverage']:.0%} of actual values"
+            )
     stdout.print()
 
 

@@ -11,10 +11,9 @@ import sys
 import threading
 from pathlib import Path
 
+import pipeline
 import pytest
 from conftest import PROJECT
-
-import pipeline
 
 WATCHDOG_S = 300
 
@@ -92,7 +91,9 @@ def test_every_row_is_transformed_once(tmp_path: Path) -> None:
     assert {status for status, _, _ in state.values()} == {"done"}
     with (tmp_path / "out" / "part-00000.csv").open(newline="") as handle:
         first = next(csv.DictReader(handle))
-    assert float(first["fahrenheit"]) == pytest.approx(float(first["celsius"]) * 9 / 5 + 32, abs=0.01)
+    assert float(first["fahrenheit"]) == pytest.approx(
+        float(first["celsius"]) * 9 / 5 + 32, abs=0.01
+    )
 
 
 def test_killed_mid_run_and_restarted_every_chunk_is_processed_exactly_once(

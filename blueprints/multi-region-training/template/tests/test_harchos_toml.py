@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import tomllib
 
-from conftest import PROJECT
-
 import train
+from conftest import PROJECT
 
 
 def test_every_carbon_hub_is_described_with_its_region() -> None:

@@ -7,9 +7,8 @@ import shutil
 import signal
 from pathlib import Path
 
-from conftest import checkpoints_in, run_and_signal, run_train, same_weights, settings
-
 import train
+from conftest import checkpoints_in, run_and_signal, run_train, same_weights, settings
 
 STEPS = 500
 
@@ -33,7 +32,9 @@ def test_paused_on_one_hub_resumed_on_another_ends_with_the_same_weights(tmp_pat
     shutil.copytree(first / "ckpt", second / "ckpt")
     moved = checkpoints_in(second / "ckpt")[-1]
 
-    resumed = run_train(second / "ckpt", settings(second / "out", STEPS), env=hub("hub-b", "us-west"))
+    resumed = run_train(
+        second / "ckpt", settings(second / "out", STEPS), env=hub("hub-b", "us-west")
+    )
     assert resumed.code == 0, resumed.output
     assert "on hub hub-b (region us-west)" in resumed.output
     assert f"resumed from {moved}" in resumed.output

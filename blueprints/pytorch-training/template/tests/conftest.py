@@ -144,4 +144,3 @@ def same_weights(a: Path, b: Path) -> bool:
 
 def checkpoints_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("step_*") if p.is_dir())
-

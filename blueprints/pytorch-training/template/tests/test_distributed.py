@@ -6,9 +6,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import Run, checkpoints_in, run_and_signal, run_train, same_weights, settings
-
 import train
+from conftest import Run, checkpoints_in, run_and_signal, run_train, same_weights, settings
 
 STEPS = 100
 

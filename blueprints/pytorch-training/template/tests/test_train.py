@@ -9,9 +9,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import checkpoints_in, run_and_signal, run_train, same_weights, settings
-
 import train
+from conftest import checkpoints_in, run_and_signal, run_train, same_weights, settings
 
 STEPS = 600  # long enough to be signalled mid-run, a second or two on a CPU
 
