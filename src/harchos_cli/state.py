@@ -35,6 +35,75 @@ def _m001_response_cache(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def _m002_hubs(db: sqlite3.Connection) -> None:
+    """The hub inventory (owned by harchos_cli.hubs); one column per `Hub` field."""
+    db.execute(
+        """
+        CREATE TABLE hubs (
+            name TEXT PRIMARY KEY,
+            transport TEXT NOT NULL,
+            host TEXT,
+            user TEXT,
+            port INTEGER,
+            identity TEXT,
+            region TEXT,
+            gpus INTEGER,
+            gpu_type TEXT,
+            price_per_gpu_hour REAL,
+            pue REAL NOT NULL,
+            workdir TEXT NOT NULL,
+            python TEXT NOT NULL,
+            host_key_policy TEXT NOT NULL
+        )
+        """
+    )
+
+
+@migration
+def _m003_jobs(db: sqlite3.Connection) -> None:
+    """The job store (owned by harchos_cli.jobs)."""
+    db.execute(
+        """
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            project_dir TEXT NOT NULL,
+            hub TEXT,
+            state TEXT NOT NULL,
+            detached INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            planned_start TEXT,
+            started_at TEXT,
+            finished_at TEXT,
+            exit_code INTEGER,
+            remote_dir TEXT,
+            launched INTEGER NOT NULL DEFAULT 0,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            supervisor_pid INTEGER,
+            heartbeat TEXT,
+            log_offset INTEGER NOT NULL DEFAULT 0,
+            message TEXT,
+            request TEXT NOT NULL,
+            plan TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX jobs_state ON jobs (state)")
+    db.execute(
+        """
+        CREATE TABLE hub_setups (
+            hub TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            done_at TEXT NOT NULL,
+            PRIMARY KEY (hub, content_hash)
+        )
+        """
+    )
+
+
 def connect(path: Path | None = None) -> sqlite3.Connection:
     """Open (creating and migrating as needed) the state database."""
     target = path or paths.state_db()

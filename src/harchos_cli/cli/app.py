@@ -12,7 +12,8 @@ from types import FrameType
 import typer
 
 from harchos_cli import __version__
-from harchos_cli.cli import config_cmd, forecast, new, plan, regions
+from harchos_cli.cli import config_cmd, forecast, hubs, jobs, new, plan, regions
+from harchos_cli.cli import run as run_cmd
 from harchos_cli.errors import ExitCode, HarchosError
 
 app = typer.Typer(
@@ -25,12 +26,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.add_typer(forecast.app, name="forecast")
-app.add_typer(regions.app, name="regions")
-app.add_typer(plan.app, name="plan")
-app.add_typer(config_cmd.app, name="config")
 app.command("new")(new.new)
 app.command("update")(new.update)
+app.add_typer(forecast.app, name="forecast")
+app.add_typer(regions.app, name="regions")
+app.add_typer(run_cmd.app, name="run")
+app.add_typer(hubs.app, name="hubs")
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(plan.app, name="plan")
+app.add_typer(config_cmd.app, name="config")
 
 
 class Interrupted(BaseException):

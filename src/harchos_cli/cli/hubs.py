@@ -1,0 +1,186 @@
+"""`harchos hubs`: the machines jobs run on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+app = typer.Typer(
+    help="Add, list, check and remove hubs (this machine, or GPU boxes over SSH).",
+    rich_markup_mode=None,
+)
+
+
+def _parse_gpus(value: str) -> int | None:
+    from harchos_cli.errors import UsageError
+
+    if value.strip().lower() == "auto":
+        return None
+    if not value.strip().isdigit():
+        raise UsageError(f"invalid --gpus {value!r}", hint="a whole number >= 0, or auto")
+    return int(value)
+
+
+@app.command()
+def add(
+    name: str = typer.Argument(..., help="A name for the hub: letters, digits, '-', '_', '.'."),
+    ssh: str = typer.Option(
+        ..., "--ssh", help="[USER@]HOST[:PORT]; HOST may be an alias from ~/.ssh/config."
+    ),
+    identity: str | None = typer.Option(
+        None, "--identity", "-i", help="Private key file (default: your ssh config and agent)."
+    ),
+    region: str | None = typer.Option(
+        None, "--region", help="Where the hub is (eu-west, aws:eu-central-1, DE, ...)."
+    ),
+    gpus: str = typer.Option("auto", "--gpus", help="How many GPUs, or auto (nvidia-smi)."),
+    gpu_type: str | None = typer.Option(None, "--gpu-type", help="e.g. A100-80GB (informative)."),
+    price: float | None = typer.Option(
+        None, "--price-per-gpu-hour", help="Cost of one GPU for one hour, in your currency."
+    ),
+    pue: float = typer.Option(1.0, "--pue", help="Power usage effectiveness of the site (>= 1)."),
+    workdir: str = typer.Option(
+        "~/harchos", "--workdir", help="Folder on the hub that projects are synced into."
+    ),
+    python: str = typer.Option("python3", "--python", help="Python 3.8+ on the hub."),
+    strict_host_key: bool = typer.Option(
+        False,
+        "--strict-host-key",
+        help="Refuse an unknown host key instead of pinning it on first use.",
+    ),
+    json_: bool = typer.Option(False, "--json", help="Print the stored hub as JSON."),
+) -> None:
+    """Add a GPU box reached over SSH."""
+    from pathlib import Path
+
+    from harchos_cli.cli import output
+    from harchos_cli.hubs import inventory
+    from harchos_cli.hubs.base import Hub
+
+    user, host, port = inventory.parse_ssh_target(ssh)
+    hub = inventory.add(
+        Hub(
+            name=name,
+            transport="ssh",
+            host=host,
+            user=user,
+            port=port,
+            identity=Path(identity) if identity else None,
+            region=region,
+            gpus=_parse_gpus(gpus),
+            gpu_type=gpu_type,
+            price_per_gpu_hour=price,
+            pue=pue,
+            workdir=workdir,
+            python=python,
+            host_key_policy="strict" if strict_host_key else "accept-new",
+        )
+    )
+    if json_:
+        output.print_json(inventory.as_json(hub))
+    else:
+        print(f"added hub {hub.name} ({_where(hub)})")
+        print(f"check it with: harchos hubs check {hub.name}")
+
+
+def _where(hub: Any) -> str:
+    if hub.transport == "local":
+        return "this machine"
+    user = f"{hub.user}@" if hub.user else ""
+    port = f":{hub.port}" if hub.port else ""
+    return f"ssh {user}{hub.host}{port}"
+
+
+@app.command("list")
+def list_(json_: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Every hub, `local` (this machine) first."""
+    from harchos_cli.cli import output
+    from harchos_cli.hubs import inventory
+
+    hubs = inventory.list_hubs()
+    if json_:
+        output.print_json([inventory.as_json(hub) for hub in hubs])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for column in ("name", "where", "region", "gpus", "pue", "price/gpu-h", "workdir"):
+        table.add_column(column)
+    for hub in hubs:
+        table.add_row(
+            hub.name,
+            _where(hub),
+            hub.region or "-",
+            "auto" if hub.gpus is None else str(hub.gpus),
+            f"{hub.pue:g}",
+            "-" if hub.price_per_gpu_hour is None else f"{hub.price_per_gpu_hour:g}",
+            "(in place)" if hub.transport == "local" else hub.workdir,
+        )
+    Console(highlight=False).print(table)
+
+
+@app.command()
+def show(
+    name: str = typer.Argument(..., help="The hub's name."),
+    json_: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """One hub's settings, and where harchos keeps its files for it."""
+    from harchos_cli.cli import output
+    from harchos_cli.hubs import inventory
+    from harchos_cli.hubs.processes import jobs_root
+    from harchos_cli.hubs.ssh import known_hosts_file
+
+    hub = inventory.get(name)
+    data = inventory.as_json(hub)
+    data["jobs_dir"] = jobs_root(hub)
+    data["known_hosts"] = None if hub.transport == "local" else str(known_hosts_file())
+    if json_:
+        output.print_json(data)
+        return
+    for key, value in data.items():
+        print(f"{key:20} {'-' if value is None else value}")
+
+
+@app.command()
+def remove(name: str = typer.Argument(..., help="The hub's name.")) -> None:
+    """Forget a hub (nothing on the machine is touched)."""
+    from harchos_cli.hubs import inventory
+
+    inventory.remove(name)
+    print(f"removed hub {name}")
+
+
+@app.command()
+def check(
+    names: list[str] | None = typer.Argument(None, help="Hubs to check (default: all)."),
+    json_: bool = typer.Option(False, "--json", help="Print JSON (one object for one hub)."),
+) -> None:
+    """Reachability, host key, Python, GPUs and free disk; hubs are checked concurrently.
+
+    Exits 4 when a hub cannot be used.
+    """
+    from harchos_cli.cli import output
+    from harchos_cli.hubs import inventory
+    from harchos_cli.hubs.check import check_hubs
+
+    hubs = [inventory.get(name) for name in names] if names else inventory.list_hubs()
+    results = check_hubs(hubs)
+    if json_:
+        payload = [r.as_json() for r in results]
+        output.print_json(payload[0] if names and len(names) == 1 else payload)
+    else:
+        for r in results:
+            if r.ok:
+                gpus = ", ".join(str(g.get("name")) for g in r.gpus) or "none"
+                key = f", host key {r.host_key}" if r.host_key else ""
+                print(
+                    f"{r.hub}: ok{key}, Python {r.python}, GPUs: {gpus}, {r.free_disk_gb:g} GB free"
+                )
+            else:
+                print(f"{r.hub}: FAILED: {r.error}")
+    if not all(r.ok for r in results):
+        from harchos_cli.errors import ExitCode
+
+        raise typer.Exit(int(ExitCode.HUB_FAILED))

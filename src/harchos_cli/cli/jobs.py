@@ -1,0 +1,162 @@
+"""`harchos jobs`: what harchos has run, is running or will run."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from harchos_cli.jobs.store import JobStore
+
+app = typer.Typer(
+    help="List, inspect, follow and cancel jobs.", rich_markup_mode=None, no_args_is_help=True
+)
+
+_JSON = typer.Option(False, "--json", help="Print JSON (docs/run.md) on stdout.")
+_ID = typer.Argument(..., metavar="JOB_ID", help="A job id, or a unique prefix of one.")
+
+
+def _store() -> JobStore:
+    """The store, after restarting any supervisor that died (kill -9, reboot)."""
+    from harchos_cli.cli.output import warn
+    from harchos_cli.jobs.liveness import revive
+    from harchos_cli.jobs.store import JobStore
+
+    store = JobStore()
+    for job_id in revive(store):
+        warn(f"restarted the supervisor of job {job_id}")
+    return store
+
+
+@app.command("list")
+def list_jobs(
+    all_jobs: bool = typer.Option(False, "--all", help="Every job, not only the last 20."),
+    json_output: bool = _JSON,
+) -> None:
+    """Jobs, newest first: state, hub, planned start, exit code."""
+    from harchos_cli.cli.output import print_json
+
+    store = _store()
+    try:
+        jobs = store.list(limit=None if all_jobs else 20)
+    finally:
+        store.close()
+    if json_output:
+        print_json([job.as_json() for job in jobs])
+        return
+    if not jobs:
+        typer.echo("no jobs yet: start one with `harchos run train`")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("job", "name", "kind", "state", "hub", "planned start", "exit"):
+        table.add_column(column)
+    for job in jobs:
+        table.add_row(
+            job.id, job.name, job.kind, job.state, job.hub or "-", job.planned_start or "-",
+            "-" if job.exit_code is None else str(job.exit_code),
+        )  # fmt: skip
+    Console().print(table)
+
+
+@app.command("show")
+def show(job_id: str = _ID, json_output: bool = _JSON) -> None:
+    """One job: its plan, stage, supervisor and outcome."""
+    from harchos_cli.cli.output import print_json
+
+    store = _store()
+    try:
+        job = store.get(job_id)
+    finally:
+        store.close()
+    data = job.as_json()
+    if json_output:
+        print_json({**data, "plan": job.plan, "launch": job.request.get("launch")})
+        return
+    for key, value in data.items():
+        if value is not None and value != []:
+            typer.echo(f"{key:<19}{value}")
+    launch = job.request.get("launch")
+    if launch:
+        from harchos_cli.jobs.launchers import render
+
+        typer.echo(f"{'command':<19}{render(launch['argv'])}")
+
+
+@app.command("logs")
+def logs(
+    job_id: str = _ID,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until it ends."),
+) -> None:
+    """The job's output (stdout and stderr of the workload, and of the setup command)."""
+    import codecs
+    import sys
+    import time
+
+    from harchos_cli.jobs.store import log_path
+
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    store = _store()
+    try:
+        job = store.get(job_id)
+        path = log_path(job.id)
+        offset = 0
+        while True:
+            active = store.get(job.id).active
+            try:
+                with path.open("rb") as handle:
+                    handle.seek(offset)
+                    data = handle.read()
+            except FileNotFoundError:
+                data = b""
+            offset += len(data)
+            sys.stdout.write(decoder.decode(data))
+            sys.stdout.flush()
+            if not follow or (not active and not data):
+                break
+            time.sleep(0.25)
+        job = store.get(job.id)
+    finally:
+        store.close()
+    if follow:
+        code = "" if job.exit_code is None else f" (exit code {job.exit_code})"
+        typer.echo(f"job {job.id} {job.state}{code}", err=True)
+
+
+@app.command("cancel")
+def cancel(
+    job_id: str = _ID,
+    wait: float = typer.Option(
+        45.0, "--wait", help="Seconds to wait for the job to stop (0: do not wait)."
+    ),
+    json_output: bool = _JSON,
+) -> None:
+    """Cancel a job: a waiting one never starts; a running one is stopped on its hub (SIGTERM:
+    training saves a checkpoint and exits)."""
+    import time
+
+    from harchos_cli.cli.output import print_json
+    from harchos_cli.jobs.supervisor import request_cancel
+
+    store = _store()
+    try:
+        job = store.get(job_id)
+        was_active = job.active
+        job = request_cancel(store, job.id)
+        deadline = time.monotonic() + wait
+        while job.active and time.monotonic() < deadline:
+            time.sleep(0.2)
+            job = store.get(job.id)
+    finally:
+        store.close()
+    if json_output:
+        print_json(job.as_json())
+    elif not was_active:
+        typer.echo(f"job {job.id} already {job.state}; nothing to cancel")
+    elif job.active:
+        typer.echo(f"job {job.id}: cancel requested; it stops at its next step boundary")
+    else:
+        typer.echo(f"job {job.id} {job.state}" + (f": {job.message}" if job.message else ""))

@@ -1,0 +1,319 @@
+"""`harchos run`: launch the project's training or any command, when and where it is greenest."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from harchos_cli.jobs.request import Prepared, RunOptions
+    from harchos_cli.jobs.store import Job
+
+app = typer.Typer(
+    help="Run training or any command on a hub, deferred until the grid is green.",
+    rich_markup_mode=None,
+    no_args_is_help=True,
+)
+
+_HUB = typer.Option(
+    None, "--hub", help="Hub to run on (see `harchos hubs list`), or `auto`: the greenest hub "
+    "with enough GPUs. Default: the only hub in harchos.toml, else local.", show_default=False,
+)  # fmt: skip
+_DEFER = typer.Option(
+    False, "--defer-until-green", help="Wait for the greenest window before the deadline."
+)
+_DURATION = typer.Option(
+    None, "--duration", help="Expected run time (90m, 6h, PT6H). Default: [job] "
+    "expected_duration, else 1h.", show_default=False,
+)  # fmt: skip
+_DEADLINE = typer.Option(
+    None, "--deadline", help="Finish by then: a duration from now (12h) or an ISO time. "
+    "Default: [carbon] deadline, else 24h.", show_default=False,
+)  # fmt: skip
+_THRESHOLD = typer.Option(
+    None, "--threshold", help="gCO2eq/kWh: start as soon as intensity is at or under it "
+    "(implies --defer-until-green). Default: [carbon] threshold.", show_default=False,
+)  # fmt: skip
+_PROVIDER = typer.Option(
+    None, "--provider", help="Carbon data: auto, embedded, electricitymaps, watttime, ukgrid "
+    "or replay:PATH.", show_default=False,
+)  # fmt: skip
+_AT = typer.Option(
+    None, "--at", help="Pretend it is this time (ISO-8601) while planning and waiting.",
+    show_default=False,
+)  # fmt: skip
+_SPEEDUP = typer.Option(
+    None, "--speedup", help="Run the waiting clock N times faster (demos, tests); the workload "
+    "runs in real time.", show_default=False,
+)  # fmt: skip
+_DETACH = typer.Option(
+    False, "--detach", help="Hand the job to a background supervisor; print its id and return."
+)
+_DRY_RUN = typer.Option(False, "--dry-run", help="Show the plan and exact commands; run nothing.")
+_JSON = typer.Option(False, "--json", help="Print one JSON object (docs/run.md) on stdout.")
+
+
+@app.command(
+    "train",
+    context_settings={"allow_interspersed_args": False},
+)
+def train(
+    args: list[str] = typer.Argument(
+        None,
+        metavar="[-- ARGS...]",
+        help="Extra arguments for the training script.",
+        show_default=False,
+    ),
+    hub: str = _HUB,
+    defer: bool = _DEFER,
+    duration: str = _DURATION,
+    deadline: str = _DEADLINE,
+    threshold: float = _THRESHOLD,
+    provider: str = _PROVIDER,
+    at: str = _AT,
+    speedup: float = _SPEEDUP,
+    detach: bool = _DETACH,
+    dry_run: bool = _DRY_RUN,
+    json_output: bool = _JSON,
+) -> None:
+    """Run the project's training (harchos.toml [job]) under `accelerate launch` on a hub."""
+    from harchos_cli.jobs.request import RunOptions
+
+    options = RunOptions(
+        "train", list(args or []), hub, defer, duration, deadline, threshold, provider, at,
+        speedup, detach,
+    )  # fmt: skip
+    raise typer.Exit(_run(options, dry_run=dry_run, json_output=json_output))
+
+
+@app.command("batch", context_settings={"allow_interspersed_args": False})
+def batch(
+    command: list[str] = typer.Argument(
+        None,
+        metavar="-- CMD [ARGS...]",
+        help="The command to run (default: [job] command).",
+        show_default=False,
+    ),
+    hub: str = _HUB,
+    defer: bool = _DEFER,
+    duration: str = _DURATION,
+    deadline: str = _DEADLINE,
+    threshold: float = _THRESHOLD,
+    provider: str = _PROVIDER,
+    at: str = _AT,
+    speedup: float = _SPEEDUP,
+    detach: bool = _DETACH,
+    dry_run: bool = _DRY_RUN,
+    json_output: bool = _JSON,
+) -> None:
+    """Run any command on a hub, when the grid is green (the project is synced there first)."""
+    from harchos_cli.jobs.request import RunOptions
+
+    options = RunOptions(
+        "batch", list(command or []), hub, defer, duration, deadline, threshold, provider, at,
+        speedup, detach,
+    )  # fmt: skip
+    raise typer.Exit(_run(options, dry_run=dry_run, json_output=json_output))
+
+
+def _run(options: RunOptions, *, dry_run: bool, json_output: bool) -> int:
+    from harchos_cli.cli.output import print_json, warn_all
+    from harchos_cli.jobs.liveness import revive
+    from harchos_cli.jobs.request import prepare
+    from harchos_cli.jobs.supervisor import create_job
+    from harchos_cli.jobs.supervisor import dry_run as describe
+
+    revive()
+    prepared = prepare(options)
+    warn_all(prepared.plan.warnings)
+    if dry_run:
+        plan = describe(prepared)
+        if json_output:
+            print_json(plan)
+        else:
+            _print_dry_run(plan)
+        return 0
+    if options.detach:
+        return _detach(prepared, json_output)
+    job = create_job(prepared, detached=False)
+    if not json_output:
+        _print_plan(prepared, job.id)
+    return _foreground(job, json_output)
+
+
+def _detach(prepared: Prepared, json_output: bool) -> int:
+    from harchos_cli.cli.output import print_json
+    from harchos_cli.jobs.liveness import spawn
+    from harchos_cli.jobs.supervisor import create_job
+
+    job = create_job(prepared, detached=True)
+    spawn(job.id)
+    if json_output:
+        print_json({**prepared.plan.as_json(), "job_id": job.id, "state": job.state,
+                    "detached": True})  # fmt: skip
+    else:
+        _print_plan(prepared, job.id)
+        typer.echo(job.id)
+        typer.echo(
+            f"running in the background: follow with `harchos jobs logs -f {job.id}`, "
+            f"stop with `harchos jobs cancel {job.id}`",
+            err=True,
+        )
+    return 0
+
+
+def _foreground(job: Job, json_output: bool) -> int:
+    from harchos_cli.cli.app import Interrupted
+    from harchos_cli.cli.output import print_json
+    from harchos_cli.jobs.liveness import AlreadySupervisedError, spawn
+    from harchos_cli.jobs.store import JobStore
+    from harchos_cli.jobs.supervisor import Supervisor
+
+    reporter = ConsoleReporter(json_output)
+    store = JobStore()
+    try:
+        try:
+            final = Supervisor(job.id, reporter, store=store).run()
+        except (Interrupted, KeyboardInterrupt):
+            reporter.close()
+            current = store.get(job.id)
+            if current.state == "waiting" and store.advance(
+                job.id, ["waiting"], "cancelled", cancel_requested=True,
+                message="cancelled with Ctrl-C while waiting; nothing ran",
+            ):  # fmt: skip
+                typer.echo(f"cancelled job {job.id} while it waited; nothing ran", err=True)
+            elif current.active:
+                spawn(job.id)
+                typer.echo(
+                    f"job {job.id} goes on in the background on hub {current.hub}: "
+                    f"`harchos jobs logs -f {job.id}` follows it, "
+                    f"`harchos jobs cancel {job.id}` stops it",
+                    err=True,
+                )
+            raise
+        except AlreadySupervisedError:
+            final = store.get(job.id)
+        reporter.close()
+    finally:
+        store.close()
+    if json_output:
+        print_json(result_json(final))
+    else:
+        typer.echo(_summary(final), err=True)
+    return exit_code(final)
+
+
+def exit_code(job: Job) -> int:
+    """The job's exit code as `harchos run`'s own: the workload's, 1 when it has none."""
+    if job.exit_code is not None:
+        return job.exit_code if 0 <= job.exit_code <= 255 else 1
+    return 130 if job.state == "cancelled" else 1
+
+
+def result_json(job: Job) -> dict[str, Any]:
+    """`harchos run --json`: the job and its plan as one object (docs/run.md)."""
+    plan = dict(job.plan or {})
+    plan.pop("hub", None)
+    return {**plan, **job.as_json(), "planned_start": job.planned_start}
+
+
+def _summary(job: Job) -> str:
+    code = "no exit code" if job.exit_code is None else f"exit code {job.exit_code}"
+    text = f"job {job.id} {job.state} on hub {job.hub} ({code})"
+    return f"{text}: {job.message}" if job.message and job.state != "done" else text
+
+
+def plan_line(plan: dict[str, Any]) -> str:
+    """One line: when, where, expected intensity, saving against now, and the data's source."""
+    hub = plan.get("hub") or "?"
+    if plan.get("expected_intensity") is None:
+        return f"start at once on hub {hub} ({plan.get('reason')})"
+    where = f"hub {hub}, {plan.get('region')} ({plan.get('zone')})"
+    text = (
+        f"start {plan['planned_start']} on {where}: {plan['reason']}, expected "
+        f"{plan['expected_intensity']:g} gCO2eq/kWh"
+    )
+    saving = plan.get("saving_vs_now")
+    if saving is not None and plan.get("now_intensity") is not None:
+        text += f", {saving:.1%} less than starting now ({plan['now_intensity']:g})"
+    detail = f", {plan['source_detail']}" if plan.get("source_detail") else ""
+    return f"{text}; data: {plan.get('provider')} ({plan.get('source_kind')}{detail})"
+
+
+def _print_plan(prepared: Prepared, job_id: str) -> None:
+    typer.echo(f"job {job_id}: {plan_line(prepared.plan.as_json())}", err=True)
+
+
+def _print_dry_run(plan: dict[str, Any]) -> None:
+    from harchos_cli.jobs.launchers import render
+
+    typer.echo(f"plan: {plan_line(plan)}")
+    typer.echo("commands (nothing is run):")
+    if plan["sync"]:
+        typer.echo(f"  sync   {plan['sync']['from']} -> {plan['sync']['to']} (never .git)")
+    if plan["setup"]:
+        typer.echo(f"  setup  {render(plan['setup']['command'])}")
+    launch = plan["launch"]
+    typer.echo(f"  launch {render(launch['argv'], launch['env'], launch['cwd'])}")
+
+
+class ConsoleReporter:
+    """The foreground reporter: plan and countdown on stderr (rich), the job's log on stdout
+    (on stderr with --json, so stdout holds only the JSON object)."""
+
+    def __init__(self, json_output: bool) -> None:
+        import codecs
+        import sys
+
+        from rich.console import Console
+
+        self.json_output = json_output
+        self.console = Console(stderr=True)
+        self.out = sys.stderr if json_output else sys.stdout
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.status: Any = None
+
+    def planned(self, job: Job, plan: dict[str, Any], *, replanned: bool) -> None:
+        del job
+        if not self.json_output:
+            verb = "re-planned" if replanned else "plan"
+            self._stop_status()
+            self.console.print(f"{verb}: {plan_line(plan)}", highlight=False, markup=False)
+
+    def waiting(self, job: Job, now: Any, start: Any) -> None:
+        del job
+        if self.json_output:
+            return
+        from harchos_cli.timeparse import format_duration, iso
+
+        left = format_duration(start - now)
+        text = f"waiting for a green window: starts in {left} (at {iso(start)}); Ctrl-C cancels"
+        if self.status is None:
+            self.status = self.console.status(text)
+            self.status.start()
+        else:
+            self.status.update(text)
+
+    def stage(self, job: Job, stage: str, detail: str) -> None:
+        del job
+        self._stop_status()
+        if not self.json_output or stage in {"failed", "cancelled"}:
+            self.console.print(f"[{stage}] {detail}", highlight=False, markup=False, soft_wrap=True)
+
+    def output(self, data: bytes) -> None:
+        self._stop_status()
+        self.out.write(self.decoder.decode(data))
+        self.out.flush()
+
+    def notice(self, message: str) -> None:
+        self._stop_status()
+        self.console.print(f"harchos: {message}", highlight=False, markup=False)
+
+    def _stop_status(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+    def close(self) -> None:
+        self._stop_status()

@@ -1,0 +1,317 @@
+"""The hub-side half of harchos: run as `PYTHON - COMMAND ARGS...` with this file on stdin.
+
+It runs on the hub's own Python (3.8 or newer), so it uses only the standard library and nothing
+from harchos. Every argument arrives as one literal argv element; nothing here goes through a shell.
+
+Job directory `<root>/<job_id>/`:
+    spec.json    what to run (argv, cwd, env), written before the directory appears
+    runner.py    a copy of this file; the monitor runs from it
+    monitor.pid  the monitor process (waits for the workload, records its exit code)
+    pid          the workload's pid, which is also its process group and session id
+    log          the workload's stdout and stderr, appended as it runs
+    exit_code    the workload's exit code (128 + N when killed by signal N), written atomically
+
+Commands (each prints one JSON object on stdout unless noted):
+    launch ROOT JOB_ID SPEC_JSON   start the job unless its directory exists; print its status
+    status ROOT JOB_ID             print its status
+    log ROOT JOB_ID OFFSET LIMIT   write up to LIMIT raw log bytes from OFFSET (no JSON)
+    signal ROOT JOB_ID SIGNUM      signal the workload's process group; print {"sent": bool}
+    info WORKDIR                   print Python version, GPUs and free disk
+    monitor JOB_DIR                (internal) run the workload and record its exit code
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_EXIT_BAD_REQUEST = 3
+_LAUNCH_WAIT_S = 15.0
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write("harchos-runner: " + message + "\n")
+    sys.exit(_EXIT_BAD_REQUEST)
+
+
+def _job_dir(root: str, job_id: str) -> str:
+    if not _JOB_ID.match(job_id):
+        _fail(f"invalid job id {job_id!r}")
+    return os.path.join(os.path.expanduser(root), job_id)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (Linux), to tell a live job from a recycled pid."""
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def _alive(pid_file: str) -> int | None:
+    """The pid recorded in `pid_file` when that very process is still alive."""
+    text = _read(pid_file)
+    if not text:
+        return None
+    fields = text.split()
+    pid = int(fields[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    if len(fields) > 1 and os.path.exists(f"/proc/{pid}") and _start_time(pid) != fields[1]:
+        return None
+    return pid
+
+
+def _status(job_dir: str) -> dict[str, object]:
+    if not os.path.isdir(job_dir):
+        return {"state": "absent", "pid": None, "exit_code": None, "log_size": 0}
+    try:
+        log_size = os.path.getsize(os.path.join(job_dir, "log"))
+    except OSError:
+        log_size = 0
+    code = _read(os.path.join(job_dir, "exit_code"))
+    pid_text = _read(os.path.join(job_dir, "pid"))
+    pid = int(pid_text.split()[0]) if pid_text else None
+    if code is not None and code != "":
+        return {"state": "exited", "pid": pid, "exit_code": int(code), "log_size": log_size}
+    if _alive(os.path.join(job_dir, "pid")) is not None:
+        return {"state": "running", "pid": pid, "exit_code": None, "log_size": log_size}
+    if pid is None and _alive(os.path.join(job_dir, "monitor.pid")) is not None:
+        return {"state": "running", "pid": None, "exit_code": None, "log_size": log_size}
+    # Once the workload is gone, the monitor writes exit_code within moments; give it the chance.
+    for _ in range(20):
+        time.sleep(0.05)
+        code = _read(os.path.join(job_dir, "exit_code"))
+        if code:
+            return {"state": "exited", "pid": pid, "exit_code": int(code), "log_size": log_size}
+        if _alive(os.path.join(job_dir, "monitor.pid")) is None:
+            break
+    # Gone without a record: the hub rebooted, or the monitor was killed.
+    return {"state": "exited", "pid": pid, "exit_code": None, "log_size": log_size}
+
+
+def _print(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _launch(root: str, job_id: str, spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    job_dir = _job_dir(root, job_id)
+    cwd = os.path.expanduser(spec["cwd"])
+    if not os.path.isdir(cwd):
+        _fail(f"working directory {cwd!r} does not exist on the hub")
+    parent = os.path.dirname(job_dir)
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    if not os.path.isdir(job_dir):
+        staging = tempfile.mkdtemp(dir=parent, prefix="." + job_id + ".")
+        _write_atomic(os.path.join(staging, "spec.json"), json.dumps(spec))
+        with open(os.path.join(staging, "runner.py"), "w") as handle:
+            handle.write(_own_source())
+        try:
+            # The lock: renaming onto an existing (never empty) job directory fails, so only
+            # one of several concurrent launches with this id starts anything.
+            os.rename(staging, job_dir)
+            owner = True
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            owner = False
+        if owner:
+            subprocess.Popen(
+                [sys.executable, os.path.join(job_dir, "runner.py"), "monitor", job_dir],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                close_fds=True,
+                start_new_session=True,
+                cwd="/",
+            )
+    deadline = time.monotonic() + _LAUNCH_WAIT_S
+    while time.monotonic() < deadline:
+        if os.path.exists(os.path.join(job_dir, "pid")) or os.path.exists(
+            os.path.join(job_dir, "exit_code")
+        ):
+            break
+        time.sleep(0.01)
+    _print(_status(job_dir))
+
+
+def _own_source() -> str:
+    if _SOURCE:
+        return _SOURCE
+    with open(os.path.abspath(__file__)) as handle:
+        return handle.read()
+
+
+def _monitor(job_dir: str) -> None:
+    # The workload runs in its own session; these handlers (reset on exec, unlike SIG_IGN) keep
+    # the monitor alive to record the exit code whatever reaches its own group.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, lambda *_: None)
+    _write_atomic(os.path.join(job_dir, "monitor.pid"), str(os.getpid()))
+    with open(os.path.join(job_dir, "spec.json")) as handle:
+        spec = json.load(handle)
+    env = dict(os.environ)
+    env.update(spec.get("env") or {})
+    log = open(os.path.join(job_dir, "log"), "ab")  # noqa: SIM115 - held for the job's life
+    try:
+        process = subprocess.Popen(
+            spec["argv"],
+            cwd=os.path.expanduser(spec["cwd"]),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            close_fds=True,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        log.write(f"harchos: cannot start {spec['argv'][0]!r}: {exc}\n".encode())
+        log.close()
+        _write_atomic(os.path.join(job_dir, "exit_code"), "127")
+        return
+    started = _start_time(process.pid)
+    _write_atomic(
+        os.path.join(job_dir, "pid"),
+        str(process.pid) + (" " + started if started else ""),
+    )
+    while True:
+        try:
+            code = process.wait()
+            break
+        except InterruptedError:
+            continue
+    log.close()
+    _write_atomic(os.path.join(job_dir, "exit_code"), str(128 - code if code < 0 else code))
+
+
+def _log(root: str, job_id: str, offset: str, limit: str) -> None:
+    path = os.path.join(_job_dir(root, job_id), "log")
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(int(offset))
+            data = handle.read(int(limit))
+    except OSError:
+        data = b""
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
+def _signal(root: str, job_id: str, signum: str) -> None:
+    job_dir = _job_dir(root, job_id)
+    if os.path.exists(os.path.join(job_dir, "exit_code")):
+        _print({"sent": False})
+        return
+    pid = _alive(os.path.join(job_dir, "pid"))
+    if pid is None:
+        _print({"sent": False})
+        return
+    try:
+        os.killpg(pid, int(signum))
+    except ProcessLookupError:
+        _print({"sent": False})
+        return
+    _print({"sent": True})
+
+
+def _gpus() -> list[dict[str, object]]:
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            timeout=5,
+            check=True,
+        ).stdout.decode()
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus: list[dict[str, object]] = []
+    for line in out.splitlines():
+        name, _, memory = line.rpartition(",")
+        if name.strip():
+            try:
+                mib: object = int(float(memory.strip()))
+            except ValueError:
+                mib = None
+            gpus.append({"name": name.strip(), "memory_mib": mib})
+    return gpus
+
+
+def _info(workdir: str) -> None:
+    path = os.path.expanduser(workdir)
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    usage = shutil.disk_usage(path or "/")
+    _print(
+        {
+            "python": ".".join(str(part) for part in sys.version_info[:3]),
+            "executable": sys.executable,
+            "home": os.path.expanduser("~"),
+            "gpus": _gpus(),
+            "free_disk_gb": round(usage.free / 1e9, 2),
+            "disk_path": path,
+        }
+    )
+
+
+_SOURCE = ""
+
+
+def main(argv: list[str], source: str = "") -> None:
+    """Dispatch one command; see the module docstring.
+
+    Sent on stdin, this file has no path of its own, so the sender appends a call passing its
+    text as `source` (the monitor runs from a copy in the job directory).
+    """
+    global _SOURCE  # noqa: PLW0603 - set once, before anything reads it
+    _SOURCE = source
+    commands: dict[str, tuple[Callable[..., None], int]] = {
+        "launch": (_launch, 3),
+        "status": (lambda root, job_id: _print(_status(_job_dir(root, job_id))), 2),
+        "log": (_log, 4),
+        "signal": (_signal, 3),
+        "info": (_info, 1),
+        "monitor": (_monitor, 1),
+    }
+    if not argv or argv[0] not in commands or len(argv) - 1 != commands[argv[0]][1]:
+        _fail(f"usage: launch|status|log|signal|info|monitor ARGS (got {argv!r})")
+    function, _ = commands[argv[0]]
+    function(*argv[1:])
+
+
+if __name__ == "__main__" and sys.argv[0] != "-":
+    main(sys.argv[1:])

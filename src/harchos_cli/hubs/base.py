@@ -1,0 +1,126 @@
+"""What a hub is, and what the job layer may ask of one.
+
+The job layer (`harchos_cli.jobs`) only talks to hubs through `Transport` and `RemoteJobs`; the
+hub layer owns how (a local subprocess, or the system `ssh` and `rsync`).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from harchos_cli.errors import HubError
+
+LOCAL = "local"
+HostKeyPolicy = Literal["accept-new", "strict"]
+JobState = Literal["absent", "running", "exited"]
+
+
+@dataclass(frozen=True)
+class Hub:
+    """A place jobs run. `local` (this machine) always exists; others are reached over SSH."""
+
+    name: str
+    transport: Literal["local", "ssh"]
+    host: str | None = None
+    user: str | None = None
+    port: int | None = None
+    identity: Path | None = None
+    region: str | None = None
+    gpus: int | None = None  # None: detect with nvidia-smi at check time
+    gpu_type: str | None = None
+    price_per_gpu_hour: float | None = None
+    pue: float = 1.0
+    workdir: str = "~/harchos"  # where projects are synced to on the hub
+    python: str = "python3"
+    host_key_policy: HostKeyPolicy = "accept-new"
+
+
+class HubUnreachableError(HubError):
+    """The hub could not be reached (ssh exit 255, refused, timed out): the command never ran,
+    or its outcome is unknown. Idempotent steps may retry; the caller decides when to give up."""
+
+
+class HostKeyError(HubError):
+    """The hub's host key changed (`changed`), or is unknown under the strict policy.
+    Never retried."""
+
+    def __init__(self, message: str, hint: str | None = None, *, changed: bool = False) -> None:
+        super().__init__(message, hint)
+        self.changed = changed
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job's process on its hub, as the hub's own files say (`~/.harchos/jobs/<id>/`)."""
+
+    state: JobState
+    pid: int | None = None
+    exit_code: int | None = None
+    log_size: int = 0
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What to start on the hub, detached, in its own session."""
+
+    job_id: str
+    argv: Sequence[str]
+    cwd: str
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+class Transport(Protocol):
+    """Runs commands on a hub and moves files to and from it. Every argument is passed literally."""
+
+    hub: Hub
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        stdin: bytes | None = None,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run `argv` on the hub. `HubError` (exit 4) when the hub cannot be reached, or when
+        `check` and the command fails."""
+        ...
+
+    def sync_up(self, local_dir: Path, remote_dir: str, *, protect: Sequence[str] = ()) -> str:
+        """Copy a project to the hub (honouring .gitignore and .harchosignore, never .git) and
+        return the absolute remote path. A no-op for the local hub running in place.
+
+        `remote_dir` is the project's own folder on the hub (see `remote_project_dir`): files
+        there that are gone locally are deleted, except ignored ones and those matching a
+        `protect` pattern (rsync filter syntax, e.g. `/checkpoints/`), which are never touched."""
+        ...
+
+    def expand(self, path: str) -> str:
+        """`path` as an absolute path on the hub (a leading `~` is the hub user's home)."""
+        ...
+
+    def sync_down(self, remote_dir: str, local_dir: Path) -> None:
+        """Copy a folder (e.g. checkpoints) from the hub."""
+        ...
+
+
+class RemoteJobs(Protocol):
+    """Detached processes on a hub, keyed by job id; survives a dropped connection or laptop."""
+
+    def launch(self, spec: LaunchSpec) -> JobStatus:
+        """Start the job unless a job with this id already exists there (idempotent)."""
+        ...
+
+    def status(self, job_id: str) -> JobStatus: ...
+
+    def read_log(self, job_id: str, offset: int) -> bytes:
+        """Log bytes from `offset` on (empty when nothing new)."""
+        ...
+
+    def signal(self, job_id: str, signum: int) -> bool:
+        """Send `signum` to the job's process group; False when it is not running."""
+        ...

@@ -1,0 +1,203 @@
+"""The hub inventory in the state database. The `local` hub (this machine) is never stored."""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from harchos_cli import state
+from harchos_cli.errors import UsageError
+from harchos_cli.hubs.base import LOCAL, Hub
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+RESERVED = frozenset({LOCAL, "auto", "all"})
+_COLUMNS = tuple(f.name for f in fields(Hub))
+
+
+@functools.cache
+def detect_local_gpus() -> int:
+    """How many NVIDIA GPUs this machine has (0 without `nvidia-smi`)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            timeout=5,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.decode().splitlines() if line.strip())
+
+
+def local_hub() -> Hub:
+    """This machine, with its GPUs detected; its Python is the one running harchos."""
+    return Hub(name=LOCAL, transport="local", gpus=detect_local_gpus(), python=sys.executable)
+
+
+@contextmanager
+def _db(db: sqlite3.Connection | None) -> Iterator[sqlite3.Connection]:
+    if db is not None:
+        yield db
+        return
+    conn = state.connect()
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def check_name(name: str) -> str:
+    """`name` when it can name a new hub; `UsageError` (exit 2) otherwise."""
+    if not NAME.match(name):
+        raise UsageError(
+            f"invalid hub name {name!r}",
+            hint="use up to 63 letters, digits, '-', '_' or '.', starting with a letter or digit",
+        )
+    if name.lower() in RESERVED:
+        raise UsageError(f"the hub name {name!r} is reserved", hint="choose another name")
+    return name
+
+
+def parse_ssh_target(target: str) -> tuple[str | None, str, int | None]:
+    """Split `[USER@]HOST[:PORT]` (IPv6 as `[ADDR]:PORT`) into user, host and port.
+
+    HOST may be an alias from ~/.ssh/config, whose User and Port then apply when not given here.
+    """
+    user, sep, rest = target.rpartition("@")
+    if not sep:
+        user, rest = "", target
+    port_text = ""
+    if rest.startswith("["):
+        host, bracket, tail = rest[1:].partition("]")
+        if not bracket or (tail and not tail.startswith(":")):
+            raise UsageError(f"invalid SSH target {target!r}", hint="e.g. [2001:db8::1]:2222")
+        port_text = tail[1:]
+    elif rest.count(":") == 1:
+        host, _, port_text = rest.partition(":")
+    else:
+        host = rest
+    bad = not host or any(c.isspace() for c in target) or host.startswith("-") or "@" in user
+    if bad or (sep and not user):
+        raise UsageError(f"invalid SSH target {target!r}", hint="expected [USER@]HOST[:PORT]")
+    port: int | None = None
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise UsageError(f"invalid SSH port in {target!r}", hint="a port is 1 to 65535")
+        port = int(port_text)
+    return (user or None), host, port
+
+
+def _from_row(row: sqlite3.Row) -> Hub:
+    data: dict[str, Any] = {key: row[key] for key in _COLUMNS}
+    data["identity"] = Path(data["identity"]) if data["identity"] else None
+    return Hub(**data)
+
+
+def add(hub: Hub, db: sqlite3.Connection | None = None) -> Hub:
+    """Store a new SSH hub after checking its name, region and identity file.
+
+    Raises:
+        UsageError: Bad or duplicate name, unknown region, missing identity file, bad numbers.
+    """
+    from harchos_cli.carbon import regions
+
+    check_name(hub.name)
+    if hub.transport != "ssh" or not hub.host:
+        raise UsageError("only SSH hubs are stored", hint="give --ssh [USER@]HOST[:PORT]")
+    if hub.region is not None:
+        hub = _replace(hub, region=regions.resolve(hub.region).name)
+    if hub.identity is not None:
+        identity = hub.identity.expanduser()
+        if not identity.is_file():
+            raise UsageError(f"identity file {str(identity)!r} does not exist")
+        hub = _replace(hub, identity=identity.resolve())
+    if hub.gpus is not None and hub.gpus < 0:
+        raise UsageError("--gpus must be a whole number >= 0, or auto")
+    if hub.pue < 1.0:
+        raise UsageError(f"PUE {hub.pue:g} is below 1.0", hint="PUE is >= 1.0 (1.1-1.6 typical)")
+    if hub.price_per_gpu_hour is not None and hub.price_per_gpu_hour < 0:
+        raise UsageError("--price-per-gpu-hour must be >= 0")
+    if not hub.workdir or not hub.python:
+        raise UsageError("--workdir and --python must not be empty")
+    row = asdict(hub)
+    row["identity"] = str(hub.identity) if hub.identity else None
+    with _db(db) as conn:
+        try:
+            conn.execute(
+                f"INSERT INTO hubs ({', '.join(_COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in _COLUMNS)})",
+                [row[key] for key in _COLUMNS],
+            )
+        except sqlite3.IntegrityError:
+            raise UsageError(
+                f"a hub named {hub.name!r} exists already",
+                hint=f"remove it first (harchos hubs remove {hub.name}) or choose another name",
+            ) from None
+    return hub
+
+
+def _replace(hub: Hub, **changes: Any) -> Hub:
+    from dataclasses import replace
+
+    return replace(hub, **changes)
+
+
+def list_hubs(db: sqlite3.Connection | None = None) -> list[Hub]:
+    """Every hub: `local` first, then the stored ones by name."""
+    with _db(db) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = conn.execute("SELECT * FROM hubs ORDER BY name").fetchall()
+    return [local_hub(), *(_from_row(row) for row in rows)]
+
+
+def get(name: str, db: sqlite3.Connection | None = None) -> Hub:
+    """The hub called `name`; `UsageError` (exit 2, with near names) when there is none."""
+    if name == LOCAL:
+        return local_hub()
+    with _db(db) as conn:
+        conn.row_factory = sqlite3.Row
+        row = conn.execute("SELECT * FROM hubs WHERE name = ?", (name,)).fetchone()
+        if row is not None:
+            return _from_row(row)
+        names = [r[0] for r in conn.execute("SELECT name FROM hubs")]
+    raise unknown_hub(name, [LOCAL, *names])
+
+
+def unknown_hub(name: str, names: list[str]) -> UsageError:
+    """The error for a hub name that is not in the inventory."""
+    import difflib
+
+    near = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(near)}?" if near else "see: harchos hubs list"
+    return UsageError(f"no hub named {name!r}", hint=hint)
+
+
+def remove(name: str, db: sqlite3.Connection | None = None) -> None:
+    """Forget the hub called `name` (its machine and files are untouched)."""
+    if name == LOCAL:
+        raise UsageError("the local hub cannot be removed", hint="it is this machine")
+    with _db(db) as conn:
+        deleted = conn.execute("DELETE FROM hubs WHERE name = ?", (name,)).rowcount
+        if deleted:
+            return
+        names = [r[0] for r in conn.execute("SELECT name FROM hubs")]
+    raise unknown_hub(name, [LOCAL, *names])
+
+
+def as_json(hub: Hub) -> dict[str, Any]:
+    """The stable JSON shape of a hub (`hubs list/show --json`)."""
+    data = asdict(hub)
+    data["identity"] = str(hub.identity) if hub.identity else None
+    return data

@@ -1,0 +1,195 @@
+"""The exact command lines harchos starts on a hub.
+
+Training runs under `accelerate launch` with flags that fit the hub: one process per GPU the job
+asks for, or on a CPU-only run `--cpu` (one process) or `--multi_gpu --num_processes N` over gloo
+with `ACCELERATE_USE_CPU=true` (N from `[job] processes`). accelerate is started as
+`PYTHON -m accelerate.commands.launch`, so the hub's Python decides which accelerate runs, and no
+PATH on the hub matters.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import shlex
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from harchos_cli.errors import UsageError
+from harchos_cli.hubs.base import LOCAL, Hub
+from harchos_cli.jobs.spec import JobTable, Project
+
+DEFAULT_TRAIN_COMMAND = "accelerate launch train.py"
+ACCELERATE_MODULE = "accelerate.commands.launch"
+# The job's own files and what never travels (mirrors the transport's sync rules).
+ALWAYS_IGNORED = (".git", ".hg", ".svn", "__pycache__", ".venv", ".harchos")
+
+
+@dataclass(frozen=True)
+class Command:
+    """What to start on the hub: argv (never through a shell) and extra environment."""
+
+    argv: list[str]
+    env: dict[str, str]
+    note: str | None = None
+
+
+def hub_python(hub: Hub, project_root: Path) -> str:
+    """The Python to run the workload with: on this machine a project's own `.venv` wins."""
+    if hub.transport == LOCAL:
+        venv = project_root / ".venv" / "bin" / "python"
+        if venv.is_file() and os.access(venv, os.X_OK):
+            return str(venv)
+    return hub.python
+
+
+def accelerate_flags(job: JobTable, hub: Hub) -> tuple[list[str], dict[str, str]]:
+    """`accelerate launch` flags and environment for `job` on `hub`."""
+    if job.gpus > 0:
+        if hub.gpus is not None and hub.gpus < job.gpus:
+            raise UsageError(
+                f"the job needs {job.gpus} GPU(s) but hub {hub.name!r} has {hub.gpus}",
+                hint="pick another --hub, use --hub auto, or lower [job] gpus in harchos.toml",
+            )
+        flags = ["--num_machines", "1", "--num_processes", str(job.gpus)]
+        if job.gpus > 1:
+            flags.insert(0, "--multi_gpu")
+        return [*flags, "--dynamo_backend", "no"], {}
+    common = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if job.processes == 1:
+        return ["--cpu", "--num_processes", "1", *common], {}
+    # `--cpu` would start one process; two or more run as a gloo group on the CPU.
+    flags = ["--multi_gpu", "--num_processes", str(job.processes), *common]
+    return flags, {"ACCELERATE_USE_CPU": "true"}
+
+
+def split_command(command: str | Sequence[str] | None, default: str) -> list[str]:
+    """`[job] command` as argv (a string is split like a POSIX shell would, never run by one)."""
+    if command is None:
+        command = default
+    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    if not argv:
+        raise UsageError(
+            "[job] command is empty", hint='e.g. command = "accelerate launch train.py"'
+        )
+    return argv
+
+
+def train_command(project: Project, hub: Hub, args: Sequence[str]) -> Command:
+    """The training command for `project` on `hub`, with the user's extra `args` at the end."""
+    job = project.spec.job
+    argv = split_command(job.command, DEFAULT_TRAIN_COMMAND)
+    python = hub_python(hub, project.root)
+    if argv[:2] == ["accelerate", "launch"]:
+        rest = argv[2:]
+    elif Path(argv[0]).name.startswith("python") and len(argv) > 1 and argv[1].endswith(".py"):
+        rest = argv[1:]
+    else:
+        return Command([*argv, *args], dict(job.env), "not an accelerate command: run as it is")
+    flags, env = accelerate_flags(job, hub)
+    # Flags in [job] command come after harchos's, so a value given there wins.
+    return Command([python, "-m", ACCELERATE_MODULE, *flags, *rest, *args], {**env, **job.env})
+
+
+def batch_command(project: Project, argv: Sequence[str]) -> Command:
+    """`harchos run batch -- CMD ARGS...`, or `[job] command` when no command is given."""
+    if argv:
+        return Command(list(argv), dict(project.spec.job.env))
+    if project.spec.job.command is None:
+        raise UsageError(
+            "no command to run",
+            hint="give one after --: harchos run batch -- python pipeline.py",
+        )
+    return Command(split_command(project.spec.job.command, ""), dict(project.spec.job.env))
+
+
+def job_env(*, job_id: str, hub: str, region: str | None, checkpoint_dir: str) -> dict[str, str]:
+    """The environment of the training contract (DESIGN.md), plus unbuffered Python output so
+    the log streams as it is written."""
+    return {
+        "HARCHOS_JOB_ID": job_id,
+        "HARCHOS_HUB": hub,
+        "HARCHOS_REGION": region or "",
+        "HARCHOS_CHECKPOINT_DIR": checkpoint_dir,
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def checkpoint_dir(remote_project: str, project: Project, job_id: str) -> str:
+    """One checkpoint folder per job, under the project's `[job] checkpoint_dir` on the hub."""
+    base = project.spec.job.checkpoint_dir.rstrip("/") or "checkpoints"
+    if base.startswith(("/", "~")):
+        return f"{base}/{job_id}"
+    return f"{remote_project.rstrip('/')}/{base}/{job_id}"
+
+
+def setup_argv(remote_project: str, setup: str) -> list[str]:
+    """`[job] setup` is the user's own shell command: run by `sh` in the project folder, with the
+    folder passed as an argument rather than pasted into the script."""
+    return ["sh", "-c", 'cd -- "$1" && exec sh -c "$2"', "harchos-setup", remote_project, setup]
+
+
+def content_hash(root: Path, setup: str) -> str:
+    """A digest of the project's files (as synced) and the setup command: setup runs once per
+    hub and digest."""
+    digest = hashlib.sha256(setup.encode())
+    for path in _project_files(root):
+        rel = path.relative_to(root).as_posix()
+        digest.update(b"\0" + rel.encode() + b"\0")
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            continue
+    return digest.hexdigest()[:16]
+
+
+def _ignore_patterns(root: Path) -> list[str]:
+    patterns: list[str] = []
+    for name in (".gitignore", ".harchosignore"):
+        try:
+            lines = (root / name).read_text(encoding="utf-8").splitlines()
+        except OSError:
+            continue
+        patterns.extend(
+            line.strip() for line in lines if line.strip() and not line.startswith(("#", "!"))
+        )
+    return patterns
+
+
+def _ignored(rel: str, is_dir: bool, patterns: Sequence[str]) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    for pattern in patterns:
+        if pattern.endswith("/") and not is_dir:
+            continue
+        bare = pattern.strip("/")
+        if "/" in bare:
+            if fnmatch.fnmatch(rel, bare):
+                return True
+        elif fnmatch.fnmatch(name, bare):
+            return True
+    return False
+
+
+def _project_files(root: Path) -> Iterator[Path]:
+    patterns = _ignore_patterns(root)
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        rel_dir = here.relative_to(root).as_posix()
+        prefix = "" if rel_dir == "." else f"{rel_dir}/"
+        dirs[:] = sorted(
+            d for d in dirs if d not in ALWAYS_IGNORED and not _ignored(prefix + d, True, patterns)
+        )
+        for name in sorted(files):
+            if not _ignored(prefix + name, False, patterns):
+                yield here / name
+
+
+def render(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | None = None
+) -> str:
+    """A command as a copy-pasteable shell line (for `--dry-run`; never executed)."""
+    parts = [f"{k}={shlex.quote(v)}" for k, v in (env or {}).items()]
+    line = " ".join([*parts, *(shlex.quote(a) for a in argv)])
+    return f"cd {shlex.quote(cwd)} && {line}" if cwd else line

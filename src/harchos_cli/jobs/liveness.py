@@ -1,0 +1,90 @@
+"""Is a job's supervisor alive, and starting one. Light: imports only the store.
+
+One supervisor per job, guaranteed by an exclusive `flock` on `supervisor.lock` in the job's
+folder: the kernel releases it when the process dies, even by SIGKILL, so "can I take the lock"
+is an exact liveness test that no stale pid file or recycled pid can fool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+from harchos_cli.jobs.store import ACTIVE, JobStore, job_dir
+
+
+class AlreadySupervisedError(Exception):
+    """Another live process supervises this job."""
+
+
+@contextlib.contextmanager
+def supervisor_lock(job_id: str) -> Iterator[None]:
+    """Hold the job's supervisor lock; `AlreadySupervisedError` when another process holds it."""
+    folder = job_dir(job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / "supervisor.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlreadySupervisedError(job_id) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def is_supervised(job_id: str) -> bool:
+    """Whether a live process holds the job's supervisor lock (cheap: one open and flock)."""
+    path = job_dir(job_id) / "supervisor.lock"
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def spawn(job_id: str) -> int:
+    """Start a detached supervisor for `job_id` in its own session; return its pid."""
+    folder = job_dir(job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "supervisor.err").open("ab") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "harchos_cli.jobs.supervisor", job_id],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+            close_fds=True,
+        )
+    return process.pid
+
+
+def revive(store: JobStore | None = None) -> list[str]:
+    """Restart the supervisor of every active job that has none; return their ids.
+
+    Cheap when nothing is active: one indexed query, no import beyond the store.
+    """
+    own = store is None
+    store = store or JobStore()
+    try:
+        revived = []
+        for job in store.list(states=ACTIVE):
+            if not is_supervised(job.id):
+                spawn(job.id)
+                revived.append(job.id)
+        return revived
+    finally:
+        if own:
+            store.close()

@@ -1,0 +1,312 @@
+"""When (and, with `--hub auto`, where) a job starts.
+
+Pure decisions over forecasts already fetched: `choose` takes one forecast per candidate hub and
+returns a `Plan`. The rules, in order:
+
+1. A job always starts early enough to finish by the deadline (`latest start = deadline −
+   duration`); past that moment it starts at once.
+2. With a threshold, a hub's start is the first moment its grid intensity is at or under it.
+   Hubs that reach the threshold rank by that start, then by expected emissions.
+3. Otherwise (or when no hub reaches the threshold before its latest start) a hub's start is its
+   greenest window of the job's length (`carbon.windows.best_window`), and hubs rank by expected
+   emissions = expected energy × PUE × mean intensity over the window.
+4. Cost (price per GPU-hour × GPUs × hours) breaks ties, then the earlier start, then the name.
+   Average and marginal signals are never ranked together: average ones come first.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from harchos_cli.carbon.types import Forecast, Point
+from harchos_cli.carbon.windows import best_window, rolling_means
+from harchos_cli.errors import HarchosError, UsageError
+from harchos_cli.hubs.base import Hub
+from harchos_cli.timeparse import floor_hour, format_duration, iso
+
+# Estimated draw while a job runs, until the meter measures it: per GPU, and for the host.
+GPU_WATTS = 300.0
+HOST_WATTS = 100.0
+# Emissions closer than this (relative) tie, so float noise never beats cost or the earlier start.
+TIE_RELATIVE = 1e-9
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A hub the job may run on, with the forecast for its region (None: no data, start now)."""
+
+    hub: Hub
+    forecast: Forecast | None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One hub's best start, and what it is expected to emit and cost."""
+
+    hub: str
+    start: datetime
+    end: datetime
+    reason: str
+    expected_intensity: float | None
+    now_intensity: float | None
+    energy_kwh: float
+    emissions_kg: float | None
+    cost: float | None
+    signal: str | None = None
+
+    @property
+    def saving_vs_now(self) -> float | None:
+        if self.expected_intensity is None or not self.now_intensity:
+            return None
+        return 1.0 - self.expected_intensity / self.now_intensity
+
+
+@dataclass
+class Plan:
+    """The decision: `choice`, the other hubs' best options, and what it was based on."""
+
+    now: datetime
+    duration: timedelta
+    deadline: datetime | None
+    threshold: float | None
+    choice: Choice
+    alternatives: list[Choice]
+    forecast: Forecast | None
+    warnings: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        """The plan part of `harchos run --json` and `jobs show --json` (docs/run.md)."""
+        choice = self.choice
+        source = self.forecast.source if self.forecast else None
+        region = self.forecast.region if self.forecast else None
+        saving = choice.saving_vs_now
+        return {
+            "hub": choice.hub,
+            "planned_start": iso(choice.start),
+            "planned_end": iso(choice.end),
+            "reason": choice.reason,
+            "now": iso(self.now),
+            "duration": format_duration(self.duration),
+            "deadline": iso(self.deadline) if self.deadline else None,
+            "threshold": self.threshold,
+            "region": region.name if region else None,
+            "zone": region.zone if region else None,
+            "provider": source.provider if source else None,
+            "signal": source.signal if source else None,
+            "source_kind": source.kind if source else None,
+            "source_detail": (source.detail or source.model or None) if source else None,
+            "unit": "gCO2eq/kWh",
+            "expected_intensity": _round(choice.expected_intensity, 2),
+            "now_intensity": _round(choice.now_intensity, 2),
+            "saving_vs_now": _round(saving, 4),
+            "energy_kwh": round(choice.energy_kwh, 4),
+            "emissions_kg": _round(choice.emissions_kg, 6),
+            "cost": _round(choice.cost, 4),
+            "alternatives": [
+                {
+                    "hub": alt.hub,
+                    "start": iso(alt.start),
+                    "expected_intensity": _round(alt.expected_intensity, 2),
+                    "emissions_kg": _round(alt.emissions_kg, 6),
+                    "cost": _round(alt.cost, 4),
+                }
+                for alt in self.alternatives
+            ],
+            "warnings": self.warnings,
+        }
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def energy_kwh(gpus: int, duration: timedelta) -> float:
+    """Expected energy of a run: estimated draw × duration (the meter replaces it later)."""
+    return (gpus * GPU_WATTS + HOST_WATTS) / 1000.0 * duration.total_seconds() / 3600.0
+
+
+def cost(hub: Hub, gpus: int, duration: timedelta) -> float | None:
+    if hub.price_per_gpu_hour is None:
+        return None
+    return hub.price_per_gpu_hour * max(gpus, 1) * duration.total_seconds() / 3600.0
+
+
+def latest_start(deadline: datetime, duration: timedelta) -> datetime:
+    return deadline - duration
+
+
+def check_feasible(now: datetime, duration: timedelta, deadline: datetime) -> None:
+    """`UsageError` when a job of `duration` cannot finish by `deadline` even if it starts now."""
+    if now + duration > deadline:
+        raise UsageError(
+            f"a {format_duration(duration)} job cannot finish by the deadline {iso(deadline)} "
+            f"({format_duration(max(deadline - now, timedelta(0)))} away)",
+            hint="give a later --deadline or a shorter --duration",
+        )
+
+
+def start_now(hub: Hub, *, now: datetime, duration: timedelta, gpus: int) -> Plan:
+    """The plan of a job that is not deferred: here, now, no forecast needed."""
+    choice = Choice(
+        hub.name, now, now + duration, "started at once", None, None,
+        energy_kwh(gpus, duration), None, cost(hub, gpus, duration),
+    )  # fmt: skip
+    return Plan(now, duration, None, None, choice, [], None)
+
+
+def choose(
+    candidates: Sequence[Candidate],
+    *,
+    now: datetime,
+    duration: timedelta,
+    deadline: datetime,
+    threshold: float | None,
+    gpus: int,
+) -> Plan:
+    """Pick the hub and start time (see the module docstring for the rules).
+
+    Args:
+        candidates: Hubs with enough GPUs, each with the forecast for its region.
+        now: The current (possibly simulated) time.
+        duration: The job's expected duration.
+        deadline: When the job must have finished.
+        threshold: gCO2eq/kWh at or under which to start at once; None waits for the greenest
+            window.
+        gpus: GPUs the job uses (for the energy and cost estimates).
+
+    Raises:
+        UsageError: No candidates, or the job cannot finish by the deadline.
+    """
+    if not candidates:
+        raise UsageError("no hub to run on", hint="add one with: harchos hubs add")
+    warnings: list[str] = []
+    if now + duration > deadline:
+        # Past the latest start (a supervisor restarted late, say): go now, and say so.
+        warnings.append(f"the deadline {iso(deadline)} can no longer be met; starting at once")
+    options = [
+        _option(c, now=now, duration=duration, deadline=deadline, threshold=threshold, gpus=gpus)
+        for c in candidates
+    ]
+    signals = {o.signal for o in options if o.signal}
+    if len(signals) > 1:
+        warnings.append(
+            "some hubs have marginal and some average intensity; they are ranked apart, "
+            "averages first (the two are not comparable)"
+        )
+    met = [o for o in options if o.reason == "under threshold"]
+    pool = met or options
+    ranked = sorted(pool, key=lambda o: _rank_key(o, by_start=bool(met)))
+    ranked = _break_ties(ranked, by_start=bool(met))
+    chosen = ranked[0]
+    by_hub = {c.hub.name: c for c in candidates}
+    for option in options:
+        forecast = by_hub[option.hub].forecast
+        if forecast is not None:
+            warnings.extend(w for w in forecast.warnings if w not in warnings)
+    return Plan(
+        now,
+        duration,
+        deadline,
+        threshold,
+        chosen,
+        [o for o in options if o is not chosen],
+        by_hub[chosen.hub].forecast,
+        warnings,
+    )
+
+
+def _rank_key(option: Choice, *, by_start: bool) -> tuple[Any, ...]:
+    emissions = option.emissions_kg if option.emissions_kg is not None else math.inf
+    primary: tuple[Any, ...] = (option.start,) if by_start else ()
+    return (option.signal == "marginal", *primary, emissions)
+
+
+def _break_ties(ranked: list[Choice], *, by_start: bool) -> list[Choice]:
+    """Among options whose emissions tie with the best, the cheapest, earliest, then by name."""
+    best = ranked[0]
+
+    def tied(option: Choice) -> bool:
+        if option.signal != best.signal or (by_start and option.start != best.start):
+            return False
+        if option.emissions_kg is None or best.emissions_kg is None:
+            return option.emissions_kg is best.emissions_kg
+        scale = max(abs(best.emissions_kg), 1e-12)
+        return abs(option.emissions_kg - best.emissions_kg) <= TIE_RELATIVE * scale
+
+    group = [o for o in ranked if tied(o)]
+    group.sort(key=lambda o: (o.cost if o.cost is not None else 0.0, o.start, o.hub))
+    return group + [o for o in ranked if o not in group]
+
+
+def _option(
+    candidate: Candidate,
+    *,
+    now: datetime,
+    duration: timedelta,
+    deadline: datetime,
+    threshold: float | None,
+    gpus: int,
+) -> Choice:
+    hub = candidate.hub
+    energy = energy_kwh(gpus, duration)
+    price = cost(hub, gpus, duration)
+    last = max(now, latest_start(deadline, duration))
+    forecast = candidate.forecast
+    if forecast is None or not forecast.points:
+        return Choice(hub.name, now, now + duration, "no carbon data: starting at once", None,
+                      None, energy, None, price)  # fmt: skip
+    points = sorted(forecast.points, key=lambda p: p.start)
+    signal = forecast.source.signal
+    now_intensity = _mean(points, now, duration)
+
+    def make(start: datetime, reason: str) -> Choice:
+        expected = _mean(points, start, duration)
+        emissions = None if expected is None else energy * hub.pue * expected / 1000.0
+        return Choice(hub.name, start, start + duration, reason, expected, now_intensity,
+                      energy, emissions, price, signal)  # fmt: skip
+
+    if now >= latest_start(deadline, duration):
+        return make(now, "deadline: starting at once")
+    if threshold is not None:
+        for point in points:
+            moment = max(point.start, now)
+            if point.end <= now or moment > last:
+                continue
+            if point.intensity <= threshold:
+                return make(moment, "under threshold")
+    try:
+        found = best_window(points, duration, earliest=floor_hour(now), deadline=deadline)
+    except HarchosError:
+        # The forecast does not reach a whole window before the deadline: the greenest window it
+        # does cover, and failing that, now.
+        covered = [w for w in rolling_means(points, duration) if now <= w.start <= last]
+        if not covered:
+            return make(now, "forecast too short: starting at once")
+        window = min(covered, key=lambda w: (w.mean_intensity, w.start))
+        return make(window.start, "greenest window the forecast covers")
+    start = min(max(found.best.start, now), last)
+    return make(start, "greenest window")
+
+
+def _mean(points: Sequence[Point], start: datetime, duration: timedelta) -> float | None:
+    """Time-weighted mean intensity over [start, start + duration), over the points covering it;
+    None when the points do not reach `start`."""
+    end = start + duration
+    starts = [p.start for p in points]
+    index = max(bisect.bisect_right(starts, start) - 1, 0)
+    total = 0.0
+    seconds = 0.0
+    for point in points[index:]:
+        if point.start >= end:
+            break
+        lo, hi = max(point.start, start), min(point.end, end)
+        if hi > lo:
+            span = (hi - lo).total_seconds()
+            total += point.intensity * span
+            seconds += span
+    return total / seconds if seconds else None

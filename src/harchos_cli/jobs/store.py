@@ -1,0 +1,228 @@
+"""The job store: one row per job in the state database, and each job's local folder.
+
+A job moves `waiting → syncing → running → done | failed | cancelled`. Every change is one
+UPDATE, and stage changes are compare-and-set (`advance`), so two supervisors can never both
+move a job on. The folder `$HARCHOS_HOME/supervisor/<id>/` holds the supervisor's lock, its own
+diagnostics and a local copy of the job's log (`$HARCHOS_HOME/jobs/` belongs to the local hub's
+job directories).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from harchos_cli import paths, state
+from harchos_cli.errors import UsageError
+from harchos_cli.timeparse import iso, parse_instant, utcnow
+
+JobStateName = Literal["waiting", "syncing", "running", "done", "failed", "cancelled"]
+ACTIVE: tuple[JobStateName, ...] = ("waiting", "syncing", "running")
+FINISHED: tuple[JobStateName, ...] = ("done", "failed", "cancelled")
+
+
+@dataclass
+class Job:
+    """One row of the `jobs` table. `request` is what the user asked for; `plan` the decision."""
+
+    id: str
+    kind: str
+    name: str
+    project_dir: str
+    state: JobStateName
+    request: dict[str, Any]
+    hub: str | None = None
+    detached: bool = False
+    created_at: str = ""
+    updated_at: str = ""
+    planned_start: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    exit_code: int | None = None
+    remote_dir: str | None = None
+    launched: bool = False
+    cancel_requested: bool = False
+    supervisor_pid: int | None = None
+    heartbeat: str | None = None
+    log_offset: int = 0
+    message: str | None = None
+    plan: dict[str, Any] | None = field(default=None)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    def as_json(self) -> dict[str, Any]:
+        """The documented `harchos jobs show --json` object (docs/run.md)."""
+        plan = self.plan or {}
+        return {
+            "job_id": self.id,
+            "kind": self.kind,
+            "name": self.name,
+            "state": self.state,
+            "hub": self.hub,
+            "project_dir": self.project_dir,
+            "argv": self.request.get("argv"),
+            "detached": self.detached,
+            "created_at": self.created_at,
+            "planned_start": self.planned_start,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "exit_code": self.exit_code,
+            "region": plan.get("region"),
+            "zone": plan.get("zone"),
+            "provider": plan.get("provider"),
+            "expected_intensity": plan.get("expected_intensity"),
+            "now_intensity": plan.get("now_intensity"),
+            "saving_vs_now": plan.get("saving_vs_now"),
+            "deadline": plan.get("deadline"),
+            "remote_dir": self.remote_dir,
+            "supervisor_pid": self.supervisor_pid,
+            "heartbeat": self.heartbeat,
+            "message": self.message,
+        }
+
+
+_JSON_COLUMNS = {"request", "plan"}
+_BOOL_COLUMNS = {"detached", "launched", "cancel_requested"}
+_COLUMNS = [f.name for f in fields(Job)]
+
+
+def job_dir(job_id: str) -> Path:
+    """The job's local folder: supervisor lock and diagnostics, local log copy."""
+    return paths.data_dir() / "supervisor" / job_id
+
+
+def log_path(job_id: str) -> Path:
+    return job_dir(job_id) / "log"
+
+
+def new_id(now: datetime | None = None) -> str:
+    """A short, sortable, path- and shell-safe id: `YYYYMMDD-HHMMSS-xxxx`."""
+    stamp = (now or utcnow()).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+def _encode(name: str, value: Any) -> Any:
+    if name in _JSON_COLUMNS:
+        return None if value is None else json.dumps(value)
+    if name in _BOOL_COLUMNS:
+        return int(bool(value))
+    return value
+
+
+def _decode(row: sqlite3.Row) -> Job:
+    values: dict[str, Any] = {}
+    for name in _COLUMNS:
+        value = row[name]
+        if name in _JSON_COLUMNS and value is not None:
+            value = json.loads(value)
+        elif name in _BOOL_COLUMNS:
+            value = bool(value)
+        values[name] = value
+    return Job(**values)
+
+
+class JobStore:
+    """Jobs in the SQLite state database. Cheap to open; safe across processes (WAL)."""
+
+    def __init__(self, db: sqlite3.Connection | None = None) -> None:
+        self.db = db or state.connect()
+        self.db.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self.db.close()
+
+    def create(self, job: Job) -> Job:
+        now = iso(utcnow())
+        job.created_at = job.created_at or now
+        job.updated_at = now
+        names = ", ".join(_COLUMNS)
+        marks = ", ".join("?" for _ in _COLUMNS)
+        self.db.execute(
+            f"INSERT INTO jobs ({names}) VALUES ({marks})",
+            [_encode(name, getattr(job, name)) for name in _COLUMNS],
+        )
+        job_dir(job.id).mkdir(parents=True, exist_ok=True)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        """The job with this id, or a unique id prefix; `UsageError` (exit 2) otherwise."""
+        row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            rows = self.db.execute(
+                "SELECT * FROM jobs WHERE id LIKE ? ESCAPE '\\' ORDER BY id",
+                (job_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",),
+            ).fetchall()
+            if len(rows) != 1:
+                raise UsageError(
+                    f"no job {job_id!r}" if not rows else f"job id {job_id!r} is ambiguous",
+                    hint="list jobs with: harchos jobs list",
+                )
+            row = rows[0]
+        return _decode(row)
+
+    def list(self, *, states: Iterable[str] | None = None, limit: int | None = None) -> list[Job]:
+        """Newest first."""
+        query = "SELECT * FROM jobs"
+        params: list[Any] = []
+        wanted = list(states) if states is not None else None
+        if wanted is not None:
+            query += f" WHERE state IN ({', '.join('?' for _ in wanted)})"
+            params.extend(wanted)
+        query += " ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(limit)
+        return [_decode(row) for row in self.db.execute(query, params).fetchall()]
+
+    def update(self, job_id: str, **values: Any) -> None:
+        """Set columns of one job (and `updated_at`)."""
+        unknown = set(values) - set(_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown job column(s): {sorted(unknown)}")
+        values["updated_at"] = iso(utcnow())
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        self.db.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = ?",
+            [*(_encode(name, value) for name, value in values.items()), job_id],
+        )
+
+    def advance(
+        self, job_id: str, expected: Sequence[str], new: JobStateName, **values: Any
+    ) -> bool:
+        """Move the job to `new` only if it is in one of `expected`; True when it moved."""
+        values["state"] = new
+        values["updated_at"] = iso(utcnow())
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        cursor = self.db.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = ? "
+            f"AND state IN ({', '.join('?' for _ in expected)})",
+            [*(_encode(name, value) for name, value in values.items()), job_id, *expected],
+        )
+        return cursor.rowcount == 1
+
+    def setup_done(self, hub: str, content_hash: str) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM hub_setups WHERE hub = ? AND content_hash = ?", (hub, content_hash)
+        ).fetchone()
+        return row is not None
+
+    def record_setup(self, hub: str, content_hash: str) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO hub_setups (hub, content_hash, done_at) VALUES (?, ?, ?)",
+            (hub, content_hash, iso(utcnow())),
+        )
+
+
+def heartbeat_age(job: Job, now: datetime | None = None) -> float | None:
+    """Seconds since the supervisor's last heartbeat (None when it never beat)."""
+    if not job.heartbeat:
+        return None
+    return ((now or utcnow()) - parse_instant(job.heartbeat)).total_seconds()
