@@ -106,6 +106,8 @@ class Plan:
             "saving_vs_now": _round(saving, 4),
             "energy_kwh": round(choice.energy_kwh, 4),
             "emissions_kg": _round(choice.emissions_kg, 6),
+            # No meter yet: say how the expected energy was estimated.
+            "energy_basis": f"estimated: {GPU_WATTS:g} W/GPU + {HOST_WATTS:g} W host × duration",
             "cost": _round(choice.cost, 4),
             "alternatives": [
                 {
