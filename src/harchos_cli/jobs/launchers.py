@@ -190,6 +190,13 @@ def render(
     argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | None = None
 ) -> str:
     """A command as a copy-pasteable shell line (for `--dry-run`; never executed)."""
-    parts = [f"{k}={shlex.quote(v)}" for k, v in (env or {}).items()]
+    parts = [f"{k}={_quote_path(v)}" for k, v in (env or {}).items()]
     line = " ".join([*parts, *(shlex.quote(a) for a in argv)])
-    return f"cd {shlex.quote(cwd)} && {line}" if cwd else line
+    return f"cd {_quote_path(cwd)} && {line}" if cwd else line
+
+
+def _quote_path(value: str) -> str:
+    """Quote for the shell, leaving a leading `~/` outside the quotes so it still expands."""
+    if value.startswith("~/"):
+        return "~/" + shlex.quote(value[2:])
+    return shlex.quote(value)
