@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from harchos_cli.carbon.types import Forecast, Point, Region, Source
 from harchos_cli.errors import UsageError
 from harchos_cli.hubs.base import Hub
-from harchos_cli.jobs import planner
-from harchos_cli.jobs.planner import Candidate
+from harchos_cli.plan import planner
+from harchos_cli.plan.planner import Candidate
 
 T0 = datetime(2022, 3, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)

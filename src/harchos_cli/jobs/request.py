@@ -15,10 +15,10 @@ from typing import Any
 from harchos_cli.carbon.types import Forecast
 from harchos_cli.errors import UsageError
 from harchos_cli.hubs.base import LOCAL, Hub
-from harchos_cli.jobs import planner
 from harchos_cli.jobs.clock import Clock, SimulatedClock
-from harchos_cli.jobs.planner import Candidate, Plan
 from harchos_cli.jobs.spec import HubTable, Project, load_project
+from harchos_cli.plan import planner
+from harchos_cli.plan.planner import Candidate, Plan
 from harchos_cli.timeparse import floor_hour, iso, parse_deadline, parse_duration, parse_instant
 
 AUTO = "auto"
