@@ -250,7 +250,7 @@ def verdicts(results: list[dict[str, Any]]) -> str:
         row(
             f"{job} h: no zone > 2 points behind persistence",
             lambda r, j=job: (
-                f"{int(r['mean'][f'zones_behind_persistence_by_2pt_{j}h'])} zones: "
+                f"{int(r['mean'][f'zones_behind_persistence_by_2pt_{j}h'])} zone(s) behind: "
                 f"{mark(r['mean'][f'zones_behind_persistence_by_2pt_{j}h'] == 0)}"
             ),
         )
