@@ -180,3 +180,29 @@ def test_json_is_valid_for_regions_show(capsys: pytest.CaptureFixture[str]) -> N
     assert data["zone"] == "GB"
     assert data["ukgrid_region"] == 13
     assert "ukgrid" in data["providers"]
+
+
+def test_a_damaged_state_database_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str], isolated_home: Path
+) -> None:
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    (isolated_home / "harchos.db").write_text("this is not a database")
+    result = harchos(capsys, "hubs", "list")
+    assert result.code == 2
+    assert "cannot open the state database" in result.err
+    assert "Traceback" not in result.err
+    # The forecast does not need the state: its cache just switches off.
+    assert harchos(capsys, "forecast", "-r", "DE", "--json").code == 0
+
+
+def test_an_unwritable_home_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("HARCHOS_HOME", str(blocker / "home"))
+    for args in (["hubs", "list"], ["new", "data-pipeline", str(tmp_path / "p"), "--defaults"]):
+        result = harchos(capsys, *args)
+        assert result.code == 2, (args, result.err)
+        assert "HARCHOS_HOME" in result.err
+        assert "Traceback" not in result.err

@@ -87,3 +87,12 @@ def test_world_readable_user_file_with_secrets_warns(tmp_path: Path) -> None:
     config = Config.load(environ={}, project_file=tmp_path / "p.toml", user_file=user)
     assert config.warnings == []
     assert config.get("watttime.password") == "pw"
+
+
+def test_settings_must_be_a_table_and_values_scalars(tmp_path: Path) -> None:
+    project = write(tmp_path / "harchos.toml", 'settings = "x"\n')
+    with pytest.raises(UsageError, match="settings must be a table"):
+        Config.load(environ={}, project_file=project, user_file=tmp_path / "u.toml")
+    user = write(tmp_path / "u2.toml", "provider = [1, 2]\n")
+    with pytest.raises(UsageError, match="bad value"):
+        Config.load(environ={}, project_file=tmp_path / "none.toml", user_file=user)

@@ -150,3 +150,10 @@ def test_real_trace_backtest_and_evaluate(traces: Path, model: EmbeddedModel) ->
     assert (
         plan["saving"]["oracle"] >= plan["saving"]["forecast"] > plan["saving"]["persistence"] > 0
     )
+
+
+def test_an_all_zero_trace_has_no_mape_and_no_saving(model: EmbeddedModel) -> None:
+    zeros = make(np.zeros(40 * 24))
+    assert backtest(zeros, model)["mape"] is None
+    with pytest.raises(UsageError, match="zero"):
+        evaluate(zeros, model, job_hours=1, slack_hours=4)

@@ -240,3 +240,21 @@ def test_explain_replay_with_history(capsys: pytest.CaptureFixture[str], tmp_pat
         capsys, "forecast", "--provider", f"replay:{trace}", "-r", "DE", "--explain", "--json"
     ).json()
     assert data["explain"]["used"] == "replay"
+
+
+def test_hours_sets_the_points_shown_even_when_the_deadline_is_further(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = harchos(
+        capsys, "forecast", "-r", "DE", "--hours", "2", "--deadline", "24h", "--json"
+    ).json()
+    assert len(data["points"]) == 2
+    assert data["best_window"]["candidates"] >= 20
+
+
+def test_several_regions_none_of_which_fits_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    result = harchos(
+        capsys, "forecast", "-r", "DE,FR", "--deadline", "30m", "--duration", "1h", "--json"
+    )
+    assert result.code == 2
+    assert "no region can fit the job" in result.err

@@ -141,3 +141,36 @@ def test_explicit_provider_that_does_not_cover_the_region_is_exit_2(
     result = harchos(capsys, "forecast", "-r", "DE", "--provider", "ukgrid")
     assert result.code == 2
     assert "ukgrid has no data for" in result.err
+
+
+def test_marginal_watttime_forecast_is_neither_compared_nor_banded(
+    server: FakeServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HARCHOS_WATTTIME_URL", server.url)
+    monkeypatch.setenv("WATTTIME_USER", "u")
+    monkeypatch.setenv("WATTTIME_PASSWORD", "p")
+    server.route("/login", Reply(200, fixture("watttime/login.json")))
+    server.route("/v3/forecast", Reply(200, fixture("watttime/forecast_CAISO_NORTH.json")))
+    server.route("/v3/historical", Reply(200, fixture("watttime/historical_CAISO_NORTH.json")))
+    result = harchos(
+        capsys, "forecast", "-r", "watttime:CAISO_NORTH", "--at", "2026-05-03T10:00:00Z",
+        "--hours", "2", "--deadline", "2h", "--json",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    data = result.json()
+    assert (data["provider"], data["signal"]) == ("watttime", "marginal")
+    assert data["comparison"] is None
+    assert all(p["low"] == p["intensity"] == p["high"] for p in data["points"])
+
+
+def test_direct_history_does_not_condition_the_lifecycle_model(
+    server: FakeServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ELECTRICITYMAPS_API_TOKEN", "tok")
+    monkeypatch.setenv("HARCHOS_ELECTRICITYMAPS_EMISSION_FACTOR", "direct")
+    server.route(HISTORY, Reply(200, fixture("electricitymaps/history_DE.json")))
+    server.route(FORECAST, Reply(403, fixture("electricitymaps/error_403_forecast.json")))
+    data = forecast_de(capsys)
+    assert (data["provider"], data["method"]) == ("embedded", "lifecycle")
+    assert data["history"] is None
+    assert any("cannot use" in w for w in data["warnings"])

@@ -153,3 +153,35 @@ def test_real_trace_reads_a_year(traces: Path) -> None:
     assert trace.zone == "DE"
     assert len(trace.values) == 8760
     assert 300 < trace.values.mean() < 600
+
+
+@pytest.mark.parametrize(
+    "lca_header",
+    ["Carbon intensity gCO₂eq/kWh (Life cycle)", "Carbon Intensity gCO2eq/kWh (LCA)"],
+)
+def test_newer_electricity_maps_headers_use_lifecycle_and_zone(
+    tmp_path: Path, lca_header: str
+) -> None:
+    path = tmp_path / "export.csv"
+    rows = [
+        f"2022-01-01 {h:02d}:00:00,France,France,FR,{20 + h},{40 + h},1,1,x,false,"
+        for h in range(24)
+    ]
+    header = (
+        "Datetime (UTC),Country,Zone name,Zone id,Carbon intensity gCO₂eq/kWh (direct),"
+        f"{lca_header},Low carbon percentage,Renewable percentage,Data source,"
+        "Data estimated,Data estimation method"
+    )
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    trace = read_trace(path)
+    assert trace.zone == "FR"
+    assert trace.values[:3].tolist() == [40.0, 41.0, 42.0]
+
+
+def test_export_with_only_direct_values_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "direct.csv"
+    header = "Datetime (UTC),Zone id,Carbon intensity gCO₂eq/kWh (direct)"
+    body = "\n".join(f"2022-01-01 {h:02d}:00:00,FR,{20 + h}" for h in range(24))
+    path.write_text(f"{header}\n{body}\n", encoding="utf-8")
+    with pytest.raises(UsageError, match="no lifecycle"):
+        read_trace(path)

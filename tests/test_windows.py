@@ -95,3 +95,27 @@ def test_best_window_is_the_minimum_of_brute_force(values: list[float], hours: i
     # Ties go to the earliest: no earlier window is (beyond float noise) as green.
     assert all(m > min(brute) + 1e-12 for m in brute[:chosen])
     assert best.candidates == len(brute)
+
+
+def test_windows_never_start_before_now() -> None:
+    now = T0 + timedelta(minutes=50)
+    points = series([100, 300, 200, 50])
+    best = best_window(points, timedelta(hours=1), earliest=now, deadline=T0 + timedelta(hours=4))
+    # "Now" starts at 00:50, inside the first point: 10 min at 100 + 50 min at 300.
+    assert best.now.start == now
+    assert best.now.mean_intensity == pytest.approx((10 * 100 + 50 * 300) / 60)
+    assert best.best.start == T0 + timedelta(hours=3)
+    assert all(w.start >= now for w in (best.best, best.now))
+
+
+def test_a_deadline_that_a_started_hour_cannot_meet_is_refused() -> None:
+    now = T0 + timedelta(minutes=50)
+    with pytest.raises(UsageError, match="cannot finish"):
+        best_window(
+            series([1] * 6), timedelta(hours=2), earliest=now, deadline=now + timedelta(minutes=80)
+        )
+
+
+def test_a_past_deadline_says_so() -> None:
+    with pytest.raises(UsageError, match="already past"):
+        best_window(series([1] * 6), timedelta(hours=1), earliest=T0, deadline=T0)

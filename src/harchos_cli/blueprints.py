@@ -330,7 +330,13 @@ def snapshot(name: str, vcs_ref: str | None = None, *, repo: Path | None = None)
     """
     source = Path(blueprint_source(name))
     repo = repo or paths.data_dir() / "blueprints" / name
-    repo.mkdir(parents=True, exist_ok=True)
+    try:
+        repo.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write the blueprint cache {repo}: {exc.strerror}",
+            hint="check that HARCHOS_HOME (or your user data folder) is writable",
+        ) from None
     with _locked(repo.parent / f".{repo.name}.lock"):
         if not (repo / ".git").is_dir():
             _git(repo, "init", "-q")

@@ -113,6 +113,11 @@ MASK = "********"
 
 
 def _coerce(setting: Setting, raw: Any, origin: str) -> str | float | int | bool:
+    if isinstance(raw, (list, dict)):
+        raise UsageError(
+            f"bad value {raw!r} for setting {setting.key} (from {origin})",
+            hint=f"expected a {setting.type}",
+        )
     try:
         if setting.type == "bool":
             if isinstance(raw, bool):
@@ -213,7 +218,13 @@ class Config:
         user = _flatten(_read_toml(user_path))
         project_table = _read_toml(project_path) if project_path else {}
         # A project's harchos.toml may carry a [settings] table; the rest belongs to jobs.
-        project = _flatten(project_table.get("settings", {}))
+        settings_table = project_table.get("settings", {})
+        if not isinstance(settings_table, dict):
+            raise UsageError(
+                f"{project_path}: settings must be a table",
+                hint='write it as [settings] with keys under it, e.g. provider = "embedded"',
+            )
+        project = _flatten(settings_table)
         for key in project:
             if key in BY_KEY and BY_KEY[key].secret:
                 raise UsageError(

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harchos_cli import paths
+from harchos_cli.errors import UsageError
 
 Migration = Callable[[sqlite3.Connection], None]
 MIGRATIONS: list[Migration] = []
@@ -107,11 +108,18 @@ def _m003_jobs(db: sqlite3.Connection) -> None:
 def connect(path: Path | None = None) -> sqlite3.Connection:
     """Open (creating and migrating as needed) the state database."""
     target = path or paths.state_db()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(target, timeout=30, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA busy_timeout=30000")
-    _migrate(db)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(target, timeout=30, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA busy_timeout=30000")
+        _migrate(db)
+    except (OSError, sqlite3.DatabaseError) as exc:
+        raise UsageError(
+            f"cannot open the state database {target}: {exc}",
+            hint="check that HARCHOS_HOME (or your user data folder) is writable; move a damaged "
+            "harchos.db aside",
+        ) from None
     return db
 
 

@@ -10,6 +10,7 @@ import sqlite3
 from datetime import datetime
 from pathlib import Path
 
+from harchos_cli.errors import UsageError
 from harchos_cli.timeparse import as_utc, iso
 
 
@@ -34,7 +35,7 @@ class ResponseCache:
 
             try:
                 self._db = state.connect(self._path)
-            except (sqlite3.Error, OSError):
+            except (sqlite3.Error, OSError, UsageError):
                 self._enabled = False
                 return None
         return self._db

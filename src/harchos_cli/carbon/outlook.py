@@ -12,7 +12,7 @@ from typing import Any
 from harchos_cli.carbon.service import ForecastService
 from harchos_cli.carbon.types import Forecast, Point, Region
 from harchos_cli.carbon.windows import BestWindow, Window, best_window, periods_below
-from harchos_cli.errors import HarchosError
+from harchos_cli.errors import HarchosError, UsageError
 from harchos_cli.timeparse import floor_hour, format_duration, iso
 
 UNIT = "gCO2eq/kWh"
@@ -24,6 +24,13 @@ class RegionOutlook:
     best: BestWindow | None
     below: list[Window] | None
     error: str | None = None
+    shown_hours: int | None = None
+
+    @property
+    def shown(self) -> list[Point]:
+        """The points to show: `--hours` of them, though the search may have looked further."""
+        points = self.forecast.points
+        return points if self.shown_hours is None else points[: self.shown_hours]
 
 
 @dataclass
@@ -62,23 +69,30 @@ def build_outlook(
     threshold: float | None,
 ) -> Outlook:
     """Forecast every region and search each for its greenest window before `deadline`."""
-    earliest = floor_hour(now)
     # The window search needs the forecast to reach the deadline even if fewer hours are shown.
-    needed = max(hours, math.ceil((deadline - earliest) / timedelta(hours=1)))
+    needed = max(hours, math.ceil((deadline - floor_hour(now)) / timedelta(hours=1)))
     outlooks = []
     for region in regions:
         forecast = service.forecast(region, now, needed)
         best: BestWindow | None = None
         error = None
         try:
-            best = best_window(forecast.points, duration, earliest=earliest, deadline=deadline)
+            best = best_window(forecast.points, duration, earliest=now, deadline=deadline)
         except HarchosError as exc:
             if len(regions) == 1:
                 raise
             error = exc.message
         below = periods_below(forecast.points, threshold) if threshold is not None else None
-        outlooks.append(RegionOutlook(forecast, best, below, error))
+        outlooks.append(RegionOutlook(forecast, best, below, error, shown_hours=hours))
+    if not any(item.best for item in outlooks):
+        raise UsageError(
+            f"no region can fit the job: {outlooks[0].forecast.region.name}: {outlooks[0].error}",
+            hint="give a later --deadline or a shorter --duration",
+        )
     outlook = Outlook(now, duration, deadline, threshold, outlooks, list(service.config.warnings))
+    outlook.warnings.extend(
+        f"{item.forecast.region.name}: {item.error}" for item in outlooks if item.error
+    )
     signals = {r.forecast.source.signal for r in outlooks}
     if len(signals) > 1:
         outlook.warnings.append(
@@ -153,7 +167,7 @@ def region_json(
         "now": iso(outlook.now),
         "duration": format_duration(outlook.duration),
         "deadline": iso(outlook.deadline),
-        "points": [_point_json(p) for p in forecast.points],
+        "points": [_point_json(p) for p in item.shown],
         "best_window": None
         if best is None
         else {

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from harchos_cli.carbon.cache import ResponseCache
 from harchos_cli.carbon.embedded import EmbeddedModel
@@ -44,6 +45,20 @@ class ForecastService:
         self._name = name
         self._replay = ReplayProvider(parse_replay_spec(spec)) if name == "replay" else None
         self._live: dict[str, LiveProvider] = {}
+
+    @classmethod
+    def from_settings(
+        cls, provider: str | None = None, *, project_file: Path | None = None
+    ) -> ForecastService:
+        """The service for `--provider` (None: the configured one), with its cache."""
+        config = Config.load({"provider": provider}, project_file=project_file)
+        cache = ResponseCache(enabled=bool(config.get("cache.enabled")))
+        spec = str(config.get("provider"))
+        project = config.project_file
+        if spec.startswith("replay:") and config.origin("provider") == "project" and project:
+            # A trace named in a project's harchos.toml is relative to that project, not to cwd.
+            spec = f"replay:{project.parent / Path(spec.removeprefix('replay:'))}"
+        return cls(config, cache, spec)
 
     @property
     def replay(self) -> ReplayProvider | None:
@@ -127,26 +142,39 @@ class ForecastService:
         return Forecast(region, points, source, list(history), history_source)
 
     def _from_live(self, region: Region, now: datetime, hours: int, data: ProviderData) -> Forecast:
+        # The embedded model knows average lifecycle intensity only: it neither conditions on,
+        # nor lends its error band to, marginal or direct-emission data.
+        same_kind = data.source.signal == "average" and data.source.method == "lifecycle"
         if data.forecast is None:
-            forecast = self._embedded(region, now, hours, data.history, data.source.provider)
+            history = data.history if same_kind else []
+            forecast = self._embedded(region, now, hours, history, data.source.provider)
+            if not same_kind and data.history:
+                forecast.warnings.append(
+                    f"{data.source.provider} gave {data.source.signal} {data.source.method} "
+                    "history, which the embedded model (average, lifecycle) cannot use"
+                )
         else:
-            points = _with_band(region, now, hours, data.forecast)
+            points = _with_band(region, now, hours, data.forecast, same_kind)
             forecast = Forecast(region, points, data.source, data.history, data.source.provider)
-            forecast.comparison = _compare(region, now, hours, data.history, points)
+            if same_kind:
+                forecast.comparison = _compare(region, now, hours, data.history, points)
         forecast.warnings.extend(data.warnings)
         return forecast
 
 
-def _with_band(region: Region, now: datetime, hours: int, values: list[Observation]) -> list[Point]:
+def _with_band(
+    region: Region, now: datetime, hours: int, values: list[Observation], comparable: bool
+) -> list[Point]:
     """A provider forecast gets the embedded model's calibrated P10–P90 error band per lead.
 
     Providers publish no spread; the band is the embedded model's backtested error, a stand-in
-    that is wide rather than overconfident.
+    that is wide rather than overconfident. For a signal the model does not forecast (marginal,
+    direct) there is no band to lend: low = high = the value.
     """
     start = floor_hour(now)
     ahead = [v for v in values if v.end > start and v.start < start + timedelta(hours=hours)]
     model = EmbeddedModel.load()
-    if not model.has_zone(region.zone) or not ahead:
+    if not comparable or not model.has_zone(region.zone) or not ahead:
         return [Point(v.start, v.end, v.intensity, v.intensity, v.intensity) for v in ahead]
     low, high = model.band_ratios(region.zone, max(1, hours), with_history=True)
     points = []

@@ -29,7 +29,8 @@ from harchos_cli.errors import UsageError
 MAX_GAP_HOURS = 72
 """Longest run of missing hours that is interpolated rather than rejected."""
 
-_LCA_COLUMN = "carbon intensity gco₂eq/kwh (lca)"
+# Electricity Maps has spelt its lifecycle column "(LCA)" and, in newer exports, "(Life cycle)".
+_LCA_MARKERS = ("(lca)", "(life cycle)", "(lifecycle)")
 _ENSEMBLE_ZONES = {
     "CISO": "US-CAL-CISO",
     "ERCO": "US-TEX-ERCO",
@@ -126,15 +127,24 @@ def read_trace(path: Path, zone: str | None = None) -> Trace:
 def _pick_columns(
     header: list[str], body: list[list[str]], path: Path, zone: str | None
 ) -> tuple[int, int, str | None]:
-    lower = [name.lower() for name in header]
-    if _LCA_COLUMN in lower:
-        time_col = _find_time_column(lower, path)
+    lower = [name.lower().strip() for name in header]
+    intensity = [
+        i for i, name in enumerate(lower) if name.startswith("carbon intensity") and "gco" in name
+    ]
+    lifecycle = [i for i in intensity if any(m in lower[i] for m in _LCA_MARKERS)]
+    if intensity:
+        # An Electricity Maps export: always the lifecycle column, as the embedded model is.
+        if not lifecycle:
+            raise UsageError(
+                f"{path.name} has no lifecycle carbon-intensity column",
+                hint="export lifecycle (LCA) values from Electricity Maps",
+            )
         zone_in_file: str | None = None
         if "zone id" in lower:
             zone_idx = lower.index("zone id")
             if zone_idx < len(body[0]) and body[0][zone_idx].strip():
                 zone_in_file = body[0][zone_idx].strip()
-        return time_col, lower.index(_LCA_COLUMN), zone_in_file
+        return _find_time_column(lower, path), lifecycle[0], zone_in_file
 
     value_candidates = [
         i

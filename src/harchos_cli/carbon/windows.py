@@ -110,14 +110,30 @@ def best_window(
 ) -> BestWindow:
     """The greenest window of `duration` starting at or after `earliest` and ending by `deadline`.
 
+    Candidates start at `earliest` itself (usually "now", inside the current data point) and at
+    every data point after it; the first candidate is "starting now".
     Raises `UsageError` when no window fits (the job is longer than the time to the deadline, or
     the forecast does not reach far enough).
     """
+    ordered = sorted(points, key=lambda p: p.start)
+    integral = _Integral(ordered) if ordered else None
+    starts = [earliest, *(p.start for p in ordered if p.start > earliest)]
     candidates = [
-        w for w in rolling_means(points, duration) if w.start >= earliest and w.end <= deadline
+        Window(start, start + duration, integral.mean(start, start + duration))
+        for start in starts
+        if integral is not None
+        and start + duration <= deadline
+        and integral.covers(start, start + duration)
     ]
+    if duration <= timedelta(0):
+        raise UsageError("the job duration must be positive")
     if not candidates:
         span = deadline - earliest
+        if span <= timedelta(0):
+            raise UsageError(
+                f"the deadline {iso(deadline)} is already past",
+                hint="give a deadline in the future (a duration such as 12h, or an ISO time)",
+            )
         if duration > span:
             raise UsageError(
                 f"a {format_duration(duration)} job cannot finish by the deadline "

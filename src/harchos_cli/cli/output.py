@@ -11,7 +11,8 @@ _warned: set[str] = set()
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    # NaN and Infinity are not JSON; a value that cannot be had is null.
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def warn(message: str) -> None:

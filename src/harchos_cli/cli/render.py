@@ -151,13 +151,13 @@ def _print_region_outlook(outlook: Outlook, item: RegionOutlook, *, plot: bool) 
     best = item.best
     span = (best.best.start, best.best.end) if best else None
     if plot:
-        stdout.print(_chart(forecast.points, span))
+        stdout.print(_chart(item.shown, span))
     table = Table(box=None, header_style="bold", title_justify="left")
     table.add_column("local time")
     table.add_column(UNIT, justify="right")
     table.add_column("P10–P90", justify="right")
     table.add_column("")
-    for p in forecast.points:
+    for p in item.shown:
         marks = []
         if span and span[0] <= p.start < span[1]:
             marks.append("best window")
@@ -255,7 +255,7 @@ def print_outlook_csv(outlook: Outlook) -> None:
     )
     for item in outlook.regions:
         source = item.forecast.source
-        for p in item.forecast.points:
+        for p in item.shown:
             writer.writerow(
                 [
                     item.forecast.region.name,
@@ -269,6 +269,10 @@ def print_outlook_csv(outlook: Outlook) -> None:
                     f"{p.high:.2f}",
                 ]
             )
+
+
+def percent(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}%}"
 
 
 def _metric_table(rows: Iterable[tuple[str, ...]], columns: Sequence[str]) -> Table:
@@ -289,8 +293,8 @@ def print_backtest(result: dict[str, Any]) -> None:
     )
     base = result["baseline"]["persistence_24h"]
     rows = [
-        ("harchos embedded", f"{result['mape']:.1%}", f"{result['mae']:.1f}"),
-        ("persistence 24 h", f"{base['mape']:.1%}", f"{base['mae']:.1f}"),
+        ("harchos embedded", percent(result["mape"], 1), f"{result['mae']:.1f}"),
+        ("persistence 24 h", percent(base["mape"], 1), f"{base['mae']:.1f}"),
     ]
     stdout.print(_metric_table(rows, ("forecaster", "MAPE", f"MAE ({UNIT})")))
     if "coverage" in result:
@@ -306,10 +310,6 @@ def print_evaluation(result: dict[str, Any]) -> None:
         f"with {result['slack_hours']} h slack"
     )
     saving, share = result["saving"], result["share_of_oracle"]
-
-    def percent(value: float | None, digits: int) -> str:
-        return "n/a" if value is None else f"{value:.{digits}%}"
-
     rows = [
         ("oracle (knows the future)", percent(saving["oracle"], 1), "100%"),
         ("harchos forecast", percent(saving["forecast"], 1), percent(share["forecast"], 0)),

@@ -15,13 +15,9 @@ if TYPE_CHECKING:
 
 
 def forecast_service(provider: str | None) -> ForecastService:
-    from harchos_cli.carbon.cache import ResponseCache
     from harchos_cli.carbon.service import ForecastService
-    from harchos_cli.config import Config
 
-    config = Config.load({"provider": provider})
-    cache = ResponseCache(enabled=bool(config.get("cache.enabled")))
-    return ForecastService(config, cache, str(config.get("provider")))
+    return ForecastService.from_settings(provider)
 
 
 def resolve_regions(spec: str | None, service: ForecastService) -> list[Region]:

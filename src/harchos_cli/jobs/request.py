@@ -241,16 +241,10 @@ class Forecaster:
     """Forecasts for hubs' regions from one provider, each region fetched once per `now`."""
 
     def __init__(self, provider: str | None, project: Project) -> None:
-        from harchos_cli.carbon.cache import ResponseCache
         from harchos_cli.carbon.service import ForecastService
-        from harchos_cli.config import Config
 
-        config = Config.load({"provider": provider}, project_file=project.file)
-        self.service = ForecastService(
-            config, ResponseCache(enabled=bool(config.get("cache.enabled"))),
-            str(config.get("provider")),
-        )  # fmt: skip
-        self.warnings: list[str] = list(config.warnings)
+        self.service = ForecastService.from_settings(provider, project_file=project.file)
+        self.warnings: list[str] = list(self.service.config.warnings)
 
     def default_now(self, wall: datetime) -> datetime:
         return self.service.default_now(wall)

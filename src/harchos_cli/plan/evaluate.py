@@ -153,6 +153,11 @@ def evaluate(
         by_persistence = _cheapest_start(persistence, windows, job_hours)
 
     total = float(baseline.sum())
+    if total <= 0:
+        raise UsageError(
+            f"every intensity in {trace.path.name} is zero: savings are undefined",
+            hint="evaluate a trace of lifecycle intensity, which is never zero",
+        )
     saving = {
         "oracle": 1.0 - float(oracle.sum()) / total,
         "forecast": 1.0 - float(by_model.sum()) / total,
@@ -207,9 +212,10 @@ def _cheapest_hours(predicted: np.ndarray, actual: np.ndarray, job_hours: int) -
     return np.asarray(np.take_along_axis(actual, order, axis=1).mean(axis=1))
 
 
-def _mape(predicted: np.ndarray, actual: np.ndarray, scored: np.ndarray) -> float:
+def _mape(predicted: np.ndarray, actual: np.ndarray, scored: np.ndarray) -> float | None:
+    """MAPE over the non-zero actuals; None when there are none (undefined, not NaN)."""
     if not scored.any():
-        return float("nan")
+        return None
     return float((np.abs(predicted - actual)[scored] / actual[scored]).mean())
 
 

@@ -27,7 +27,7 @@ from harchos_cli.carbon.types import Forecast, Point
 from harchos_cli.carbon.windows import best_window, rolling_means
 from harchos_cli.errors import HarchosError, UsageError
 from harchos_cli.hubs.base import Hub
-from harchos_cli.timeparse import floor_hour, format_duration, iso
+from harchos_cli.timeparse import format_duration, iso
 
 # Estimated draw while a job runs, until the meter measures it: per GPU, and for the host.
 GPU_WATTS = 300.0
@@ -282,7 +282,7 @@ def _option(
             if point.intensity <= threshold:
                 return make(moment, "under threshold")
     try:
-        found = best_window(points, duration, earliest=floor_hour(now), deadline=deadline)
+        found = best_window(points, duration, earliest=now, deadline=deadline)
     except HarchosError:
         # The forecast does not reach a whole window before the deadline: the greenest window it
         # does cover, and failing that, now.
@@ -291,8 +291,7 @@ def _option(
             return make(now, "forecast too short: starting at once")
         window = min(covered, key=lambda w: (w.mean_intensity, w.start))
         return make(window.start, "greenest window the forecast covers")
-    start = min(max(found.best.start, now), last)
-    return make(start, "greenest window")
+    return make(min(found.best.start, last), "greenest window")
 
 
 def _mean(points: Sequence[Point], start: datetime, duration: timedelta) -> float | None:
