@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from clirunner import harchos
 
-from harchos_cli.errors import HubError
 from harchos_cli.hubs import inventory, jobs_for
+from harchos_cli.hubs.base import HubUnreachableError, LaunchSpec
 from harchos_cli.jobs.liveness import is_supervised
-from harchos_cli.jobs.store import Job, JobStore
+from harchos_cli.jobs.store import Job, JobStore, log_path, new_id
+from harchos_cli.jobs.supervisor import Supervisor
 
 WORKLOAD = (
     "import pathlib, time; "
@@ -116,7 +117,9 @@ class FlakyJobs:
     def status(self, job_id: str) -> Any:
         if self.failures and self.real.status(job_id).state == "running":
             self.failures -= 1
-            raise HubError("ssh: connect to host 127.0.0.1 port 2222: Connection refused")
+            raise HubUnreachableError(
+                "ssh: connect to host 127.0.0.1 port 2222: Connection refused"
+            )
         return self.real.status(job_id)
 
 
@@ -142,3 +145,118 @@ def test_a_lost_connection_is_retried_and_the_log_resumes(
     assert "reconnected to hub local" in result.err
     assert result.out.count("started") == 1
     assert result.out.count("finished") == 1
+
+
+GATED = (
+    "import os, time\n"
+    "print('started', flush=True)\n"
+    "for _ in range(1200):  # at most a minute\n"
+    "    if os.path.exists({gate!r}): break\n"
+    "    time.sleep(0.05)\n"
+    "print('finished', flush=True)\n"
+)
+
+
+def test_a_launched_job_is_followed_even_if_its_project_breaks(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    root = project(tmp_path)
+    gate = tmp_path / "gate"
+    try:
+        started = harchos(
+            capsys, "run", "batch", "--detach", "--json", "--",
+            sys.executable, "-c", GATED.format(gate=str(gate)),
+        )  # fmt: skip
+        assert started.code == 0, started.err
+        job_id = started.json()["job_id"]
+        wait_until(lambda: job(job_id).launched)
+        kill_supervisor(job_id)
+        # The user breaks harchos.toml while the job runs; the next command revives it.
+        (root / "harchos.toml").write_text("[job\n")
+        assert "restarted the supervisor" in harchos(capsys, "jobs", "list").err
+    finally:
+        gate.touch()
+    final = wait_until(lambda: job(job_id) if not job(job_id).active else None)
+    assert (final.state, final.exit_code) == ("done", 0)
+    assert harchos(capsys, "jobs", "logs", job_id).out == "started\nfinished\n"
+
+
+def running_job(tmp_path: Path, argv: list[str], **changes: Any) -> Job:
+    """A job the supervisor left in `running` (killed there), on the local hub."""
+    hub = inventory.local_hub()
+    launch = {"argv": argv, "cwd": str(tmp_path), "env": {}, "hub": inventory.as_json(hub)}
+    request = {"kind": "batch", "argv": argv, "hub": "local", "defer": False, "duration_s": 3600.0}
+    row = Job(
+        id=changes.pop("id", None) or new_id(), kind="batch", name="p",
+        project_dir=str(tmp_path), state="running", request={**request, "launch": launch},
+        hub="local", remote_dir=str(tmp_path), **changes,
+    )  # fmt: skip
+    store = JobStore()
+    try:
+        return store.create(row)
+    finally:
+        store.close()
+
+
+def test_a_job_cancelled_before_its_launch_never_starts(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    row = running_job(
+        tmp_path, [sys.executable, "-c", f"open({str(marker)!r}, 'w')"], cancel_requested=True
+    )
+    final = Supervisor(row.id).run()
+    assert (final.state, final.message) == ("cancelled", "cancelled before it started; nothing ran")
+    assert jobs_for(inventory.local_hub()).status(row.id).state == "absent"
+    assert not marker.exists()
+
+
+def test_a_launched_job_whose_hub_folder_vanished_is_not_run_again(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    row = running_job(
+        tmp_path, [sys.executable, "-c", f"open({str(marker)!r}, 'w')"], launched=True
+    )
+    final = Supervisor(row.id).run()
+    assert (final.state, final.failure) == ("failed", "hub")
+    assert final.message is not None
+    assert "vanished" in final.message
+    assert not marker.exists()
+
+
+def test_the_local_log_is_not_repeated_after_a_kill_between_append_and_record(
+    tmp_path: Path,
+) -> None:
+    job_id = new_id()
+    argv = [sys.executable, "-c", "print('a'); print('b')"]
+    hub_jobs = jobs_for(inventory.local_hub())
+    hub_jobs.launch(LaunchSpec(job_id, argv, str(tmp_path)))
+    wait_until(lambda: hub_jobs.status(job_id).state == "exited")
+    running_job(tmp_path, argv, id=job_id, launched=True)
+    # The killed supervisor had appended "a" here but not yet recorded it in the store.
+    log_path(job_id).write_bytes(b"a\n")
+    final = Supervisor(job_id).run()
+    assert (final.state, final.exit_code) == ("done", 0)
+    assert log_path(job_id).read_bytes() == b"a\nb\n"
+    assert (final.log_offset, final.local_log_size) == (4, 4)
+
+
+def test_a_concurrent_harchos_never_takes_over_a_foreground_job(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harchos_cli.jobs import liveness, supervisor
+
+    revived: list[str] = []
+    create = supervisor.create_job
+
+    def create_then_revive(*args: Any, **kwargs: Any) -> Job:
+        row = create(*args, **kwargs)
+        # Another terminal's `harchos jobs list` runs right after the row appears.
+        revived.extend(liveness.revive())
+        if revived:
+            wait_until(lambda: job(row.id).supervisor_pid)
+        return row
+
+    monkeypatch.setattr(supervisor, "create_job", create_then_revive)
+    project(tmp_path)
+    result = harchos(capsys, "run", "batch", "--json", "--", sys.executable, "-c", "print('hi')")
+    assert revived == []
+    assert result.code == 0, result.err
+    assert (result.json()["state"], result.json()["exit_code"]) == ("done", 0)

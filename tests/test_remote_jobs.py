@@ -327,3 +327,16 @@ def test_a_dead_hub_fails_after_several_tries(sshd: Sshd) -> None:
     assert failed.value.exit_code == 4
     assert "unreachable" in failed.value.message
     assert sleeps == [0.5, 0.1, 0.5, 0.2, 0.5]
+
+
+def test_launch_reclaims_a_folder_whose_launcher_died_before_its_monitor(jobs: HubJobs) -> None:
+    # What a runner killed between creating the job's folder and starting its monitor leaves.
+    spec = LaunchSpec("orphan", [PY, "-c", "print('ran')"], cwd="/")
+    folder = Path(jobs.job_dir("orphan"))
+    folder.mkdir(parents=True)
+    (folder / "spec.json").write_text(json.dumps({"argv": list(spec.argv), "cwd": "/"}))
+    old = time.time() - 120
+    os.utime(folder / "spec.json", (old, old))
+    jobs.launch(spec)
+    assert wait_exited(jobs, "orphan").exit_code == 0
+    assert jobs.read_log("orphan", 0) == b"ran\n"

@@ -123,6 +123,7 @@ def test_two_cpu_processes_run_over_gloo(
         ("[carbon]\ndeadline = 'soon'\n", "carbon.deadline", "a duration from now"),
         ("[job]\ngpu = 1\n", "job.gpu", "did you mean gpus?"),
         ("[hubs.box]\npue = 0.5\n", "hubs.box.pue", "greater than or equal to 1"),
+        ("[job]\ncheckpoint_dir = 'a/../../out'\n", "job.checkpoint_dir", "inside the project"),
     ],
 )
 def test_a_bad_harchos_toml_exits_2_naming_file_and_key(
@@ -135,6 +136,15 @@ def test_a_bad_harchos_toml_exits_2_naming_file_and_key(
     assert key in result.err
     assert expected in result.err
     assert "Traceback" not in result.err
+
+
+def test_checkpoint_dir_is_normalised_so_the_sync_protects_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "harchos.toml").write_text('[job]\nkind = "batch"\ncheckpoint_dir = "./ckpt/"\n')
+    data = harchos(capsys, "run", "batch", "--dry-run", "--json", "--", "true").json()
+    job_id = data["job_id"]
+    assert data["launch"]["env"]["HARCHOS_CHECKPOINT_DIR"] == f"{tmp_path}/ckpt/{job_id}"
 
 
 def test_train_without_a_project_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

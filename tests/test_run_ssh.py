@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from clirunner import harchos
@@ -13,6 +17,7 @@ from sshd import Sshd, client_key_fixture, sshd_fixture
 from test_run_local import new_project
 
 from harchos_cli.hubs import remote_project_dir
+from harchos_cli.jobs.store import Job, JobStore, log_path
 
 __all__ = ["client_key_fixture", "sshd_fixture"]
 
@@ -52,3 +57,126 @@ def test_acceptance_run_train_on_an_ssh_hub(
     assert logs.code == 0
     assert f"harchos job {job_id} on hub h1 (region DE)" in logs.out
     assert "step 20/20" in logs.out
+
+
+def add_h1(capsys: pytest.CaptureFixture[str], sshd: Sshd, python: str = sys.executable) -> None:
+    added = harchos(
+        capsys, "hubs", "add", "h1", "--ssh", f"root@127.0.0.1:{sshd.port}", "--identity",
+        str(sshd.client_key), "--region", "DE", "--python", python,
+    )  # fmt: skip
+    assert added.code == 0, added.err
+
+
+def batch_project(tmp_path: Path) -> Path:
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "harchos.toml").write_text('[job]\nkind = "batch"\n')
+    os.chdir(root)
+    return root
+
+
+def test_a_hub_step_that_fails_for_good_exits_4_without_retrying(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, sshd: Sshd
+) -> None:
+    batch_project(tmp_path)
+    add_h1(capsys, sshd, python="/no/python3")
+    result = harchos(capsys, "run", "batch", "--hub", "h1", "--json", "--", "true")
+    assert result.code == 4, result.err
+    data = json.loads(result.out)
+    assert (data["state"], data["failure"], data["exit_code"]) == ("failed", "hub", None)
+    assert "Python '/no/python3' was not found on hub 'h1'" in data["message"]
+    assert "lost contact" not in result.err
+
+
+def test_a_changed_host_key_fails_the_run_with_exit_4_at_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, sshd: Sshd
+) -> None:
+    batch_project(tmp_path)
+    add_h1(capsys, sshd)
+    assert harchos(capsys, "hubs", "check", "h1", "--json").json()["host_key"] == "new"
+    sshd.restart(new_host_key=True)
+    result = harchos(capsys, "run", "batch", "--hub", "h1", "--json", "--", "true")
+    assert result.code == 4, result.err
+    data = json.loads(result.out)
+    assert (data["state"], data["failure"]) == ("failed", "hub")
+    assert "has changed" in data["message"]
+    assert "retrying" not in result.err
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s")
+
+
+def job(job_id: str) -> Job:
+    store = JobStore()
+    try:
+        return store.get(job_id)
+    finally:
+        store.close()
+
+
+def test_cancel_never_waits_on_the_hub_and_the_supervisor_stops_the_job(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, sshd: Sshd
+) -> None:
+    batch_project(tmp_path)
+    add_h1(capsys, sshd)
+    gate = tmp_path / "gate"
+    code = (
+        "import os, time\n"
+        "print('started', flush=True)\n"
+        "for _ in range(1200):  # at most a minute\n"
+        f"    if os.path.exists({str(gate)!r}): break\n"
+        "    time.sleep(0.05)\n"
+    )
+    try:
+        started = harchos(
+            capsys, "run", "batch", "--hub", "h1", "--detach", "--json", "--",
+            sys.executable, "-c", code,
+        )  # fmt: skip
+        assert started.code == 0, started.err
+        job_id = started.json()["job_id"]
+        wait_until(
+            lambda: log_path(job_id).is_file() and b"started" in log_path(job_id).read_bytes()
+        )
+        sshd.stop()
+        # The hub is unreachable: cancel only records the request, at once.
+        cancelled = harchos(capsys, "jobs", "cancel", job_id, "--wait", "0")
+        assert cancelled.code == 0, cancelled.err
+        assert "the supervisor stops it" in cancelled.out, job(job_id).message
+        assert job(job_id).cancel_requested
+        sshd.start()
+        final = wait_until(lambda: job(job_id) if not job(job_id).active else None)
+    finally:
+        gate.touch()
+    assert (final.state, final.exit_code) == ("cancelled", 128 + 15)
+
+
+def test_setup_runs_again_when_the_hubs_folder_was_wiped(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, sshd: Sshd
+) -> None:
+    root = batch_project(tmp_path)
+    (root / "harchos.toml").write_text(
+        '[job]\nkind = "batch"\nsetup = "echo setup >> \\"$HOME/setup.log\\""\n'
+    )
+    add_h1(capsys, sshd)
+    count = sshd.root / "setup.log"  # in the hub user's home, outside the project's folder
+
+    def run() -> None:
+        result = harchos(capsys, "run", "batch", "--hub", "h1", "--json", "--", "true")
+        assert result.code == 0, result.err
+
+    run()
+    run()
+    assert count.read_text().splitlines() == ["setup"]
+    # Same hub name and content, but what setup installed is gone with the hub's folder.
+    remote = remote_project_dir(sshd.hub(), root).replace("~", str(sshd.root), 1)
+    shutil.rmtree(remote)
+    run()
+    assert count.read_text().splitlines() == ["setup", "setup"]
+    assert (Path(remote) / ".harchos" / ".gitignore").read_text() == "*\n"

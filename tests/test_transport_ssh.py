@@ -79,7 +79,9 @@ def _project(root: Path) -> Path:
 
 
 def _tree(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    """The project's files on the hub (not harchos's own `.harchos/` bookkeeping there)."""
+    files = {p.relative_to(root) for p in root.rglob("*") if p.is_file()}
+    return {str(p) for p in files if p.parts[0] != ".harchos"}
 
 
 def test_sync_up_honours_ignores_never_sends_git_and_keeps_job_outputs(
@@ -87,6 +89,7 @@ def test_sync_up_honours_ignores_never_sends_git_and_keeps_job_outputs(
     tmp_path: Path,
 ) -> None:
     project = _project(tmp_path / "my proj $(x)")
+    (project / "stale.txt").write_text("from an old sync")
     hub = sshd.hub(workdir="~/work dir; $(touch pwned) 'w'")
     transport = SshTransport(hub)
     target = transport.sync_up(project, remote_project_dir(hub, project))
@@ -94,14 +97,14 @@ def test_sync_up_honours_ignores_never_sends_git_and_keeps_job_outputs(
     assert remote.parent == sshd.root / "work dir; $(touch pwned) 'w'"
     assert _tree(remote) == {
         "train.py", "sub/b.txt", "my file $(x); 'q'.txt", ".gitignore", "sub/.gitignore",
-        ".harchosignore", "vendor/lib.py",
+        ".harchosignore", "vendor/lib.py", "stale.txt",
     }  # fmt: skip
     # The job writes a checkpoint (ignored) and an output (protected); a source file goes away.
     (remote / "checkpoints").mkdir()
     (remote / "checkpoints" / "ckpt.pt").write_text("state")
     (remote / "outputs").mkdir()
     (remote / "outputs" / "metrics.json").write_text("{}")
-    (remote / "stale.txt").write_text("from an old sync")
+    (project / "stale.txt").unlink()
     (project / "train.py").write_text("print('v2')\n")
     (project / "sub" / "b.txt").unlink()
     assert (
@@ -117,6 +120,32 @@ def test_sync_up_honours_ignores_never_sends_git_and_keeps_job_outputs(
     back = tmp_path / "back here"
     transport.sync_down(f"{target}/checkpoints", back)
     assert (back / "ckpt.pt").read_text() == "state"
+
+
+def test_sync_up_deletes_only_what_it_sent_never_what_jobs_wrote(
+    sshd: Sshd, tmp_path: Path
+) -> None:
+    project = tmp_path / "proj"
+    (project / "pkg").mkdir(parents=True)
+    (project / "pkg" / "old.py").write_text("old\n")
+    odd = "new\nline $(x) \\#101 é.py"
+    (project / odd).write_text("odd\n")
+    (project / "keep.py").write_text("keep\n")
+    hub = sshd.hub()
+    transport = SshTransport(hub)
+    remote = Path(transport.sync_up(project, remote_project_dir(hub, project)))
+    assert _tree(remote) == {"pkg/old.py", odd, "keep.py"}
+    # A job writes outputs nobody ignores or protects; the user deletes two source files.
+    for name in ("runs/1/events.out", "wandb/run.log", "result.json"):
+        (remote / name).parent.mkdir(parents=True, exist_ok=True)
+        (remote / name).write_text("written by a job")
+    (project / "pkg" / "old.py").unlink()
+    (project / odd).unlink()
+    transport.sync_up(project, remote_project_dir(hub, project))
+    assert _tree(remote) == {"keep.py", "runs/1/events.out", "wandb/run.log", "result.json"}
+    # And a sync with nothing gone deletes nothing.
+    transport.sync_up(project, remote_project_dir(hub, project))
+    assert (remote / "result.json").read_text() == "written by a job"
 
 
 def test_sync_up_refuses_to_mirror_onto_home(sshd: Sshd, tmp_path: Path) -> None:
@@ -244,3 +273,19 @@ def test_user_and_port_are_left_to_ssh_config_when_not_given(sshd: Sshd) -> None
     opts = SshTransport(replace(sshd.hub(), user=None, port=None)).options()
     assert "-l" not in opts
     assert "-p" not in opts
+
+
+def test_check_keeps_to_one_budget_per_hub(
+    sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harchos_cli.hubs import check
+
+    # A hub whose Python hangs: each command would be allowed its own 9 s.
+    hanging = tmp_path / "python3"
+    hanging.write_text("#!/bin/sh\nexec sleep 5\n")
+    hanging.chmod(0o755)
+    monkeypatch.setattr(check, "CHECK_BUDGET_S", 1.5)
+    found = check.check_hub(sshd.hub(python=str(hanging)))
+    assert found.reachable is False
+    assert found.error is not None
+    assert "within the 1.5 s allowed in all" in found.error

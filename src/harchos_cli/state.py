@@ -86,23 +86,15 @@ def _m003_jobs(db: sqlite3.Connection) -> None:
             supervisor_pid INTEGER,
             heartbeat TEXT,
             log_offset INTEGER NOT NULL DEFAULT 0,
+            local_log_size INTEGER NOT NULL DEFAULT 0,
             message TEXT,
+            failure TEXT,
             request TEXT NOT NULL,
             plan TEXT
         )
         """
     )
     db.execute("CREATE INDEX jobs_state ON jobs (state)")
-    db.execute(
-        """
-        CREATE TABLE hub_setups (
-            hub TEXT NOT NULL,
-            content_hash TEXT NOT NULL,
-            done_at TEXT NOT NULL,
-            PRIMARY KEY (hub, content_hash)
-        )
-        """
-    )
 
 
 def connect(path: Path | None = None) -> sqlite3.Connection:

@@ -157,6 +157,9 @@ def cancel(
     elif not was_active:
         typer.echo(f"job {job.id} already {job.state}; nothing to cancel")
     elif job.active:
-        typer.echo(f"job {job.id}: cancel requested; it stops at its next step boundary")
+        typer.echo(
+            f"job {job.id}: cancel requested; the supervisor stops it on hub {job.hub} "
+            "(SIGTERM: training saves at its next step boundary)"
+        )
     else:
         typer.echo(f"job {job.id} {job.state}" + (f": {job.message}" if job.message else ""))

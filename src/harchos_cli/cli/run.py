@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from harchos_cli.jobs.request import Prepared, RunOptions
     from harchos_cli.jobs.store import Job
 
@@ -121,6 +123,7 @@ def _run(options: RunOptions, *, dry_run: bool, json_output: bool) -> int:
     from harchos_cli.cli.output import print_json, warn_all
     from harchos_cli.jobs.liveness import revive
     from harchos_cli.jobs.request import prepare
+    from harchos_cli.jobs.store import new_id
     from harchos_cli.jobs.supervisor import create_job
     from harchos_cli.jobs.supervisor import dry_run as describe
 
@@ -136,10 +139,12 @@ def _run(options: RunOptions, *, dry_run: bool, json_output: bool) -> int:
         return 0
     if options.detach:
         return _detach(prepared, json_output)
-    job = create_job(prepared, detached=False)
+    job_id = new_id()
     if not json_output:
-        _print_plan(prepared, job.id)
-    return _foreground(job, json_output)
+        _print_plan(prepared, job_id)
+    return _foreground(
+        job_id, lambda: create_job(prepared, detached=False, job_id=job_id), json_output
+    )
 
 
 def _detach(prepared: Prepared, json_output: bool) -> int:
@@ -163,10 +168,10 @@ def _detach(prepared: Prepared, json_output: bool) -> int:
     return 0
 
 
-def _foreground(job: Job, json_output: bool) -> int:
+def _foreground(job_id: str, create: Callable[[], object], json_output: bool) -> int:
     from harchos_cli.cli.app import Interrupted
     from harchos_cli.cli.output import print_json
-    from harchos_cli.jobs.liveness import AlreadySupervisedError, spawn
+    from harchos_cli.jobs.liveness import spawn
     from harchos_cli.jobs.store import JobStore
     from harchos_cli.jobs.supervisor import Supervisor
 
@@ -174,26 +179,24 @@ def _foreground(job: Job, json_output: bool) -> int:
     store = JobStore()
     try:
         try:
-            final = Supervisor(job.id, reporter, store=store).run()
+            final = Supervisor(job_id, reporter, store=store).run(create)
         except (Interrupted, KeyboardInterrupt):
             reporter.close()
-            current = store.get(job.id)
+            current = store.get(job_id)
             if current.state == "waiting" and store.advance(
-                job.id, ["waiting"], "cancelled", cancel_requested=True,
+                job_id, ["waiting"], "cancelled", cancel_requested=True,
                 message="cancelled with Ctrl-C while waiting; nothing ran",
             ):  # fmt: skip
-                typer.echo(f"cancelled job {job.id} while it waited; nothing ran", err=True)
+                typer.echo(f"cancelled job {job_id} while it waited; nothing ran", err=True)
             elif current.active:
-                spawn(job.id)
+                spawn(job_id)
                 typer.echo(
-                    f"job {job.id} goes on in the background on hub {current.hub}: "
-                    f"`harchos jobs logs -f {job.id}` follows it, "
-                    f"`harchos jobs cancel {job.id}` stops it",
+                    f"job {job_id} goes on in the background on hub {current.hub}: "
+                    f"`harchos jobs logs -f {job_id}` follows it, "
+                    f"`harchos jobs cancel {job_id}` stops it",
                     err=True,
                 )
             raise
-        except AlreadySupervisedError:
-            final = store.get(job.id)
         reporter.close()
     finally:
         store.close()
@@ -205,7 +208,10 @@ def _foreground(job: Job, json_output: bool) -> int:
 
 
 def exit_code(job: Job) -> int:
-    """The job's exit code as `harchos run`'s own: the workload's, 1 when it has none."""
+    """The job's exit code as `harchos run`'s own: 4 when a hub step failed, else the
+    workload's, 1 when it has none."""
+    if job.failure == "hub":
+        return 4
     if job.exit_code is not None:
         return job.exit_code if 0 <= job.exit_code <= 255 else 1
     return 130 if job.state == "cancelled" else 1

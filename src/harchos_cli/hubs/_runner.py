@@ -22,6 +22,7 @@ Commands (each prints one JSON object on stdout unless noted):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -36,6 +37,7 @@ from collections.abc import Callable
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _EXIT_BAD_REQUEST = 3
 _LAUNCH_WAIT_S = 15.0
+_ABANDONED_S = 30.0  # a job directory whose monitor never started within this is reclaimed
 
 
 def _fail(message: str) -> None:
@@ -121,6 +123,20 @@ def _status(job_dir: str) -> dict[str, object]:
     return {"state": "exited", "pid": pid, "exit_code": None, "log_size": log_size}
 
 
+def _abandoned(job_dir: str) -> bool:
+    """Whether `job_dir` has no workload, no exit code and no monitor, and is not new."""
+    for name in ("pid", "exit_code"):
+        if os.path.exists(os.path.join(job_dir, name)):
+            return False
+    if _alive(os.path.join(job_dir, "monitor.pid")) is not None:
+        return False
+    try:
+        age = time.time() - os.path.getmtime(os.path.join(job_dir, "spec.json"))
+    except OSError:
+        return False
+    return age > _ABANDONED_S
+
+
 def _print(obj: object) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
@@ -134,6 +150,13 @@ def _launch(root: str, job_id: str, spec_json: str) -> None:
         _fail(f"working directory {cwd!r} does not exist on the hub")
     parent = os.path.dirname(job_dir)
     os.makedirs(parent, mode=0o700, exist_ok=True)
+    if _abandoned(job_dir):
+        # A launcher died between creating the directory and starting its monitor: nothing
+        # ran, so move it aside (one of several concurrent launches wins the rename).
+        tomb = tempfile.mkdtemp(dir=parent, prefix="." + job_id + ".abandoned.")
+        with contextlib.suppress(OSError):
+            os.rename(job_dir, os.path.join(tomb, job_id))
+        shutil.rmtree(tomb, ignore_errors=True)
     if not os.path.isdir(job_dir):
         staging = tempfile.mkdtemp(dir=parent, prefix="." + job_id + ".")
         _write_atomic(os.path.join(staging, "spec.json"), json.dumps(spec))

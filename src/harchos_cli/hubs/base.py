@@ -94,9 +94,9 @@ class Transport(Protocol):
         """Copy a project to the hub (honouring .gitignore and .harchosignore, never .git) and
         return the absolute remote path. A no-op for the local hub running in place.
 
-        `remote_dir` is the project's own folder on the hub (see `remote_project_dir`): files
-        there that are gone locally are deleted, except ignored ones and those matching a
-        `protect` pattern (rsync filter syntax, e.g. `/checkpoints/`), which are never touched."""
+        `remote_dir` is the project's own folder on the hub (see `remote_project_dir`): a file
+        an earlier sync sent and that is gone locally is deleted there, unless it lies under a
+        `protect` folder (anchored, e.g. `/checkpoints/`); what jobs wrote is never touched."""
         ...
 
     def expand(self, path: str) -> str:

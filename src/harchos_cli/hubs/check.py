@@ -11,11 +11,13 @@ from harchos_cli.errors import HubError
 from harchos_cli.hubs.base import LOCAL, HostKeyError, Hub, HubUnreachableError, Transport
 
 HostKeyState = Literal["pinned", "new", "changed", "unpinned"]
-# Per hub: up to 3 connection attempts of 2 s each with 0.5 s and 1 s backoff, and a 9 s cap on
-# any one command, so a dead hub is called unreachable within 10 s but a single blip is not.
+# Per hub: up to 3 connection attempts of 2 s each with 0.5 s and 1 s backoff, a 9 s cap on any
+# one command, and 9.5 s for all of it, so a dead hub is called unreachable within 10 s but a
+# single blip is not.
 CHECK_CONNECT_TIMEOUT_S = 2.0
 CHECK_ATTEMPTS = 3
 CHECK_COMMAND_TIMEOUT_S = 9.0
+CHECK_BUDGET_S = 9.5
 
 
 @dataclass
@@ -61,7 +63,12 @@ def check_hub(hub: Hub) -> HubCheck:
 
     from harchos_cli.hubs.ssh import SshTransport
 
-    ssh = SshTransport(hub, connect_timeout_s=CHECK_CONNECT_TIMEOUT_S, attempts=CHECK_ATTEMPTS)
+    ssh = SshTransport(
+        hub,
+        connect_timeout_s=CHECK_CONNECT_TIMEOUT_S,
+        attempts=CHECK_ATTEMPTS,
+        budget_s=CHECK_BUDGET_S,
+    )
     pinned = ssh.host_key_pinned()
     try:
         info = _probe(ssh, hub)

@@ -201,3 +201,10 @@ def as_json(hub: Hub) -> dict[str, Any]:
     data = asdict(hub)
     data["identity"] = str(hub.identity) if hub.identity else None
     return data
+
+
+def from_json(data: dict[str, Any]) -> Hub:
+    """The hub `as_json` described (a job keeps the hub it was launched on this way)."""
+    values = {f.name: data[f.name] for f in fields(Hub) if f.name in data}
+    values["identity"] = Path(values["identity"]) if values.get("identity") else None
+    return Hub(**values)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import stat
@@ -36,6 +37,8 @@ CONTROL_PERSIST_S = 60
 RSYNC_IO_TIMEOUT_S = 120
 _SSH_FAILED = 255
 _RSYNC_OK = (0, 24)  # 24: source files vanished while copying (editor temp files)
+SYNC_MANIFEST = ".harchos/synced"  # in the project's folder on the hub; never synced itself
+_ESCAPED = re.compile(r"\\#([0-7]{3})")  # rsync writes unprintable bytes as \#ooo
 _CHANGED = "REMOTE HOST IDENTIFICATION HAS CHANGED"
 _STRICT_UNKNOWN = ("you have requested strict checking", "No matching host key")
 _AUTH = "Permission denied"
@@ -58,6 +61,30 @@ _UNREACHABLE = (
     "connection unexpectedly closed",
     "unexplained error",
 )
+
+
+def synced_files(itemized: bytes) -> set[str]:
+    """The files (not folders) an `rsync -ii --out-format='%i %n'` run sent or found current."""
+    names = set()
+    for line in itemized.decode(errors="surrogateescape").splitlines():
+        flags, name = line[:11], line[12:]  # unchanged files' flags are padded with spaces
+        if len(line) > 12 and line[11] == " " and flags[1] != "d":
+            names.add(_ESCAPED.sub(_unescape, name))
+    return names
+
+
+def _unescape(match: re.Match[str]) -> str:
+    byte = int(match.group(1), 8)
+    return chr(byte) if byte < 0x80 else chr(0xDC00 + byte)  # as surrogateescape decodes it
+
+
+def _protected(name: str, patterns: Sequence[str]) -> bool:
+    """Whether `name` lies under an anchored folder pattern such as `/checkpoints/`."""
+    for pattern in patterns:
+        folder = pattern.strip("/")
+        if folder and (name == folder or name.startswith(f"{folder}/")):
+            return True
+    return False
 
 
 def known_hosts_file() -> Path:
@@ -112,6 +139,7 @@ class SshTransport:
         attempts: int = 3,
         backoff_s: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
+        budget_s: float | None = None,
     ) -> None:
         if hub.transport != "ssh" or not hub.host:
             raise HubError(f"hub {hub.name!r} is not an SSH hub")
@@ -120,6 +148,9 @@ class SshTransport:
         self.attempts = max(1, attempts)
         self.backoff_s = backoff_s
         self._sleep = sleep
+        # One deadline for every command and retry from now on (`hubs check`'s 10 s promise).
+        self.budget_s = budget_s
+        self._deadline = None if budget_s is None else time.monotonic() + budget_s
         self.ssh = shutil.which("ssh") or "ssh"
         self._home: str | None = None
 
@@ -178,7 +209,7 @@ class SshTransport:
         """The full local command line that runs `argv` on the hub, each argument quoted."""
         return [self.ssh, *self.options(), "--", self.host, shlex.join(argv)]
 
-    def _failure(self, stderr: bytes, what: str) -> HubError | None:
+    def _failure(self, stderr: bytes, what: str, code: int) -> HubError | None:
         """The error an ssh-level failure means, or None when `stderr` shows none."""
         text = stderr.decode(errors="replace")
         where = f"hub {self.hub.name!r} ({self.host}{f':{self.hub.port}' if self.hub.port else ''})"
@@ -211,7 +242,9 @@ class SshTransport:
                 "(harchos never prompts for a passphrase or password)",
             )
         lines = [line for line in text.strip().splitlines() if line.strip()]
-        if any(marker in text for marker in _UNREACHABLE) or text.startswith("ssh:"):
+        # ssh exits 255 with nothing said when the connection dies under a running command.
+        silent = code == _SSH_FAILED and not lines
+        if any(marker in text for marker in _UNREACHABLE) or text.startswith("ssh:") or silent:
             detail = lines[-1] if lines else "no answer"
             return HubUnreachableError(
                 f"{where} is unreachable ({what}): {detail}",
@@ -230,10 +263,12 @@ class SshTransport:
             result = attempt()
             if ok(result.returncode):
                 return result
-            error = self._failure(result.stderr, what)
+            error = self._failure(result.stderr, what, result.returncode)
             if error is None:
                 return result
             if not isinstance(error, HubUnreachableError) or number == self.attempts:
+                raise error
+            if self._deadline is not None and time.monotonic() + delay >= self._deadline:
                 raise error
             self._sleep(delay)
             delay *= 2
@@ -256,18 +291,23 @@ class SshTransport:
         command = self.ssh_argv(args)
 
         def attempt() -> subprocess.CompletedProcess[bytes]:
+            limit, within = timeout, f"{timeout or 0:g} s"
+            if self._deadline is not None:
+                left = self._deadline - time.monotonic()
+                if timeout is None or left < timeout:
+                    limit, within = max(left, 0.0), f"the {self.budget_s:g} s allowed in all"
             try:
                 return subprocess.run(
                     command,
                     input=stdin,
                     stdin=subprocess.DEVNULL if stdin is None else None,
                     capture_output=True,
-                    timeout=timeout,
+                    timeout=limit,
                     check=False,
                 )
             except subprocess.TimeoutExpired as exc:
                 raise HubUnreachableError(
-                    f"hub {self.hub.name!r} did not finish {args[0]!r} within {timeout:g} s",
+                    f"hub {self.hub.name!r} did not finish {args[0]!r} within {within}",
                     hint=f"check the hub: harchos hubs check {self.hub.name}",
                 ) from exc
 
@@ -296,7 +336,7 @@ class SshTransport:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{path}"
 
-    def _rsync(self, args: list[str], what: str) -> None:
+    def _rsync(self, args: list[str], what: str) -> subprocess.CompletedProcess[bytes]:
         rsync = shutil.which("rsync")
         if rsync is None:
             raise HubError("rsync is not installed here", hint="install rsync (apt, brew, dnf)")
@@ -318,12 +358,15 @@ class SshTransport:
         result = self._with_retries(attempt, lambda code: code in _RSYNC_OK, what)
         if result.returncode not in _RSYNC_OK:
             raise command_failed(self.hub, command, result)
+        return result
 
     def sync_up(self, local_dir: Path, remote_dir: str, *, protect: Sequence[str] = ()) -> str:
         """Mirror `local_dir` into `remote_dir` on the hub; see `Transport.sync_up`.
 
         `.git` is never sent; `.gitignore` and `.harchosignore` rules (in any folder) exclude
-        files, and excluded files on the hub (checkpoints, outputs) are never deleted.
+        files. Only files an earlier sync sent (listed in `<remote>/.harchos/synced`) and that
+        are gone locally are deleted: whatever a job wrote on the hub (checkpoints, outputs,
+        runs/, wandb/) stays, even while another job of the project runs there.
         """
         source = local_dir.resolve()
         if not source.is_dir():
@@ -331,13 +374,35 @@ class SshTransport:
         target = self.expand(remote_dir).rstrip("/")
         if target in ("", "/") or target == self.expand("~"):
             raise HubError(f"refusing to mirror a project onto {target or '/'!r} on the hub")
-        self.run(["mkdir", "-p", "--", target], timeout=60)
-        filters = ["--exclude=.git", "--filter=:- .gitignore", "--filter=:- .harchosignore"]
-        filters += [f"--filter=P {pattern}" for pattern in protect]
-        self._rsync(
-            [*filters, "--delete", f"{source}/", self._remote(f"{target}/")],
+        previous = self.run(
+            ["sh", "-c", 'mkdir -p -- "$1/.harchos" && { cat -- "$1/$2" 2>/dev/null || true; }',
+             "harchos-sync", target, SYNC_MANIFEST],
+            timeout=60,
+        ).stdout  # fmt: skip
+        filters = [
+            "--exclude=.git",
+            "--exclude=/.harchos/",
+            "--filter=:- .gitignore",
+            "--filter=:- .harchosignore",
+        ]
+        copied = self._rsync(
+            [*filters, "-ii", "--out-format=%i %n", f"{source}/", self._remote(f"{target}/")],
             "copying the project",
         )
+        current = synced_files(copied.stdout)
+        gone = sorted(
+            name
+            for name in {n for n in previous.decode(errors="surrogateescape").split("\0") if n}
+            if name not in current and not _protected(name, protect)
+        )
+        manifest = "\0".join(sorted(current)).encode(errors="surrogateescape")
+        self.run(
+            ["sh", "-c", 'cd -- "$1" && shift 2 && cat > "$0.tmp" && mv -f -- "$0.tmp" "$0" '
+             '&& if [ "$#" -gt 0 ]; then rm -f -- "$@"; fi',
+             SYNC_MANIFEST, target, "--", *gone],
+            stdin=manifest,
+            timeout=120,
+        )  # fmt: skip
         return target
 
     def sync_down(self, remote_dir: str, local_dir: Path) -> None:

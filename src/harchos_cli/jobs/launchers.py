@@ -16,6 +16,7 @@ import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from harchos_cli.errors import UsageError
 from harchos_cli.hubs.base import LOCAL, Hub
@@ -129,6 +130,19 @@ def setup_argv(remote_project: str, setup: str) -> list[str]:
     """`[job] setup` is the user's own shell command: run by `sh` in the project folder, with the
     folder passed as an argument rather than pasted into the script."""
     return ["sh", "-c", 'cd -- "$1" && exec sh -c "$2"', "harchos-setup", remote_project, setup]
+
+
+def setup_marker_argv(
+    remote_project: str, digest: str, action: Literal["check", "record"]
+) -> list[str]:
+    """Check (exit 0: done) or record that setup ran for `digest` in this project folder:
+    `<project>/.harchos/setup-<digest>` on the hub, in a folder git and the sync ignore."""
+    scripts = {
+        "check": 'test -e "$1/.harchos/setup-$2"',
+        "record": 'mkdir -p -- "$1/.harchos" && printf "*\\n" > "$1/.harchos/.gitignore" '
+        '&& : > "$1/.harchos/setup-$2"',
+    }
+    return ["sh", "-c", scripts[action], "harchos-setup", remote_project, digest]
 
 
 def content_hash(root: Path, setup: str) -> str:

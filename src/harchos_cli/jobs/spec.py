@@ -8,9 +8,9 @@ Tables that other parts of harchos own (`[settings]`, `[serve]`, `[router]`, `[[
 from __future__ import annotations
 
 import difflib
+import posixpath
 import tomllib
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,6 +60,19 @@ class JobTable(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
 
     _check_duration = field_validator("expected_duration")(_duration)
+
+    @field_validator("checkpoint_dir")
+    @classmethod
+    def _checkpoint_dir(cls, value: str) -> str:
+        # Normalised, so `./ckpt` and `ckpt/` name the folder the sync protects as `/ckpt/`.
+        if value.startswith(("/", "~")):
+            return value.rstrip("/") or value
+        normal = posixpath.normpath(value)
+        if normal in {".", ".."} or normal.startswith("../"):
+            raise ValueError(
+                "a folder inside the project (e.g. checkpoints) or an absolute path on the hub"
+            )
+        return normal
 
     @field_validator("command")
     @classmethod
@@ -141,10 +154,6 @@ class Project:
     @property
     def name(self) -> str:
         return self.spec.job.name or self.root.name
-
-    def expected_duration(self) -> timedelta | None:
-        raw = self.spec.job.expected_duration
-        return parse_duration(raw) if raw else None
 
 
 def find(start: Path | None = None) -> Path | None:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from harchos_cli import paths, state
 from harchos_cli.errors import UsageError
-from harchos_cli.timeparse import iso, parse_instant, utcnow
+from harchos_cli.timeparse import iso, utcnow
 
 JobStateName = Literal["waiting", "syncing", "running", "done", "failed", "cancelled"]
 ACTIVE: tuple[JobStateName, ...] = ("waiting", "syncing", "running")
@@ -50,8 +50,10 @@ class Job:
     cancel_requested: bool = False
     supervisor_pid: int | None = None
     heartbeat: str | None = None
-    log_offset: int = 0
+    log_offset: int = 0  # bytes of the hub's log copied here ...
+    local_log_size: int = 0  # ... and the local log's size then (written in the same UPDATE)
     message: str | None = None
+    failure: str | None = None  # "hub": a hub or remote step failed (exit 4)
     plan: dict[str, Any] | None = field(default=None)
 
     @property
@@ -86,6 +88,7 @@ class Job:
             "supervisor_pid": self.supervisor_pid,
             "heartbeat": self.heartbeat,
             "message": self.message,
+            "failure": self.failure,
         }
 
 
@@ -207,22 +210,3 @@ class JobStore:
             [*(_encode(name, value) for name, value in values.items()), job_id, *expected],
         )
         return cursor.rowcount == 1
-
-    def setup_done(self, hub: str, content_hash: str) -> bool:
-        row = self.db.execute(
-            "SELECT 1 FROM hub_setups WHERE hub = ? AND content_hash = ?", (hub, content_hash)
-        ).fetchone()
-        return row is not None
-
-    def record_setup(self, hub: str, content_hash: str) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO hub_setups (hub, content_hash, done_at) VALUES (?, ?, ?)",
-            (hub, content_hash, iso(utcnow())),
-        )
-
-
-def heartbeat_age(job: Job, now: datetime | None = None) -> float | None:
-    """Seconds since the supervisor's last heartbeat (None when it never beat)."""
-    if not job.heartbeat:
-        return None
-    return ((now or utcnow()) - parse_instant(job.heartbeat)).total_seconds()

@@ -5,9 +5,12 @@ kernel when the process dies, even by SIGKILL). Every stage is restartable:
 
 - waiting: the plan and the simulated clock's anchor are in the store; a new supervisor re-plans
   and waits for the same moment;
-- syncing: rsync and the setup record (per hub and content hash) make a second pass cheap;
-- running: launch is idempotent by job id on the hub, and the log is read from the last offset
-  the store recorded, so nothing runs twice and no log line is lost or repeated.
+- syncing: rsync and the setup marker (per project folder on the hub and content hash) make a
+  second pass cheap;
+- running: followed with the hub, command and folder saved when syncing ended (never reloaded
+  from harchos.toml or the inventory); launch is idempotent by job id on the hub, and the log is
+  read from the last offset the store recorded, so nothing runs twice and no log line is lost
+  or repeated.
 
 `harchos run --detach` starts the supervisor as `python -m harchos_cli.jobs.supervisor JOB_ID` in
 its own session; `revive()` (run at the start of `harchos run` and `harchos jobs`) restarts any
@@ -22,14 +25,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 from harchos_cli.errors import HarchosError, HubError
-from harchos_cli.hubs.base import LOCAL, Hub, LaunchSpec
+from harchos_cli.hubs.base import LOCAL, Hub, HubUnreachableError, LaunchSpec
 from harchos_cli.jobs import launchers
-from harchos_cli.jobs.clock import Clock, from_json
+from harchos_cli.jobs.clock import from_json
 from harchos_cli.jobs.liveness import (
     AlreadySupervisedError,
     is_supervised,
@@ -37,7 +41,15 @@ from harchos_cli.jobs.liveness import (
     supervisor_lock,
 )
 from harchos_cli.jobs.request import Forecaster, Prepared, Request, get_hub, make_plan
-from harchos_cli.jobs.store import Job, JobStateName, JobStore, job_dir, log_path, new_id
+from harchos_cli.jobs.store import (
+    ACTIVE,
+    Job,
+    JobStateName,
+    JobStore,
+    job_dir,
+    log_path,
+    new_id,
+)
 from harchos_cli.timeparse import floor_hour, iso, parse_instant, utcnow
 
 HEARTBEAT_S = 2.0
@@ -48,6 +60,7 @@ STATUS_EVERY_S = 5.0  # a local job's status is asked for at least this often
 CANCEL_GRACE_S = 30.0
 MAX_BACKOFF_S = 30.0
 SYNC_ATTEMPTS = 5
+NOTHING_RAN = "cancelled before it started; nothing ran"
 
 
 class Reporter(Protocol):
@@ -124,13 +137,19 @@ class Supervisor:
         self.reporter: Reporter = reporter or FileReporter(job_id)
         self.sleep = sleep
 
-    def run(self) -> Job:
+    def run(self, create: Callable[[], object] | None = None) -> Job:
         """Supervise until the job is done, failed or cancelled; return its final row.
+
+        Args:
+            create: records the job's row, called once the lock is held, so that no other
+                `harchos` (reviving jobs without a supervisor) can take a new job over.
 
         Raises:
             AlreadySupervisedError: another process supervises the job.
         """
         with supervisor_lock(self.job_id):
+            if create is not None:
+                create()
             self.store.update(self.job_id, supervisor_pid=os.getpid(), heartbeat=iso(utcnow()))
             beat = _Heartbeat(self.job_id)
             beat.start()
@@ -149,15 +168,23 @@ class Supervisor:
             try:
                 stage(job)
             except HarchosError as exc:
-                # Bad input found late (the hub was removed, harchos.toml broken meanwhile):
-                # the job cannot go on, and a restarted supervisor would fail the same way.
-                self._fail(job, str(exc))
+                # Bad input found before launch (the hub was removed, harchos.toml broken
+                # meanwhile), or a hub step that failed for good (wrong Python, refused login,
+                # changed host key): a restarted supervisor would fail the same way.
+                self._fail(job, str(exc), hub_failed=isinstance(exc, HubError))
 
-    def _fail(self, job: Job, message: str) -> None:
+    def _fail(self, job: Job, message: str, *, hub_failed: bool = False) -> None:
         self.store.advance(
-            job.id, [job.state], "failed", finished_at=iso(utcnow()), message=message
-        )
+            job.id, [job.state], "failed", finished_at=iso(utcnow()), message=message,
+            failure="hub" if hub_failed else None,
+        )  # fmt: skip
         self.reporter.stage(job, "failed", message)
+
+    def _cancel(self, job: Job, message: str) -> None:
+        if self.store.advance(
+            job.id, list(ACTIVE), "cancelled", finished_at=iso(utcnow()), message=message
+        ):
+            self.reporter.stage(job, "cancelled", message)
 
     # -- waiting -----------------------------------------------------------------------------
 
@@ -176,7 +203,7 @@ class Supervisor:
             if current.state != "waiting":
                 return
             if current.cancel_requested:
-                self._cancel_waiting(job)
+                self._cancel(job, NOTHING_RAN)
                 return
             now = clock.now()
             if now >= start:
@@ -221,13 +248,6 @@ class Supervisor:
             self.reporter.planned(self.store.get(job.id), data, replanned=True)
         return new_start
 
-    def _cancel_waiting(self, job: Job) -> None:
-        if self.store.advance(
-            job.id, ["waiting", "syncing"], "cancelled", finished_at=iso(utcnow()),
-            message="cancelled before it started; nothing ran",
-        ):  # fmt: skip
-            self.reporter.stage(job, "cancelled", "cancelled before it started; nothing ran")
-
     # -- syncing -----------------------------------------------------------------------------
 
     def _hub(self, job: Job, request: Request) -> Hub:
@@ -235,52 +255,72 @@ class Supervisor:
         return get_hub(job.hub, request.project)
 
     def _sync(self, job: Job) -> None:
-        from harchos_cli.hubs import remote_project_dir, transport_for
+        from harchos_cli.hubs import inventory, remote_project_dir, transport_for
 
         request = Request.from_json(job.request, job.project_dir)
         hub = self._hub(job, request)
         transport = transport_for(hub)
         project = request.project
-        checkpoints = project.spec.job.checkpoint_dir.strip("/") or "checkpoints"
+        # Normalised by the spec (`./ckpt/` is `ckpt`); an absolute one is outside the project.
+        checkpoints = project.spec.job.checkpoint_dir
+        protect = [] if checkpoints.startswith(("/", "~")) else [f"/{checkpoints}/"]
         delay = 1.0
         for attempt in range(1, SYNC_ATTEMPTS + 1):
             try:
                 self.reporter.stage(job, "syncing", f"project to hub {hub.name}")
                 remote = transport.sync_up(
                     project.root, remote_project_dir(hub, project.root),
-                    protect=[f"/{checkpoints}/", "/outputs/"],
+                    protect=[*protect, "/outputs/"],
                 )  # fmt: skip
                 if not self._setup(job, project.spec.job.setup, hub, transport, remote):
                     return
                 break
-            except HubError as exc:
+            except HubUnreachableError as exc:
+                # Only lost contact is retried; any other HubError fails the job (in `_loop`).
                 if attempt == SYNC_ATTEMPTS:
-                    self.store.advance(
-                        job.id, ["syncing"], "failed", finished_at=iso(utcnow()),
-                        message=f"could not sync to hub {hub.name}: {exc}",
-                    )  # fmt: skip
+                    self._fail(job, f"could not sync to hub {hub.name}: {exc}", hub_failed=True)
                     return
                 self.reporter.notice(f"hub {hub.name}: {exc}; retrying in {delay:g} s")
                 self.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
+                if self.store.get(job.id).cancel_requested:
+                    break
         if self.store.get(job.id).cancel_requested:
-            self._cancel_waiting(job)
+            self._cancel(job, NOTHING_RAN)
             return
-        if self.store.advance(job.id, ["syncing"], "running", remote_dir=remote):
+        # From here on the job is followed with what is decided now, never by reloading the
+        # project or the hub inventory: a broken harchos.toml or `hubs remove` cannot orphan it.
+        spec = self.launch_spec(replace(job, remote_dir=remote), request, hub)
+        launch = {
+            "argv": list(spec.argv), "cwd": spec.cwd, "env": dict(spec.env),
+            "hub": inventory.as_json(hub),
+        }  # fmt: skip
+        if self.store.advance(
+            job.id, ["syncing"], "running", remote_dir=remote,
+            request={**job.request, "launch": launch},
+        ):  # fmt: skip
             self.reporter.stage(job, "running", f"on hub {hub.name} in {remote}")
 
     def _setup(self, job: Job, setup: str | None, hub: Hub, transport: Any, remote: str) -> bool:
-        """Run `[job] setup` once per hub and content hash; False when it failed (job failed)."""
+        """Run `[job] setup` once per project folder on a machine and content hash; False when
+        it failed (job failed). The record is a marker file beside the project on the hub, so a
+        re-added hub, a moved project or a wiped folder runs setup again."""
         if not setup:
             return True
         request = Request.from_json(job.request, job.project_dir)
         digest = launchers.content_hash(request.project.root, setup)
-        if self.store.setup_done(hub.name, digest):
+        if (
+            transport.run(
+                launchers.setup_marker_argv(remote, digest, "check"), check=False
+            ).returncode
+            == 0
+        ):
             return True
         self.reporter.stage(job, "setup", setup)
         result = transport.run(launchers.setup_argv(remote, setup), check=False)
         output = result.stdout + result.stderr
-        _append_log(job.id, output)
+        _truncate_log(job.id, self.store.get(job.id).local_log_size)
+        self.store.update(job.id, local_log_size=_append_log(job.id, output))
         self.reporter.output(output)
         if result.returncode != 0:
             self.store.advance(
@@ -289,7 +329,7 @@ class Supervisor:
                 message=f"setup failed on hub {hub.name} (exit {result.returncode}): {setup}",
             )  # fmt: skip
             return False
-        self.store.record_setup(hub.name, digest)
+        transport.run(launchers.setup_marker_argv(remote, digest, "record"))
         return True
 
     # -- running -----------------------------------------------------------------------------
@@ -312,13 +352,16 @@ class Supervisor:
         return LaunchSpec(job.id, command.argv, job.remote_dir, {**command.env, **env})
 
     def _run(self, job: Job) -> None:
-        from harchos_cli.hubs import jobs_for
+        from harchos_cli.hubs import inventory, jobs_for
 
-        request = Request.from_json(job.request, job.project_dir)
-        hub = self._hub(job, request)
+        saved = job.request["launch"]
+        hub = inventory.from_json(saved["hub"])
+        spec = LaunchSpec(job.id, saved["argv"], saved["cwd"], saved["env"])
         remote_jobs = jobs_for(hub)
         peek = _LocalPeek(remote_jobs, job.id) if hub.transport == LOCAL else None
-        spec = self.launch_spec(job, request, hub)
+        # A supervisor killed between appending to the local log and recording it would
+        # append the same bytes again: cut the log back to what the store says it holds.
+        _truncate_log(job.id, job.local_log_size)
         offset = job.log_offset
         launched = job.launched
         signalled_at: float | None = None
@@ -326,15 +369,15 @@ class Supervisor:
         last_status = 0.0
         delay = 1.0
         while True:
+            current = self.store.get(job.id)
+            if current.cancel_requested and not launched:
+                self._cancel(job, NOTHING_RAN)
+                return
             try:
                 if not launched:
                     remote_jobs.launch(spec)
                     launched = True
-                    self.store.update(
-                        job.id, launched=True, started_at=iso(utcnow()),
-                        request={**job.request, "launch": {
-                            "argv": list(spec.argv), "cwd": spec.cwd, "env": dict(spec.env)}},
-                    )  # fmt: skip
+                    self.store.update(job.id, launched=True, started_at=iso(utcnow()))
                     self.reporter.stage(job, "launched", launchers.render(spec.argv))
                 status = None
                 if peek is None or peek.exited() or time.monotonic() - last_status > STATUS_EVERY_S:
@@ -350,9 +393,13 @@ class Supervisor:
                     self._finish(job, status.exit_code)
                     return
                 if status is not None and status.state == "absent":
-                    launched = False  # the hub lost it before it started: launch is idempotent
-                    continue
-                current = self.store.get(job.id)
+                    # Launched, yet its folder is gone (wiped, or another machine): running it
+                    # again could run it twice, so the job is lost.
+                    self._fail(
+                        job, f"the job's folder vanished from hub {hub.name}; not relaunched",
+                        hub_failed=True,
+                    )  # fmt: skip
+                    return
                 if current.cancel_requested:
                     if signalled_at is None:
                         remote_jobs.signal(job.id, signal.SIGTERM)
@@ -361,13 +408,25 @@ class Supervisor:
                     elif not killed and time.monotonic() - signalled_at > CANCEL_GRACE_S:
                         remote_jobs.signal(job.id, signal.SIGKILL)
                         killed = True
-            except HubError as exc:
+            except HubUnreachableError as exc:
+                if self.store.get(job.id).cancel_requested:
+                    self._cancel(
+                        job, f"cancelled, but hub {hub.name} could not be reached ({exc}): "
+                        f"the workload may still be running there",
+                    )  # fmt: skip
+                    return
                 message = f"lost contact with hub {hub.name} ({exc}); retrying in {delay:g} s"
                 self.reporter.notice(message)
                 self.store.update(job.id, message=message)
                 self.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
+            except HubError as exc:
+                # Not a lost connection: retrying cannot help (wrong Python, refused login,
+                # changed host key, missing folder).
+                where = f"; the workload may still be running on hub {hub.name}" if launched else ""
+                self._fail(job, f"{exc}{where}", hub_failed=True)
+                return
             self.sleep(POLL_S if peek is not None else REMOTE_POLL_S)
 
     def _drain(self, job_id: str, remote_jobs: Any, peek: _LocalPeek | None, offset: int) -> int:
@@ -375,9 +434,9 @@ class Supervisor:
             data = peek.read(offset) if peek is not None else remote_jobs.read_log(job_id, offset)
             if not data:
                 return offset
-            _append_log(job_id, data)
+            size = _append_log(job_id, data)
             offset += len(data)
-            self.store.update(job_id, log_offset=offset)
+            self.store.update(job_id, log_offset=offset, local_log_size=size)
             self.reporter.output(data)
 
     def _finish(self, job: Job, exit_code: int | None) -> None:
@@ -419,31 +478,36 @@ class _LocalPeek:
             return b""
 
 
-def _append_log(job_id: str, data: bytes) -> None:
-    if data:
-        path = log_path(job_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("ab") as handle:
-            handle.write(data)
+def _append_log(job_id: str, data: bytes) -> int:
+    """Append to the job's local log; its size after."""
+    path = log_path(job_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as handle:
+        handle.write(data)
+        return handle.tell()
+
+
+def _truncate_log(job_id: str, size: int) -> None:
+    path = log_path(job_id)
+    try:
+        if path.stat().st_size > size:
+            os.truncate(path, size)
+    except FileNotFoundError:
+        pass
 
 
 def request_cancel(store: JobStore, job_id: str) -> Job:
-    """Cancel a job: a waiting one at once; a running one is stopped on its hub (SIGTERM, the
-    training contract's "save and exit"); its supervisor records the outcome."""
+    """Cancel a job: a waiting one at once; otherwise its supervisor (restarted if need be)
+    stops it: one that has not launched never does, a running one gets SIGTERM on its hub (the
+    training contract's "save and exit"), then SIGKILL. Never waits on the hub itself."""
     job = store.get(job_id)
     if not job.active:
         return job
     store.update(job.id, cancel_requested=True)
     if job.state == "waiting" and store.advance(
-        job.id, ["waiting"], "cancelled", finished_at=iso(utcnow()),
-        message="cancelled before it started; nothing ran",
-    ):  # fmt: skip
+        job.id, ["waiting"], "cancelled", finished_at=iso(utcnow()), message=NOTHING_RAN
+    ):
         return store.get(job.id)
-    if job.state == "running" and job.launched and job.hub:
-        from harchos_cli.hubs import jobs_for
-
-        request = Request.from_json(job.request, job.project_dir)
-        jobs_for(get_hub(job.hub, request.project)).signal(job.id, signal.SIGTERM)
     if not is_supervised(job.id):
         spawn(job.id)
     return store.get(job.id)
@@ -496,11 +560,6 @@ def dry_run(prepared: Prepared) -> dict[str, Any]:
         "launch": {"argv": list(spec.argv), "cwd": spec.cwd, "env": dict(spec.env)},
         "command_line": launchers.render(spec.argv, spec.env, spec.cwd),
     }
-
-
-def clock_of(job: Job) -> Clock:
-    """The clock the job waits on."""
-    return from_json(job.request.get("clock"))
 
 
 def main(argv: list[str] | None = None) -> int:
