@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from clirunner import harchos
+from polling import job, wait_until
 
 from harchos_cli.hubs import inventory, jobs_for
 from harchos_cli.hubs.base import HubUnreachableError, LaunchSpec
@@ -25,24 +24,6 @@ WORKLOAD = (
     "pathlib.Path('runs.txt').open('a').write('ran\\n'); "
     "print('started', flush=True); time.sleep(2); print('finished')"
 )
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s")
-
-
-def job(job_id: str) -> Job:
-    store = JobStore()
-    try:
-        return store.get(job_id)
-    finally:
-        store.close()
 
 
 def project(tmp_path: Path, setup: str | None = None) -> Path:

@@ -6,18 +6,16 @@ import json
 import os
 import shutil
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from clirunner import harchos
+from polling import job, wait_until
 from sshd import Sshd, client_key_fixture, sshd_fixture
 from test_run_local import new_project
 
 from harchos_cli.hubs import remote_project_dir
-from harchos_cli.jobs.store import Job, JobStore, log_path
+from harchos_cli.jobs.store import log_path
 
 __all__ = ["client_key_fixture", "sshd_fixture"]
 
@@ -101,24 +99,6 @@ def test_a_changed_host_key_fails_the_run_with_exit_4_at_once(
     assert (data["state"], data["failure"]) == ("failed", "hub")
     assert "has changed" in data["message"]
     assert "retrying" not in result.err
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s")
-
-
-def job(job_id: str) -> Job:
-    store = JobStore()
-    try:
-        return store.get(job_id)
-    finally:
-        store.close()
 
 
 def test_cancel_never_waits_on_the_hub_and_the_supervisor_stops_the_job(
