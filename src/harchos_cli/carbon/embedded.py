@@ -314,12 +314,6 @@ class EmbeddedModel:
             self._params[zone] = cached
         return cached
 
-    def predict_batch(
-        self, zone: str, history: ArrayF, origin_hours: ArrayF, horizon: int
-    ) -> tuple[ArrayF, ArrayF, ArrayF]:
-        """`predict_batch` with this model's parameters for `zone` (see the module function)."""
-        return predict_batch(self.params(zone), history, origin_hours, horizon)
-
     def forecast_values(
         self, zone: str, origin: datetime, horizon: int, history: ArrayF | None
     ) -> tuple[ArrayF, ArrayF, ArrayF]:

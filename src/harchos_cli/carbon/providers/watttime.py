@@ -23,6 +23,7 @@ from harchos_cli.carbon.providers.http import (
     ProviderHttp,
     Sample,
     Sleep,
+    cache_key,
     hourly_means,
     number,
     parse_time,
@@ -205,7 +206,7 @@ class WattTime:
         key: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """A data call through the cache, with bearer auth and one re-login on 401/403."""
-        cache_id = key or f"{path}?" + "&".join(f"{k}={params[k]}" for k in sorted(params))
+        cache_id = key or cache_key(path, params)
         hit = self.http.lookup(ba, cache_id, now)
         if isinstance(hit, dict):
             return hit, True
