@@ -97,6 +97,31 @@ def _m003_jobs(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX jobs_state ON jobs (state)")
 
 
+@migration
+def _m004_job_attempts_and_decisions(db: sqlite3.Connection) -> None:
+    """Pause, move and rescale: a job is launched once per attempt (`<id>` for the first,
+    `<id>-a<n>` on the hub after that), carries the user's pending wish (`intent`), belongs to a
+    training run whose checkpoints it resumes (`run_id`), and records every decision."""
+    db.execute("ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1")
+    db.execute("ALTER TABLE jobs ADD COLUMN intent TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN run_id TEXT")
+    db.execute(
+        """
+        CREATE TABLE job_decisions (
+            job_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            at TEXT NOT NULL,
+            action TEXT NOT NULL,
+            hub TEXT,
+            reason TEXT NOT NULL,
+            details TEXT,
+            PRIMARY KEY (job_id, seq)
+        )
+        """
+    )
+    db.execute("CREATE INDEX jobs_run ON jobs (project_dir, kind, run_id)")
+
+
 def connect(path: Path | None = None) -> sqlite3.Connection:
     """Open (creating and migrating as needed) the state database."""
     target = path or paths.state_db()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import typer
 
 if TYPE_CHECKING:
-    from harchos_cli.jobs.store import JobStore
+    from harchos_cli.jobs.store import Job, JobStore
 
 app = typer.Typer(
-    help="List, inspect, follow and cancel jobs.", rich_markup_mode=None, no_args_is_help=True
+    help="List, inspect, follow, pause, resume, move, rescale and cancel jobs.",
+    rich_markup_mode=None,
+    no_args_is_help=True,
 )
 
 _JSON = typer.Option(False, "--json", help="Print JSON (docs/run.md) on stdout.")
@@ -64,17 +67,19 @@ def list_jobs(
 
 @app.command("show")
 def show(job_id: str = _ID, json_output: bool = _JSON) -> None:
-    """One job: its plan, stage, supervisor and outcome."""
+    """One job: its plan, stage, supervisor, outcome, and every decision taken about it."""
     from harchos_cli.cli.output import print_json
 
     store = _store()
     try:
         job = store.get(job_id)
+        decisions = [decision.as_json() for decision in store.decisions(job.id)]
     finally:
         store.close()
     data = job.as_json()
     if json_output:
-        print_json({**data, "plan": job.plan, "launch": job.request.get("launch")})
+        print_json({**data, "plan": job.plan, "launch": job.request.get("launch"),
+                    "decisions": decisions})  # fmt: skip
         return
     for key, value in data.items():
         if value is not None and value != []:
@@ -84,6 +89,11 @@ def show(job_id: str = _ID, json_output: bool = _JSON) -> None:
         from harchos_cli.jobs.launchers import render
 
         typer.echo(f"{'command':<19}{render(launch['argv'])}")
+    if decisions:
+        typer.echo("decisions")
+        for decision in decisions:
+            where = f" [{decision['hub']}]" if decision["hub"] else ""
+            typer.echo(f"  {decision['at']}  {decision['action']}{where}: {decision['reason']}")
 
 
 @app.command("logs")
@@ -163,3 +173,71 @@ def cancel(
         )
     else:
         typer.echo(f"job {job.id} {job.state}" + (f": {job.message}" if job.message else ""))
+
+
+def _ask(job_id: str, json_output: bool, act: Callable[[JobStore, str], Job], done: str) -> None:
+    from harchos_cli.cli.output import print_json
+
+    store = _store()
+    try:
+        job = act(store, store.get(job_id).id)
+    finally:
+        store.close()
+    if json_output:
+        print_json(job.as_json())
+    else:
+        typer.echo(f"job {job.id}: {done}")
+
+
+@app.command("pause")
+def pause(job_id: str = _ID, json_output: bool = _JSON) -> None:
+    """Pause a running job: every worker saves a checkpoint and exits, freeing its GPUs; the
+    job waits as `paused` until `harchos jobs resume`."""
+    from harchos_cli.jobs.control import request_pause
+
+    done = "pause requested; its workers save at the next step boundary (harchos jobs show)"
+    _ask(job_id, json_output, request_pause, done)
+
+
+@app.command("resume")
+def resume(job_id: str = _ID, json_output: bool = _JSON) -> None:
+    """Resume a paused job from its newest checkpoint, on the hub it paused on."""
+    from harchos_cli.jobs.control import request_resume
+
+    _ask(job_id, json_output, request_resume,
+         "resuming from its newest checkpoint (harchos jobs logs -f)")  # fmt: skip
+
+
+@app.command("migrate")
+def migrate(
+    job_id: str = _ID,
+    to: str = typer.Option(..., "--to", help="The hub to move the job to."),
+    json_output: bool = _JSON,
+) -> None:
+    """Move a running or paused job to another hub: pause at a checkpoint, copy the checkpoints
+    there (verified by sha256), resume there. Any failed step leaves it where it was."""
+    from harchos_cli.jobs.control import request_migrate
+
+    _ask(job_id, json_output, lambda store, jid: request_migrate(store, jid, to),
+         f"moving to hub {to} (harchos jobs show follows the steps)")  # fmt: skip
+
+
+@app.command("scale")
+def scale(
+    job_id: str = _ID,
+    gpus: int = typer.Option(None, "--gpus", help="GPUs to run on (a GPU job)."),
+    processes: int = typer.Option(None, "--processes", help="Processes to run on (a CPU job)."),
+    json_output: bool = _JSON,
+) -> None:
+    """Restart a running or paused training job from its checkpoint on more or fewer workers;
+    the training script keeps the global batch size."""
+    from harchos_cli.errors import UsageError
+    from harchos_cli.jobs.control import request_scale
+
+    if (gpus is None) == (processes is None):
+        raise UsageError("give one of --gpus N or --processes N",
+                         hint="--gpus for a GPU job, --processes for a CPU job")  # fmt: skip
+    workers = gpus if gpus is not None else processes
+    assert workers is not None
+    _ask(job_id, json_output, lambda store, jid: request_scale(store, jid, workers),
+         f"restarting on {workers} worker(s) from its next checkpoint")  # fmt: skip

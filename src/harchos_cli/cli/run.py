@@ -76,15 +76,21 @@ def train(
     at: str = _AT,
     speedup: float = _SPEEDUP,
     detach: bool = _DETACH,
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Start a new run instead of resuming the project's checkpoints."
+    ),
     dry_run: bool = _DRY_RUN,
     json_output: bool = _JSON,
 ) -> None:
-    """Run the project's training (harchos.toml [job]) under `accelerate launch` on a hub."""
+    """Run the project's training (harchos.toml [job]) under `accelerate launch` on a hub.
+
+    It resumes the project's newest training run from its checkpoints, whichever job ran it
+    before; --fresh starts a new run."""
     from harchos_cli.jobs.request import RunOptions
 
     options = RunOptions(
         "train", list(args or []), hub, defer, duration, deadline, threshold, provider, at,
-        speedup, detach,
+        speedup, detach, fresh=fresh,
     )  # fmt: skip
     raise typer.Exit(_run(options, dry_run=dry_run, json_output=json_output))
 
@@ -129,30 +135,45 @@ def _run(options: RunOptions, *, dry_run: bool, json_output: bool) -> int:
 
     revive()
     prepared = prepare(options)
+    run_id = _run_id(prepared, options.fresh)
     warn_all(prepared.plan.warnings)
     if dry_run:
-        plan = describe(prepared)
+        plan = describe(prepared, run_id)
         if json_output:
             print_json(plan)
         else:
             _print_dry_run(plan)
         return 0
     if options.detach:
-        return _detach(prepared, json_output)
+        return _detach(prepared, json_output, run_id)
     job_id = new_id()
     if not json_output:
         _print_plan(prepared, job_id)
     return _foreground(
-        job_id, lambda: create_job(prepared, detached=False, job_id=job_id), json_output
+        job_id,
+        lambda: create_job(prepared, detached=False, job_id=job_id, run_id=run_id),
+        json_output,
     )
 
 
-def _detach(prepared: Prepared, json_output: bool) -> int:
+def _run_id(prepared: Prepared, fresh: bool) -> str | None:
+    from harchos_cli.jobs.control import choose_run
+    from harchos_cli.jobs.store import JobStore
+
+    store = JobStore()
+    try:
+        request = prepared.request
+        return choose_run(store, str(request.project.root), request.kind, fresh=fresh)
+    finally:
+        store.close()
+
+
+def _detach(prepared: Prepared, json_output: bool, run_id: str | None) -> int:
     from harchos_cli.cli.output import print_json
     from harchos_cli.jobs.liveness import spawn
     from harchos_cli.jobs.supervisor import create_job
 
-    job = create_job(prepared, detached=True)
+    job = create_job(prepared, detached=True, run_id=run_id)
     spawn(job.id)
     if json_output:
         print_json({**prepared.plan.as_json(), "job_id": job.id, "state": job.state,

@@ -9,13 +9,22 @@ Job directory `<root>/<job_id>/`:
     monitor.pid  the monitor process (waits for the workload, records its exit code)
     pid          the workload's pid, which is also its process group and session id
     log          the workload's stdout and stderr, appended as it runs
-    exit_code    the workload's exit code (128 + N when killed by signal N), written atomically
+    exit_code    the workload's exit code (128 + N when killed by signal N), written atomically;
+                 85 (paused) when every registered worker confirmed a pause, whatever the
+                 launcher above them exited with (`accelerate launch` turns 85 into 1)
+    launcher_exit_code  what the workload's top process itself exited with, when that differs
+    workers/     the training contract: each worker of the launch creates `workers/<pid>` once
+                 its signal handlers are in place, and `workers/<pid>.paused` (JSON) after it
+                 saved its state on a pause request, just before it exits; the workload finds
+                 this folder as `$HARCHOS_CONTROL_DIR`
 
 Commands (each prints one JSON object on stdout unless noted):
     launch ROOT JOB_ID SPEC_JSON   start the job unless its directory exists; print its status
     status ROOT JOB_ID             print its status
     log ROOT JOB_ID OFFSET LIMIT   write up to LIMIT raw log bytes from OFFSET (no JSON)
-    signal ROOT JOB_ID SIGNUM      signal the workload's process group; print {"sent": bool}
+    signal ROOT JOB_ID SIGNUM      deliver SIGNUM to the workload's workers (see `_targets`);
+                                   print {"sent": bool, "to": "workers"|"groups"}
+    digest DIR                     print {relative path: sha256} of every file under DIR
     info WORKDIR                   print Python version, GPUs and free disk
     monitor JOB_DIR                (internal) run the workload and record its exit code
 """
@@ -38,6 +47,9 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _EXIT_BAD_REQUEST = 3
 _LAUNCH_WAIT_S = 15.0
 _ABANDONED_S = 30.0  # a job directory whose monitor never started within this is reclaimed
+_PAUSED_EXIT_CODE = 85
+_LEFTOVER_GRACE_S = 20.0  # workers still alive after their launcher exited get this to save
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def _fail(message: str) -> None:
@@ -207,6 +219,11 @@ def _monitor(job_dir: str) -> None:
         spec = json.load(handle)
     env = dict(os.environ)
     env.update(spec.get("env") or {})
+    env["HARCHOS_CONTROL_DIR"] = os.path.join(job_dir, "workers")
+    os.makedirs(env["HARCHOS_CONTROL_DIR"], mode=0o700, exist_ok=True)
+    # Workers a launcher leaves behind (it was killed, or died) are re-parented to the monitor
+    # rather than to init, so they can be found, stopped and reaped before the exit is recorded.
+    _become_subreaper()
     log = open(os.path.join(job_dir, "log"), "ab")  # noqa: SIM115 - held for the job's life
     try:
         process = subprocess.Popen(
@@ -235,8 +252,111 @@ def _monitor(job_dir: str) -> None:
             break
         except InterruptedError:
             continue
+    _stop_leftovers(process.pid)
     log.close()
-    _write_atomic(os.path.join(job_dir, "exit_code"), str(128 - code if code < 0 else code))
+    code = 128 - code if code < 0 else code
+    recorded = _outcome(job_dir, code)
+    if recorded != code:
+        _write_atomic(os.path.join(job_dir, "launcher_exit_code"), str(code))
+    _write_atomic(os.path.join(job_dir, "exit_code"), str(recorded))
+
+
+def _become_subreaper() -> None:
+    """Linux's PR_SET_CHILD_SUBREAPER, best effort (elsewhere orphans go to init as before)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _workers(job_dir: str) -> list[int]:
+    """The pids registered under `workers/` (the training contract)."""
+    try:
+        names = os.listdir(os.path.join(job_dir, "workers"))
+    except OSError:
+        return []
+    return sorted(int(name) for name in names if name.isdigit())
+
+
+def _outcome(job_dir: str, code: int) -> int:
+    """The exit code to record: a pause confirmed by every registered worker is a pause."""
+    if code in (0, _PAUSED_EXIT_CODE):
+        return code
+    workers = _workers(job_dir)
+    folder = os.path.join(job_dir, "workers")
+    if workers and all(os.path.exists(os.path.join(folder, f"{pid}.paused")) for pid in workers):
+        return _PAUSED_EXIT_CODE
+    return code
+
+
+def _children() -> dict[int, list[int]]:
+    """pid -> child pids, from /proc (Linux); empty elsewhere."""
+    tree: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return tree
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        stat = _read(f"/proc/{entry}/stat")
+        if stat is None:
+            continue
+        try:
+            parent = int(stat.rsplit(")", 1)[-1].split()[1])
+        except (IndexError, ValueError):
+            continue
+        tree.setdefault(parent, []).append(int(entry))
+    return tree
+
+
+def _descendants(pid: int) -> list[int]:
+    tree = _children()
+    found: list[int] = []
+    todo = list(tree.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(tree.get(child, []))
+    return found
+
+
+def _stop_leftovers(workload_pid: int) -> None:
+    """Stop what the workload left running (orphaned workers now re-parented here): SIGTERM,
+    which the training contract answers by saving and exiting, then SIGKILL after a grace."""
+    del workload_pid
+    me = os.getpid()
+    leftovers = _descendants(me)
+    if not leftovers:
+        return
+    for pid in leftovers:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + _LEFTOVER_GRACE_S
+    while time.monotonic() < deadline and _reap_all(me):
+        time.sleep(0.1)
+    for pid in _descendants(me):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        if not _reap_all(me):
+            break
+        time.sleep(0.05)
+
+
+def _reap_all(me: int) -> bool:
+    """Reap exited children; True while descendants remain."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+    return bool(_descendants(me))
 
 
 def _log(root: str, job_id: str, offset: str, limit: str) -> None:
@@ -254,18 +374,70 @@ def _log(root: str, job_id: str, offset: str, limit: str) -> None:
 def _signal(root: str, job_id: str, signum: str) -> None:
     job_dir = _job_dir(root, job_id)
     if os.path.exists(os.path.join(job_dir, "exit_code")):
-        _print({"sent": False})
+        _print({"sent": False, "to": None})
         return
     pid = _alive(os.path.join(job_dir, "pid"))
     if pid is None:
-        _print({"sent": False})
+        _print({"sent": False, "to": None})
         return
-    try:
-        os.killpg(pid, int(signum))
-    except ProcessLookupError:
-        _print({"sent": False})
-        return
-    _print({"sent": True})
+    number = int(signum)
+    workers, groups = _targets(job_dir, pid, number)
+    sent = False
+    for worker in workers:
+        with contextlib.suppress(OSError):
+            os.kill(worker, number)
+            sent = True
+    for group in groups:
+        with contextlib.suppress(OSError):
+            os.killpg(group, number)
+            sent = True
+    _print({"sent": sent, "to": "workers" if workers and not groups else "groups"})
+
+
+def _targets(job_dir: str, pid: int, signum: int) -> tuple[list[int], list[int]]:
+    """Whom a signal for the workload reaches: (pids, process groups).
+
+    A launcher (`accelerate launch`, torchrun) dies of SIGUSR1 and turns SIGTERM into its own
+    exit, while its workers sit in process groups of their own. So the signal goes to the
+    workers that registered under `workers/` (those still alive in the workload's tree); without
+    any, to the process groups of the workload's descendants that are not the workload's own,
+    or, when there are none, to the workload's group (a plain `python train.py`). SIGKILL
+    reaches every group of the tree.
+    """
+    tree = [pid, *_descendants(pid)]
+    if signum == signal.SIGKILL:
+        groups = {pid}
+        for member in tree:
+            with contextlib.suppress(OSError):
+                groups.add(os.getpgid(member))
+        return [], sorted(groups)
+    workers = [worker for worker in _workers(job_dir) if worker in tree]
+    if workers:
+        return workers, []
+    groups = set()
+    for member in tree[1:]:
+        with contextlib.suppress(OSError):
+            groups.add(os.getpgid(member))
+    groups.discard(pid)
+    return [], sorted(groups) or [pid]
+
+
+def _digest(folder: str) -> None:
+    import hashlib
+
+    root = os.path.expanduser(folder)
+    if not os.path.isdir(root):
+        _fail(f"no folder {root!r} on the hub")
+    sums: dict[str, str] = {}
+    for here, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(here, name)
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            sums[os.path.relpath(path, root)] = digest.hexdigest()
+    _print(sums)
 
 
 def _gpus() -> list[dict[str, object]]:
@@ -328,10 +500,11 @@ def main(argv: list[str], source: str = "") -> None:
         "log": (_log, 4),
         "signal": (_signal, 3),
         "info": (_info, 1),
+        "digest": (_digest, 1),
         "monitor": (_monitor, 1),
     }
     if not argv or argv[0] not in commands or len(argv) - 1 != commands[argv[0]][1]:
-        _fail(f"usage: launch|status|log|signal|info|monitor ARGS (got {argv!r})")
+        _fail(f"usage: launch|status|log|signal|info|digest|monitor ARGS (got {argv!r})")
     function, _ = commands[argv[0]]
     function(*argv[1:])
 

@@ -107,6 +107,10 @@ class Transport(Protocol):
         """Copy a folder (e.g. checkpoints) from the hub."""
         ...
 
+    def push_dir(self, local_dir: Path, remote_dir: str) -> None:
+        """Copy a folder to the hub as it is (merging; resumable; nothing is deleted)."""
+        ...
+
 
 class RemoteJobs(Protocol):
     """Detached processes on a hub, keyed by job id; survives a dropped connection or laptop."""
@@ -122,5 +126,6 @@ class RemoteJobs(Protocol):
         ...
 
     def signal(self, job_id: str, signum: int) -> bool:
-        """Send `signum` to the job's process group; False when it is not running."""
+        """Deliver `signum` to the job's workers (see `_runner._targets`); False when it is not
+        running."""
         ...

@@ -73,6 +73,13 @@ class LocalTransport:
             return
         shutil.copytree(source, local_dir, symlinks=True, dirs_exist_ok=True)
 
+    def push_dir(self, local_dir: Path, remote_dir: str) -> None:
+        """Copy `local_dir` into `remote_dir` (merging), unless they are the same folder."""
+        target = Path(self.expand(remote_dir))
+        if target.exists() and target.resolve() == local_dir.resolve():
+            return
+        shutil.copytree(local_dir, target, symlinks=True, dirs_exist_ok=True)
+
     def expand(self, path: str) -> str:
         """`path` made absolute on this machine."""
         return os.path.abspath(os.path.expanduser(path))

@@ -145,9 +145,17 @@ class HubJobs:
         return self._call("log", self.root, check_job_id(job_id), str(offset), str(limit))
 
     def signal(self, job_id: str, signum: int) -> bool:
-        """Send `signum` to the job's process group; False when it is not running."""
+        """Deliver `signum` to the job's workers (those registered under the training contract,
+        else the process groups under its launcher; SIGKILL to all of them); False when it is
+        not running."""
         raw = self._call("signal", self.root, check_job_id(job_id), str(int(signum)))
         return bool(json.loads(raw.decode().strip().splitlines()[-1])["sent"])
+
+    def digest(self, folder: str, *, timeout_s: float = 600.0) -> dict[str, str]:
+        """`{relative path: sha256}` of every file under `folder` on the hub."""
+        raw = self._call("digest", folder, timeout=timeout_s)
+        sums = json.loads(raw.decode().strip().splitlines()[-1])
+        return {str(name): str(digest) for name, digest in sums.items()}
 
     def info(self, workdir: str, *, timeout_s: float = 60.0) -> dict[str, Any]:
         """The hub's Python version, GPUs (`nvidia-smi`; [] without), home and free disk (GB)

@@ -411,6 +411,13 @@ class SshTransport:
         local_dir.mkdir(parents=True, exist_ok=True)
         self._rsync([self._remote(f"{source}/"), f"{local_dir}/"], "copying files back")
 
+    def push_dir(self, local_dir: Path, remote_dir: str) -> None:
+        """Copy `local_dir` into `remote_dir` on the hub (merging; `--partial` keeps a cut
+        transfer's progress, so a retry sends only the rest)."""
+        target = self.expand(remote_dir).rstrip("/")
+        self.run(["mkdir", "-p", "--", target], timeout=60)
+        self._rsync(["--partial", f"{local_dir}/", self._remote(f"{target}/")], "copying files")
+
     @functools.cached_property
     def resolved_name(self) -> str:
         """The name known_hosts records this hub under, after ~/.ssh/config (`ssh -G`)."""

@@ -14,7 +14,7 @@ import hashlib
 import os
 import shlex
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -118,12 +118,25 @@ def job_env(*, job_id: str, hub: str, region: str | None, checkpoint_dir: str) -
     }
 
 
-def checkpoint_dir(remote_project: str, project: Project, job_id: str) -> str:
-    """One checkpoint folder per job, under the project's `[job] checkpoint_dir` on the hub."""
+def checkpoint_dir(remote_project: str, project: Project, run_id: str) -> str:
+    """The run's checkpoint folder, under the project's `[job] checkpoint_dir` on the hub.
+
+    It belongs to the training run, not to one job: a job started after a cancel or a failure
+    (same run id) resumes from it, and `harchos run train --fresh` starts a run of its own."""
     base = project.spec.job.checkpoint_dir.rstrip("/") or "checkpoints"
     if base.startswith(("/", "~")):
-        return f"{base}/{job_id}"
-    return f"{remote_project.rstrip('/')}/{base}/{job_id}"
+        return f"{base}/{run_id}"
+    return f"{remote_project.rstrip('/')}/{base}/{run_id}"
+
+
+def with_scale(project: Project, workers: int | None) -> Project:
+    """`project` with the job run on `workers` GPUs (or processes on a CPU job), for a rescale."""
+    if workers is None:
+        return project
+    job = project.spec.job
+    update = {"gpus": workers} if job.gpus > 0 else {"processes": workers}
+    spec = project.spec.model_copy(update={"job": job.model_copy(update=update)})
+    return replace(project, spec=spec)
 
 
 def setup_argv(remote_project: str, setup: str) -> list[str]:

@@ -42,6 +42,7 @@ class RunOptions:
     speedup: float | None = None
     detach: bool = False
     project_dir: Path | None = None
+    fresh: bool = False
 
 
 @dataclass

@@ -1,8 +1,11 @@
 """The job store: one row per job in the state database, and each job's local folder.
 
-A job moves `waiting → syncing → running → done | failed | cancelled`. Every change is one
-UPDATE, and stage changes are compare-and-set (`advance`), so two supervisors can never both
-move a job on. The folder `$HARCHOS_HOME/supervisor/<id>/` holds the supervisor's lock, its own
+A job moves `waiting → syncing → running → done | failed | cancelled`; a running job may stop
+at a checkpoint (`paused`, no process anywhere) and go on with a new attempt (`paused → syncing`,
+on the same hub or another). Every change is one UPDATE, and stage changes are compare-and-set
+(`advance`), so two supervisors can never both move a job on. Every decision about a job (defer,
+start, pause, resume, migrate, rescale, cancel) is a row of `job_decisions` with its reason.
+The folder `$HARCHOS_HOME/supervisor/<id>/` holds the supervisor's lock, its own
 diagnostics and a local copy of the job's log (`$HARCHOS_HOME/jobs/` belongs to the local hub's
 job directories).
 """
@@ -22,9 +25,11 @@ from harchos_cli import paths, state
 from harchos_cli.errors import UsageError
 from harchos_cli.timeparse import iso, utcnow
 
-JobStateName = Literal["waiting", "syncing", "running", "done", "failed", "cancelled"]
+JobStateName = Literal["waiting", "syncing", "running", "paused", "done", "failed", "cancelled"]
+# States a supervisor drives; a paused job holds no process until it is resumed.
 ACTIVE: tuple[JobStateName, ...] = ("waiting", "syncing", "running")
 FINISHED: tuple[JobStateName, ...] = ("done", "failed", "cancelled")
+STATES: tuple[JobStateName, ...] = (*ACTIVE, "paused", *FINISHED)
 
 
 @dataclass
@@ -55,10 +60,18 @@ class Job:
     message: str | None = None
     failure: str | None = None  # "hub": a hub or remote step failed (exit 4)
     plan: dict[str, Any] | None = field(default=None)
+    attempt: int = 1  # launches so far; the hub knows attempt n as `hub_job_id`
+    intent: str | None = None  # what the user asked of the running job: pause, migrate:HUB, scale:N
+    run_id: str | None = None  # the training run whose checkpoints this job resumes
 
     @property
     def active(self) -> bool:
         return self.state in ACTIVE
+
+    @property
+    def hub_job_id(self) -> str:
+        """The id of this attempt's job folder on its hub (launch is idempotent per attempt)."""
+        return self.id if self.attempt <= 1 else f"{self.id}-a{self.attempt}"
 
     def as_json(self) -> dict[str, Any]:
         """The documented `harchos jobs show --json` object (docs/run.md)."""
@@ -89,7 +102,25 @@ class Job:
             "heartbeat": self.heartbeat,
             "message": self.message,
             "failure": self.failure,
+            "attempt": self.attempt,
+            "run_id": self.run_id or self.id,
+            "intent": self.intent,
         }
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision about a job: what, where, why, and the numbers behind it."""
+
+    at: str
+    action: str
+    hub: str | None
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"at": self.at, "action": self.action, "hub": self.hub, "reason": self.reason,
+                **self.details}  # fmt: skip
 
 
 _JSON_COLUMNS = {"request", "plan"}
@@ -196,6 +227,41 @@ class JobStore:
             f"UPDATE jobs SET {assignments} WHERE id = ?",
             [*(_encode(name, value) for name, value in values.items()), job_id],
         )
+
+    def decide(
+        self, job_id: str, action: str, hub: str | None, reason: str, **details: Any
+    ) -> Decision:
+        """Record a decision about the job (appended; never rewritten)."""
+        decision = Decision(iso(utcnow()), action, hub, reason, details)
+        self.db.execute(
+            "INSERT INTO job_decisions (job_id, seq, at, action, hub, reason, details) "
+            "SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ? FROM job_decisions "
+            "WHERE job_id = ?",
+            (job_id, decision.at, action, hub, reason, json.dumps(details), job_id),
+        )
+        return decision
+
+    def decisions(self, job_id: str) -> tuple[Decision, ...]:
+        """The job's decisions, oldest first."""
+        rows = self.db.execute(
+            "SELECT at, action, hub, reason, details FROM job_decisions WHERE job_id = ? "
+            "ORDER BY seq",
+            (job_id,),
+        ).fetchall()
+        return tuple(
+            Decision(row["at"], row["action"], row["hub"], row["reason"],
+                     json.loads(row["details"]) if row["details"] else {})
+            for row in rows
+        )  # fmt: skip
+
+    def latest_run(self, project_dir: str, kind: str) -> Job | None:
+        """The newest job of this project and kind: its run is the one a new job resumes."""
+        row = self.db.execute(
+            "SELECT * FROM jobs WHERE project_dir = ? AND kind = ? "
+            "ORDER BY created_at DESC, id DESC LIMIT 1",
+            (project_dir, kind),
+        ).fetchone()
+        return None if row is None else _decode(row)
 
     def advance(
         self, job_id: str, expected: Sequence[str], new: JobStateName, **values: Any

@@ -174,6 +174,17 @@ class Supervisor:
                 self._fail(job, str(exc), hub_failed=isinstance(exc, HubError))
 
     def _fail(self, job: Job, message: str, *, hub_failed: bool = False) -> None:
+        current = self.store.get(job.id)
+        source = current.request.get("migrated_from")
+        if source and current.state in ("syncing", "running") and not current.cancel_requested:
+            # The target failed before the move was confirmed: the source still holds the
+            # checkpoint the move started from, so the job goes on there.
+            self._relaunch(
+                current, source, "rollback",
+                f"the move to hub {current.hub} failed ({message}); going on from the "
+                f"checkpoint on hub {source}",
+            )  # fmt: skip
+            return
         self.store.advance(
             job.id, [job.state], "failed", finished_at=iso(utcnow()), message=message,
             failure="hub" if hub_failed else None,
@@ -185,6 +196,19 @@ class Supervisor:
             job.id, list(ACTIVE), "cancelled", finished_at=iso(utcnow()), message=message
         ):
             self.reporter.stage(job, "cancelled", message)
+
+    def _relaunch(self, job: Job, hub: str, action: str, reason: str, **request: Any) -> None:
+        """A new attempt of a stopped job (paused at a checkpoint, or failed on a move's target):
+        `running|syncing → syncing` on `hub`, where it resumes from the run's checkpoints."""
+        updated = {k: v for k, v in job.request.items() if k not in ("launch", "migrated_from")}
+        updated.update({k: v for k, v in request.items() if v is not None})
+        if self.store.advance(
+            job.id, ["running", "syncing"], "syncing", hub=hub, attempt=job.attempt + 1,
+            launched=False, log_offset=0, exit_code=None, intent=None, request=updated,
+            message=None,
+        ):  # fmt: skip
+            self.store.decide(job.id, action, hub, reason, attempt=job.attempt + 1)
+            self.reporter.stage(job, action, reason)
 
     # -- waiting -----------------------------------------------------------------------------
 
@@ -257,6 +281,8 @@ class Supervisor:
     def _sync(self, job: Job) -> None:
         from harchos_cli.hubs import inventory, remote_project_dir, transport_for
 
+        if job.intent and job.intent.startswith("migrate:"):
+            job = self._migrate(job, job.intent.removeprefix("migrate:"))
         request = Request.from_json(job.request, job.project_dir)
         hub = self._hub(job, request)
         transport = transport_for(hub)
@@ -293,7 +319,8 @@ class Supervisor:
         spec = self.launch_spec(replace(job, remote_dir=remote), request, hub)
         launch = {
             "argv": list(spec.argv), "cwd": spec.cwd, "env": dict(spec.env),
-            "hub": inventory.as_json(hub),
+            "hub": inventory.as_json(hub), "hub_job_id": spec.job_id,
+            "pause_exit_code": project.spec.job.pause_exit_code,
         }  # fmt: skip
         if self.store.advance(
             job.id, ["syncing"], "running", remote_dir=remote,
@@ -338,7 +365,7 @@ class Supervisor:
     def launch_spec(job: Job, request: Request, hub: Hub) -> LaunchSpec:
         """The exact command, folder and environment the job runs with on its hub."""
         assert job.remote_dir is not None
-        project = request.project
+        project = launchers.with_scale(request.project, job.request.get("workers"))
         if request.kind == "train":
             command = launchers.train_command(project, hub, request.args)
         else:
@@ -347,50 +374,58 @@ class Supervisor:
             job_id=job.id,
             hub=hub.name,
             region=hub.region,
-            checkpoint_dir=launchers.checkpoint_dir(job.remote_dir, project, job.id),
+            checkpoint_dir=launchers.checkpoint_dir(job.remote_dir, project, job.run_id or job.id),
         )
-        return LaunchSpec(job.id, command.argv, job.remote_dir, {**command.env, **env})
+        return LaunchSpec(job.hub_job_id, command.argv, job.remote_dir, {**command.env, **env})
 
     def _run(self, job: Job) -> None:
         from harchos_cli.hubs import inventory, jobs_for
 
         saved = job.request["launch"]
         hub = inventory.from_json(saved["hub"])
-        spec = LaunchSpec(job.id, saved["argv"], saved["cwd"], saved["env"])
+        hub_id = str(saved.get("hub_job_id") or job.id)
+        spec = LaunchSpec(hub_id, saved["argv"], saved["cwd"], saved["env"])
         remote_jobs = jobs_for(hub)
-        peek = _LocalPeek(remote_jobs, job.id) if hub.transport == LOCAL else None
+        peek = _LocalPeek(remote_jobs, hub_id) if hub.transport == LOCAL else None
         # A supervisor killed between appending to the local log and recording it would
         # append the same bytes again: cut the log back to what the store says it holds.
         _truncate_log(job.id, job.local_log_size)
         offset = job.log_offset
         launched = job.launched
-        signalled_at: float | None = None
+        signalled: str | None = None  # the stop (cancel, pause, ...) already signalled
+        signalled_at = 0.0
         killed = False
         last_status = 0.0
         delay = 1.0
         while True:
             current = self.store.get(job.id)
-            if current.cancel_requested and not launched:
-                self._cancel(job, NOTHING_RAN)
+            stop = "cancel" if current.cancel_requested else current.intent
+            if stop and not launched:
+                self._stop_unlaunched(current, stop)
                 return
             try:
                 if not launched:
                     remote_jobs.launch(spec)
                     launched = True
                     self.store.update(job.id, launched=True, started_at=iso(utcnow()))
+                    self.store.decide(
+                        job.id, "start" if job.attempt <= 1 else "resume", hub.name,
+                        f"launched attempt {job.attempt} on hub {hub.name}",
+                        attempt=job.attempt, region=hub.region,
+                    )  # fmt: skip
                     self.reporter.stage(job, "launched", launchers.render(spec.argv))
                 status = None
                 if peek is None or peek.exited() or time.monotonic() - last_status > STATUS_EVERY_S:
-                    status = remote_jobs.status(job.id)
+                    status = remote_jobs.status(hub_id)
                     last_status = time.monotonic()
                 if delay > 1.0:
                     self.reporter.notice(f"reconnected to hub {hub.name}")
                     self.store.update(job.id, message=None)
                     delay = 1.0
-                offset = self._drain(job.id, remote_jobs, peek, offset)
+                offset = self._drain(job.id, hub_id, remote_jobs, peek, offset)
                 if status is not None and status.state == "exited":
-                    offset = self._drain(job.id, remote_jobs, peek, offset)
-                    self._finish(job, status.exit_code)
+                    offset = self._drain(job.id, hub_id, remote_jobs, peek, offset)
+                    self._finish(job, status.exit_code, int(saved.get("pause_exit_code") or 85))
                     return
                 if status is not None and status.state == "absent":
                     # Launched, yet its folder is gone (wiped, or another machine): running it
@@ -400,14 +435,22 @@ class Supervisor:
                         hub_failed=True,
                     )  # fmt: skip
                     return
-                if current.cancel_requested:
-                    if signalled_at is None:
-                        remote_jobs.signal(job.id, signal.SIGTERM)
-                        signalled_at = time.monotonic()
-                        self.reporter.notice("cancel requested: SIGTERM sent to the job")
-                    elif not killed and time.monotonic() - signalled_at > CANCEL_GRACE_S:
-                        remote_jobs.signal(job.id, signal.SIGKILL)
-                        killed = True
+                if stop and stop != signalled:
+                    # Cancel asks the workload to save and exit (SIGTERM); pause, move and
+                    # rescale ask for the same with SIGUSR1. Either reaches every worker.
+                    signum = signal.SIGTERM if stop == "cancel" else signal.SIGUSR1
+                    remote_jobs.signal(hub_id, signum)
+                    signalled, signalled_at = stop, time.monotonic()
+                    self.reporter.notice(
+                        f"{stop.partition(':')[0]} requested: {signal.Signals(signum).name} sent "
+                        "to the job's workers; they save at the next step boundary"
+                    )
+                elif (
+                    signalled == "cancel" and not killed
+                    and time.monotonic() - signalled_at > CANCEL_GRACE_S
+                ):  # fmt: skip
+                    remote_jobs.signal(hub_id, signal.SIGKILL)
+                    killed = True
             except HubUnreachableError as exc:
                 if self.store.get(job.id).cancel_requested:
                     self._cancel(
@@ -429,9 +472,30 @@ class Supervisor:
                 return
             self.sleep(POLL_S if peek is not None else REMOTE_POLL_S)
 
-    def _drain(self, job_id: str, remote_jobs: Any, peek: _LocalPeek | None, offset: int) -> int:
+    def _stop_unlaunched(self, job: Job, stop: str) -> None:
+        """A stop asked for before the attempt launched: nothing runs, nothing is lost."""
+        if stop == "cancel":
+            self._cancel(job, NOTHING_RAN if job.attempt <= 1 else "cancelled while it resumed")
+        elif stop.startswith("migrate:"):
+            self._relaunch(job, job.hub or LOCAL, "migrate", f"moving to hub {stop[8:]}")
+            self.store.update(job.id, intent=stop)
+        else:
+            self._pause(job, "paused before the attempt launched", ["syncing", "running"])
+
+    def _pause(self, job: Job, message: str, expected: list[str]) -> None:
+        # Paused on a move's target: the move is confirmed, the target made progress.
+        request = {k: v for k, v in job.request.items() if k != "migrated_from"}
+        if self.store.advance(
+            job.id, expected, "paused", intent=None, message=message, request=request
+        ):
+            self.store.decide(job.id, "pause", job.hub, message)
+            self.reporter.stage(job, "paused", message)
+
+    def _drain(
+        self, job_id: str, hub_id: str, remote_jobs: Any, peek: _LocalPeek | None, offset: int
+    ) -> int:
         while True:
-            data = peek.read(offset) if peek is not None else remote_jobs.read_log(job_id, offset)
+            data = peek.read(offset) if peek is not None else remote_jobs.read_log(hub_id, offset)
             if not data:
                 return offset
             size = _append_log(job_id, data)
@@ -439,23 +503,93 @@ class Supervisor:
             self.store.update(job_id, log_offset=offset, local_log_size=size)
             self.reporter.output(data)
 
-    def _finish(self, job: Job, exit_code: int | None) -> None:
+    def _finish(self, job: Job, exit_code: int | None, pause_code: int) -> None:
         current = self.store.get(job.id)
-        state: JobStateName
-        message: str | None
+        intent = current.intent or ""
         if current.cancel_requested:
-            state, message = "cancelled", "cancelled while running"
-        elif exit_code == 0:
-            state, message = "done", None
-        elif exit_code is None:
-            state, message = "failed", "the job's process vanished without an exit code"
-        else:
-            state, message = "failed", f"exited with code {exit_code}"
-        self.store.advance(
+            message = "cancelled while running"
+            if exit_code == pause_code:
+                message += f"; it saved a checkpoint: `harchos run {job.kind}` resumes from it"
+            self._end(current, "cancelled", exit_code, message)
+            return
+        if exit_code == 0:
+            self._end(current, "done", exit_code, None)
+            return
+        if exit_code == pause_code:
+            if intent.startswith("migrate:"):
+                # Paused at a checkpoint; `_sync` copies it to the target and launches there.
+                self._relaunch(current, current.hub or LOCAL, "paused",
+                               f"saved a checkpoint to move to hub {intent[8:]}")  # fmt: skip
+                self.store.update(job.id, intent=intent)
+                return
+            if intent.startswith("scale:"):
+                workers = int(intent[6:])
+                self._relaunch(
+                    current, current.hub or LOCAL, "rescale",
+                    f"restarting from the checkpoint on {workers} worker(s)", workers=workers,
+                )  # fmt: skip
+                return
+            asked = "on request" if intent == "pause" else "without being asked (exit 85)"
+            self.store.update(job.id, exit_code=exit_code)
+            self._pause(
+                current, f"paused {asked} at a checkpoint: `harchos jobs resume {job.id}` goes on",
+                ["running"],
+            )  # fmt: skip
+            return
+        if current.request.get("migrated_from"):
+            self._fail(current, f"exited with code {exit_code} on hub {current.hub}")
+            return
+        message = (
+            "the job's process vanished without an exit code"
+            if exit_code is None
+            else f"exited with code {exit_code}"
+        )
+        self._end(current, "failed", exit_code, message)
+
+    def _end(
+        self, job: Job, state: JobStateName, exit_code: int | None, message: str | None
+    ) -> None:
+        request = {k: v for k, v in job.request.items() if k != "migrated_from"}
+        if self.store.advance(
             job.id, ["running"], state, exit_code=exit_code, finished_at=iso(utcnow()),
-            message=message,
-        )  # fmt: skip
-        self.reporter.stage(job, state, message or "exit code 0")
+            message=message, intent=None, request=request,
+        ):  # fmt: skip
+            self.reporter.stage(job, state, message or "exit code 0")
+
+    # -- moving ------------------------------------------------------------------------------
+
+    def _migrate(self, job: Job, target: str) -> Job:
+        """Copy the run's checkpoints from the job's hub to `target` and point the job there;
+        on any failure the job stays on its hub (the copy never touches the source)."""
+        from harchos_cli.jobs import migration
+
+        source = job.hub or LOCAL
+        request = Request.from_json(job.request, job.project_dir)
+        self.reporter.stage(job, "migrating", f"copying checkpoints from hub {source} to {target}")
+        try:
+            moved = migration.copy_run_checkpoints(
+                request.project,
+                job.run_id or job.id,
+                self._hub(job, request),
+                get_hub(target, request.project),
+                staging=job_dir(job.id) / "transfer",
+            )
+        except HarchosError as exc:
+            reason = f"the move to hub {target} failed ({exc}); going on on hub {source}"
+            self.store.update(job.id, intent=None)
+            self.store.decide(job.id, "migrate-failed", source, reason, target=target)
+            self.reporter.notice(reason)
+            return self.store.get(job.id)
+        reason = (
+            f"moved to hub {target}: {moved.files} file(s), {moved.bytes} bytes copied in "
+            f"{moved.seconds:.1f} s and verified by sha256"
+        )
+        self.store.update(
+            job.id, hub=target, intent=None, request={**job.request, "migrated_from": source}
+        )
+        self.store.decide(job.id, "migrate", target, reason, source=source, **moved.as_json())
+        self.reporter.stage(job, "migrated", reason)
+        return self.store.get(job.id)
 
 
 class _LocalPeek:
@@ -501,9 +635,16 @@ def request_cancel(store: JobStore, job_id: str) -> Job:
     stops it: one that has not launched never does, a running one gets SIGTERM on its hub (the
     training contract's "save and exit"), then SIGKILL. Never waits on the hub itself."""
     job = store.get(job_id)
+    if job.state == "paused" and store.advance(
+        job.id, ["paused"], "cancelled", cancel_requested=True, finished_at=iso(utcnow()),
+        message="cancelled while paused; its checkpoints are kept",
+    ):  # fmt: skip
+        store.decide(job.id, "cancel", job.hub, "cancelled while paused")
+        return store.get(job.id)
     if not job.active:
         return job
     store.update(job.id, cancel_requested=True)
+    store.decide(job.id, "cancel", job.hub, f"cancel requested while {job.state}")
     if job.state == "waiting" and store.advance(
         job.id, ["waiting"], "cancelled", finished_at=iso(utcnow()), message=NOTHING_RAN
     ):
@@ -513,8 +654,11 @@ def request_cancel(store: JobStore, job_id: str) -> Job:
     return store.get(job.id)
 
 
-def create_job(prepared: Prepared, *, detached: bool, job_id: str | None = None) -> Job:
-    """Record a planned job (state `waiting`, or `syncing` when it starts at once)."""
+def create_job(
+    prepared: Prepared, *, detached: bool, job_id: str | None = None, run_id: str | None = None
+) -> Job:
+    """Record a planned job (state `waiting`, or `syncing` when it starts at once) of training
+    run `run_id` (None: a run of its own)."""
     request, plan = prepared.request, prepared.plan
     job = Job(
         id=job_id or new_id(),
@@ -527,15 +671,24 @@ def create_job(prepared: Prepared, *, detached: bool, job_id: str | None = None)
         detached=detached,
         planned_start=iso(plan.choice.start),
         plan=plan.as_json(),
+        run_id=run_id,
     )
     store = JobStore()
     try:
-        return store.create(job)
+        store.create(job)
+        when = "start now" if not request.defer else f"start at {iso(plan.choice.start)}"
+        store.decide(
+            job.id, "defer" if request.defer else "plan", job.hub,
+            f"planned to {when} on hub {job.hub}",
+            expected_intensity=plan.as_json().get("expected_intensity"),
+            run_id=run_id or job.id,
+        )  # fmt: skip
+        return job
     finally:
         store.close()
 
 
-def dry_run(prepared: Prepared) -> dict[str, Any]:
+def dry_run(prepared: Prepared, run_id: str | None = None) -> dict[str, Any]:
     """What `harchos run --dry-run` shows: the plan and the exact commands, nothing run."""
     from harchos_cli.hubs import remote_project_dir
 
@@ -546,6 +699,7 @@ def dry_run(prepared: Prepared) -> dict[str, Any]:
     job = Job(
         id=new_id(), kind=request.kind, name=request.project.name, project_dir=str(root),
         state="waiting", request=request.as_json(), hub=hub.name, remote_dir=remote,
+        run_id=run_id,
     )  # fmt: skip
     spec = Supervisor.launch_spec(job, request, hub)
     setup = request.project.spec.job.setup

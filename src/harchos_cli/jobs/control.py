@@ -1,0 +1,129 @@
+"""What a user asks of a job once it exists: pause, resume, move, rescale; and which training run
+a new job belongs to.
+
+Each request is recorded in the store (`intent`, and a decision with its reason) and carried out
+by the job's supervisor, started here when the job has none: the caller never waits on a hub.
+"""
+
+from __future__ import annotations
+
+from harchos_cli.errors import UsageError
+from harchos_cli.jobs.liveness import is_supervised, spawn
+from harchos_cli.jobs.store import Job, JobStore
+
+_HINT_LIST = "see the job's state with: harchos jobs show JOB_ID"
+
+
+def choose_run(store: JobStore, project_dir: str, kind: str, *, fresh: bool) -> str | None:
+    """The run a new job of this project continues (None: a run of its own, named by the job).
+
+    Training resumes the project's newest run, whatever job ran it before; batch jobs and
+    `--fresh` start their own. Two jobs of one run at once would mix their checkpoints, so a
+    run whose newest job is still going (or paused) is refused.
+    """
+    if kind != "train" or fresh:
+        return None
+    latest = store.latest_run(project_dir, kind)
+    if latest is None:
+        return None
+    if latest.active or latest.state == "paused":
+        raise UsageError(
+            f"job {latest.id} of this project's training run is {latest.state}; a second job "
+            "would mix their checkpoints",
+            hint=f"resume or cancel it (harchos jobs resume|cancel {latest.id}), or start a new "
+            "run with --fresh",
+        )
+    return latest.run_id or latest.id
+
+
+def _running(store: JobStore, job_id: str, verb: str) -> Job:
+    job = store.get(job_id)
+    if job.state not in ("running", "syncing"):
+        raise UsageError(f"job {job.id} is {job.state}; only a running job can be {verb}",
+                         hint=_HINT_LIST)  # fmt: skip
+    if job.intent or job.cancel_requested:
+        wish = "cancel" if job.cancel_requested else job.intent
+        raise UsageError(
+            f"job {job.id} already has a request pending ({wish})",
+            hint=f"wait for it to take effect: harchos jobs show {job.id}",
+        )
+    return job
+
+
+def _wake(job_id: str) -> None:
+    if not is_supervised(job_id):
+        spawn(job_id)
+
+
+def request_pause(store: JobStore, job_id: str) -> Job:
+    """Ask a running job to save a checkpoint and stop (state `paused`, nothing left running)."""
+    job = _running(store, job_id, "paused")
+    store.update(job.id, intent="pause")
+    store.decide(job.id, "pause-requested", job.hub, "asked with harchos jobs pause")
+    _wake(job.id)
+    return store.get(job.id)
+
+
+def request_resume(store: JobStore, job_id: str) -> Job:
+    """Launch a paused job again, on the hub it paused on, from its newest checkpoint."""
+    job = store.get(job_id)
+    if job.state != "paused":
+        raise UsageError(f"job {job.id} is {job.state}; only a paused job can be resumed",
+                         hint=_HINT_LIST)  # fmt: skip
+    _continue(store, job, reason="asked with harchos jobs resume")
+    return store.get(job.id)
+
+
+def _continue(store: JobStore, job: Job, *, reason: str, intent: str | None = None,
+              workers: int | None = None) -> None:  # fmt: skip
+    request = {k: v for k, v in job.request.items() if k != "launch"}
+    if workers is not None:
+        request["workers"] = workers
+    if store.advance(
+        job.id, ["paused"], "syncing", attempt=job.attempt + 1, launched=False, log_offset=0,
+        exit_code=None, intent=intent, message=None, finished_at=None, request=request,
+    ):  # fmt: skip
+        store.decide(job.id, "resume-requested", job.hub, reason, attempt=job.attempt + 1)
+        _wake(job.id)
+
+
+def request_migrate(store: JobStore, job_id: str, target: str) -> Job:
+    """Move a running or paused job to hub `target`: pause at a checkpoint, copy the run's
+    checkpoints there (verified), launch there; any failure leaves it on its hub."""
+    from pathlib import Path
+
+    from harchos_cli.jobs.request import get_hub
+    from harchos_cli.jobs.spec import load_project
+
+    job = store.get(job_id)
+    if job.hub == target:
+        raise UsageError(f"job {job.id} already runs on hub {target}", hint=_HINT_LIST)
+    get_hub(target, load_project(Path(job.project_dir), required=False))  # exit 2 when unknown
+    if job.state == "paused":
+        _continue(store, job, reason=f"asked to move to hub {target}", intent=f"migrate:{target}")
+        return store.get(job.id)
+    job = _running(store, job_id, "moved")
+    store.update(job.id, intent=f"migrate:{target}")
+    store.decide(job.id, "migrate-requested", job.hub, f"asked to move to hub {target}",
+                 target=target)  # fmt: skip
+    _wake(job.id)
+    return store.get(job.id)
+
+
+def request_scale(store: JobStore, job_id: str, workers: int) -> Job:
+    """Restart a running or paused job from its checkpoint on `workers` GPUs (or processes on
+    the CPU); the training script keeps the global batch."""
+    job = store.get(job_id)
+    if job.kind != "train":
+        raise UsageError(f"job {job.id} is a {job.kind} job; only training can be rescaled")
+    if workers < 1:
+        raise UsageError(f"cannot run on {workers} worker(s)", hint="give 1 or more")
+    if job.state == "paused":
+        _continue(store, job, reason=f"asked to resume on {workers} worker(s)", workers=workers)
+        return store.get(job.id)
+    job = _running(store, job_id, "rescaled")
+    store.update(job.id, intent=f"scale:{workers}")
+    store.decide(job.id, "rescale-requested", job.hub, f"asked to run on {workers} worker(s)",
+                 workers=workers)  # fmt: skip
+    _wake(job.id)
+    return store.get(job.id)
