@@ -13,10 +13,10 @@ Job directory `<root>/<job_id>/`:
                  85 (paused) when every registered worker confirmed a pause, whatever the
                  launcher above them exited with (`accelerate launch` turns 85 into 1)
     launcher_exit_code  what the workload's top process itself exited with, when that differs
-    workers/     the training contract: each worker of the launch creates `workers/<pid>` once
-                 its signal handlers are in place, and `workers/<pid>.paused` (JSON) after it
-                 saved its state on a pause request, just before it exits; the workload finds
-                 this folder as `$HARCHOS_CONTROL_DIR`
+    control/     the workload's `$HARCHOS_CONTROL_DIR` (training contract): each worker of the
+                 launch creates `control/workers/<pid>` once its signal handlers are in place,
+                 and `control/workers/<pid>.paused` (JSON) after it saved its state on a pause
+                 request, just before it exits
 
 Commands (each prints one JSON object on stdout unless noted):
     launch ROOT JOB_ID SPEC_JSON   start the job unless its directory exists; print its status
@@ -219,8 +219,8 @@ def _monitor(job_dir: str) -> None:
         spec = json.load(handle)
     env = dict(os.environ)
     env.update(spec.get("env") or {})
-    env["HARCHOS_CONTROL_DIR"] = os.path.join(job_dir, "workers")
-    os.makedirs(env["HARCHOS_CONTROL_DIR"], mode=0o700, exist_ok=True)
+    env["HARCHOS_CONTROL_DIR"] = os.path.join(job_dir, "control")
+    os.makedirs(os.path.join(job_dir, "control", "workers"), mode=0o700, exist_ok=True)
     # Workers a launcher leaves behind (it was killed, or died) are re-parented to the monitor
     # rather than to init, so they can be found, stopped and reaped before the exit is recorded.
     _become_subreaper()
@@ -272,10 +272,14 @@ def _become_subreaper() -> None:
         pass
 
 
+def _workers_dir(job_dir: str) -> str:
+    return os.path.join(job_dir, "control", "workers")
+
+
 def _workers(job_dir: str) -> list[int]:
-    """The pids registered under `workers/` (the training contract)."""
+    """The pids registered under `control/workers/` (the training contract)."""
     try:
-        names = os.listdir(os.path.join(job_dir, "workers"))
+        names = os.listdir(_workers_dir(job_dir))
     except OSError:
         return []
     return sorted(int(name) for name in names if name.isdigit())
@@ -286,7 +290,7 @@ def _outcome(job_dir: str, code: int) -> int:
     if code in (0, _PAUSED_EXIT_CODE):
         return code
     workers = _workers(job_dir)
-    folder = os.path.join(job_dir, "workers")
+    folder = _workers_dir(job_dir)
     if workers and all(os.path.exists(os.path.join(folder, f"{pid}.paused")) for pid in workers):
         return _PAUSED_EXIT_CODE
     return code
@@ -399,7 +403,7 @@ def _targets(job_dir: str, pid: int, signum: int) -> tuple[list[int], list[int]]
 
     A launcher (`accelerate launch`, torchrun) dies of SIGUSR1 and turns SIGTERM into its own
     exit, while its workers sit in process groups of their own. So the signal goes to the
-    workers that registered under `workers/` (those still alive in the workload's tree); without
+    workers that registered under `control/workers/` (those still alive in the workload's tree); without
     any, to the process groups of the workload's descendants that are not the workload's own,
     or, when there are none, to the workload's group (a plain `python train.py`). SIGKILL
     reaches every group of the tree.
