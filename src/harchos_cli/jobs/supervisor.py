@@ -350,6 +350,9 @@ class Supervisor:
         self.store.update(job.id, local_log_size=_append_log(job.id, output))
         self.reporter.output(output)
         if result.returncode != 0:
+            if self.store.get(job.id).request.get("migrated_from"):
+                self._fail(job, f"setup failed on hub {hub.name} (exit {result.returncode})")
+                return False
             self.store.advance(
                 job.id, ["syncing"], "failed", finished_at=iso(utcnow()),
                 exit_code=result.returncode,
