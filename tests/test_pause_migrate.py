@@ -26,8 +26,8 @@ from harchos_cli.jobs.store import ACTIVE, Job, log_path
 
 __all__ = ["client_key_fixture", "sshd_factory_fixture"]
 
-STEPS = 1500  # long enough to be caught mid-run; seconds on a CPU
-SETTINGS = ["--", "--set", f"steps={STEPS}", "--set", "checkpoint_every=500"]
+STEPS = 500  # long enough to be caught mid-run (about 5 s on a CPU), short enough for CI
+SETTINGS = ["--", "--set", f"steps={STEPS}", "--set", "checkpoint_every=200"]
 
 
 def project(capsys: pytest.CaptureFixture[str], where: Path, processes: int) -> Path:
@@ -57,7 +57,7 @@ def start(capsys: pytest.CaptureFixture[str], *hub: str) -> str:
     started = harchos(capsys, "run", "train", *hub, "--detach", "--json", *SETTINGS)
     assert started.code == 0, started.err
     job_id = str(started.json()["job_id"])
-    wait_until(lambda: log_path(job_id).is_file() and b"step 100/" in log_path(job_id).read_bytes())
+    wait_until(lambda: log_path(job_id).is_file() and b"step 20/" in log_path(job_id).read_bytes())
     return job_id
 
 
