@@ -169,6 +169,11 @@ def test_migrate_moves_a_running_job_and_it_ends_as_if_it_never_moved(
     assert migrate["files"] > 0
     assert migrate["bytes"] > 0
     assert "verified by sha256" in migrate["reason"]
+    pulled = harchos(capsys, "jobs", "pull", job_id, "--json")
+    assert pulled.code == 0, pulled.err
+    assert pulled.json()["copied"] == ["outputs", f"checkpoints/{job_id}"]
+    assert same_weights(expected, root / "outputs" / "model.pt")
+    assert list((root / "checkpoints" / job_id).glob("step_000000500"))
     log = log_path(job_id).read_text()
     assert "on hub h1" in log
     assert "on hub h2" in log

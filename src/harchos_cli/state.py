@@ -99,12 +99,14 @@ def _m003_jobs(db: sqlite3.Connection) -> None:
 
 @migration
 def _m004_job_attempts_and_decisions(db: sqlite3.Connection) -> None:
-    """Pause, move and rescale: a job is launched once per attempt (`<id>` for the first,
-    `<id>-a<n>` on the hub after that), carries the user's pending wish (`intent`), belongs to a
-    training run whose checkpoints it resumes (`run_id`), and records every decision."""
+    """Pause, move and rescale. A job is launched once per attempt (`<id>` on the hub for the
+    first, `<id>-a<n>` after), carries the user's pending wish (`intent`), belongs to a training
+    run whose checkpoints it resumes (`run_id`), holds GPUs of its hub while it syncs or runs
+    (`gpu_ids`), and records every decision (`job_decisions`)."""
     db.execute("ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1")
     db.execute("ALTER TABLE jobs ADD COLUMN intent TEXT")
     db.execute("ALTER TABLE jobs ADD COLUMN run_id TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN gpu_ids TEXT")
     db.execute(
         """
         CREATE TABLE job_decisions (

@@ -241,3 +241,27 @@ def scale(
     assert workers is not None
     _ask(job_id, json_output, lambda store, jid: request_scale(store, jid, workers),
          f"restarting on {workers} worker(s) from its next checkpoint")  # fmt: skip
+
+
+@app.command("pull")
+def pull(
+    job_id: str = _ID,
+    to: str = typer.Option(None, "--to", help="Copy here instead of into the project."),
+    json_output: bool = _JSON,
+) -> None:
+    """Copy a job's outputs and its run's checkpoints back from the hub it ran on last (after
+    any number of moves) into the project, or into --to DIR."""
+    from harchos_cli.cli.output import print_json
+    from harchos_cli.jobs.control import pull as pull_job
+
+    store = _store()
+    try:
+        job, copied, where = pull_job(store, job_id, to)
+    finally:
+        store.close()
+    if json_output:
+        print_json({"job_id": job.id, "hub": job.hub, "to": where, "copied": copied})
+    elif copied:
+        typer.echo(f"job {job.id}: copied {', '.join(copied)} from hub {job.hub} into {where}")
+    else:
+        typer.echo(f"job {job.id}: its outputs and checkpoints are already in {where}")

@@ -403,10 +403,10 @@ def _targets(job_dir: str, pid: int, signum: int) -> tuple[list[int], list[int]]
 
     A launcher (`accelerate launch`, torchrun) dies of SIGUSR1 and turns SIGTERM into its own
     exit, while its workers sit in process groups of their own. So the signal goes to the
-    workers that registered under `control/workers/` (those still alive in the workload's tree); without
-    any, to the process groups of the workload's descendants that are not the workload's own,
-    or, when there are none, to the workload's group (a plain `python train.py`). SIGKILL
-    reaches every group of the tree.
+    workers registered under `control/workers/` (those alive in the workload's tree); without
+    any, to the process groups of the workload's descendants other than its own, or, when
+    there are none, to the workload's group (a plain `python train.py`). SIGKILL reaches every
+    group of the tree.
     """
     tree = [pid, *_descendants(pid)]
     if signum == signal.SIGKILL:

@@ -82,6 +82,7 @@ def _continue(store: JobStore, job: Job, *, reason: str, intent: str | None = No
     if store.advance(
         job.id, ["paused"], "syncing", attempt=job.attempt + 1, launched=False, log_offset=0,
         exit_code=None, intent=intent, message=None, finished_at=None, request=request,
+        gpu_ids=None,
     ):  # fmt: skip
         store.decide(job.id, "resume-requested", job.hub, reason, attempt=job.attempt + 1)
         _wake(job.id)
@@ -127,3 +128,24 @@ def request_scale(store: JobStore, job_id: str, workers: int) -> Job:
                  workers=workers)  # fmt: skip
     _wake(job.id)
     return store.get(job.id)
+
+
+def pull(store: JobStore, job_id: str, dest: str | None) -> tuple[Job, list[str], str]:
+    """Copy the job's outputs and its run's checkpoints from the hub it ran on last into the
+    project (or `dest`); returns the job, what was copied and where to."""
+    from pathlib import Path
+
+    from harchos_cli.hubs import inventory
+    from harchos_cli.jobs import migration
+    from harchos_cli.jobs.spec import load_project
+
+    job = store.get(job_id)
+    launch = job.request.get("launch")
+    if not launch or not job.remote_dir:
+        raise UsageError(f"job {job.id} never ran on a hub; there is nothing to pull",
+                         hint=_HINT_LIST)  # fmt: skip
+    project = load_project(Path(job.project_dir), required=False)
+    target = Path(dest).expanduser() if dest else Path(job.project_dir)
+    hub = inventory.from_json(launch["hub"])
+    copied = migration.pull(project, job.run_id or job.id, hub, job.remote_dir, target)
+    return job, copied, str(target)

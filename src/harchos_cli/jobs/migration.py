@@ -80,3 +80,35 @@ def copy_run_checkpoints(
         else 0
     )
     return Moved(len(expected), size, time.monotonic() - started)
+
+
+def pull(project: Project, run_id: str, hub: Hub, remote_project: str, dest: Path) -> list[str]:
+    """Copy a job's `outputs/` and its run's checkpoints from `hub` (where it ran last) into
+    `dest`, keeping the project's layout; the folders copied (none when they are here already).
+    """
+    from harchos_cli.hubs import transport_for
+
+    transport = transport_for(hub)
+    checkpoints = launchers.checkpoint_dir(remote_project, project, run_id)
+    wanted = {
+        "outputs": f"{remote_project.rstrip('/')}/outputs",
+        _relative_checkpoints(project, run_id): checkpoints,
+    }
+    copied: list[str] = []
+    for name, source in wanted.items():
+        exists = transport.run(["test", "-d", source], check=False, timeout=60).returncode == 0
+        if not exists:
+            continue
+        target = dest / name
+        if hub.transport == LOCAL and Path(source).resolve() == target.resolve():
+            continue
+        transport.sync_down(source, target)
+        copied.append(name)
+    return copied
+
+
+def _relative_checkpoints(project: Project, run_id: str) -> str:
+    base = project.spec.job.checkpoint_dir.rstrip("/") or "checkpoints"
+    if base.startswith(("/", "~")):
+        return f"checkpoints/{run_id}"
+    return f"{base}/{run_id}"

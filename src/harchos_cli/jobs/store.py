@@ -63,6 +63,7 @@ class Job:
     attempt: int = 1  # launches so far; the hub knows attempt n as `hub_job_id`
     intent: str | None = None  # what the user asked of the running job: pause, migrate:HUB, scale:N
     run_id: str | None = None  # the training run whose checkpoints this job resumes
+    gpu_ids: str | None = None  # "0,1": the hub's GPUs it holds while syncing or running
 
     @property
     def active(self) -> bool:
@@ -105,6 +106,7 @@ class Job:
             "attempt": self.attempt,
             "run_id": self.run_id or self.id,
             "intent": self.intent,
+            "gpu_ids": self.gpu_ids,
         }
 
 
@@ -262,6 +264,34 @@ class JobStore:
             (project_dir, kind),
         ).fetchone()
         return None if row is None else _decode(row)
+
+    def claim_gpus(self, job_id: str, hub: str, total: int, count: int) -> tuple[int, ...] | None:
+        """Give the job `count` of the hub's `total` GPUs that no other syncing or running job
+        on that hub holds, or None when too few are free. One transaction, so two supervisors
+        never get the same GPU; a job that stops holding (paused, finished, moved) frees its
+        GPUs by its state alone."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = self.db.execute(
+                "SELECT gpu_ids FROM jobs WHERE hub = ? AND id != ? AND gpu_ids IS NOT NULL "
+                "AND state IN ('syncing', 'running')",
+                (hub, job_id),
+            ).fetchall()
+            taken = {int(i) for row in rows for i in row["gpu_ids"].split(",") if i}
+            free = [i for i in range(total) if i not in taken]
+            if len(free) < count:
+                self.db.execute("COMMIT")
+                return None
+            chosen = tuple(free[:count])
+            self.db.execute(
+                "UPDATE jobs SET gpu_ids = ? WHERE id = ?",
+                (",".join(map(str, chosen)), job_id),
+            )
+            self.db.execute("COMMIT")
+            return chosen
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def advance(
         self, job_id: str, expected: Sequence[str], new: JobStateName, **values: Any

@@ -205,7 +205,7 @@ class Supervisor:
         if self.store.advance(
             job.id, ["running", "syncing"], "syncing", hub=hub, attempt=job.attempt + 1,
             launched=False, log_offset=0, exit_code=None, intent=None, request=updated,
-            message=None,
+            message=None, gpu_ids=None,
         ):  # fmt: skip
             self.store.decide(job.id, action, hub, reason, attempt=job.attempt + 1)
             self.reporter.stage(job, action, reason)
@@ -316,7 +316,14 @@ class Supervisor:
             return
         # From here on the job is followed with what is decided now, never by reloading the
         # project or the hub inventory: a broken harchos.toml or `hubs remove` cannot orphan it.
+        gpu_ids = self._place(job, hub, request)
+        if gpu_ids is None:
+            return
         spec = self.launch_spec(replace(job, remote_dir=remote), request, hub)
+        if gpu_ids:
+            spec = replace(
+                spec, env={**spec.env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_ids))}
+            )
         launch = {
             "argv": list(spec.argv), "cwd": spec.cwd, "env": dict(spec.env),
             "hub": inventory.as_json(hub), "hub_job_id": spec.job_id,
@@ -327,6 +334,35 @@ class Supervisor:
             request={**job.request, "launch": launch},
         ):  # fmt: skip
             self.reporter.stage(job, "running", f"on hub {hub.name} in {remote}")
+
+    def _place(self, job: Job, hub: Hub, request: Request) -> tuple[int, ...] | None:
+        """The hub's GPUs this attempt gets ([] when it asks for none or the hub's count is
+        unknown); waits, queued, while other jobs hold them. None: stopped while queued."""
+        workers = job.request.get("workers")
+        need = request.gpus if request.kind == "train" else 0
+        if need and workers:
+            need = int(workers)
+        if not need or hub.gpus is None:
+            return ()
+        queued = False
+        while True:
+            current = self.store.get(job.id)
+            if current.cancel_requested or current.intent:
+                if current.cancel_requested:
+                    self._cancel(job, "cancelled while it waited for a GPU; nothing ran")
+                else:
+                    self._pause(current, "paused while it waited for a GPU", ["syncing"])
+                return None
+            ids = self.store.claim_gpus(job.id, hub.name, hub.gpus, need)
+            if ids is not None:
+                return ids
+            if not queued:
+                queued = True
+                reason = f"queued: {need} GPU(s) wanted, the hub's {hub.gpus} are held by jobs"
+                self.store.update(job.id, message=f"{reason}; starts when they are free")
+                self.store.decide(job.id, "queue", hub.name, reason, gpus=need)
+                self.reporter.notice(reason)
+            self.sleep(TICK_S * 4)
 
     def _setup(self, job: Job, setup: str | None, hub: Hub, transport: Any, remote: str) -> bool:
         """Run `[job] setup` once per project folder on a machine and content hash; False when
@@ -588,8 +624,9 @@ class Supervisor:
             f"{moved.seconds:.1f} s and verified by sha256"
         )
         self.store.update(
-            job.id, hub=target, intent=None, request={**job.request, "migrated_from": source}
-        )
+            job.id, hub=target, intent=None, gpu_ids=None,
+            request={**job.request, "migrated_from": source},
+        )  # fmt: skip
         self.store.decide(job.id, "migrate", target, reason, source=source, **moved.as_json())
         self.reporter.stage(job, "migrated", reason)
         return self.store.get(job.id)
