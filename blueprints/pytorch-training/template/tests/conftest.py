@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,14 +54,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def launch_cmd(processes: int) -> list[str]:
-    if processes == 1:
+def launch_cmd(processes: int, machines: int = 1, machine: int = 0, port: int = 0) -> list[str]:
+    """`processes` in all, over `machines` launches (one per machine, all on this host)."""
+    if processes == 1 and machines == 1:
         return [sys.executable, "train.py"]
     return [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
+        "--multi_gpu", "--num_processes", str(processes), "--num_machines", str(machines),
+        "--machine_rank", str(machine), "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_ip", "127.0.0.1", "--main_process_port", str(port or free_port()),
         "train.py",
     ]  # fmt: skip
 
@@ -90,12 +92,20 @@ def run_and_signal(
     processes: int = 1,
     rank: int = 0,
     env: dict[str, str] | None = None,
+    control: Path | None = None,
 ) -> Run:
-    """Start a run, and once it has logged `after_step`, send `signum` to one rank only."""
+    """Start a run, and once it has logged `after_step`, send `signum` to one rank only.
+
+    With `control`, run it as harchos does (`HARCHOS_CONTROL_DIR=control`) and signal every
+    worker registered there instead, once all `processes` have registered.
+    """
+    extra = dict(env or {})
+    if control is not None:
+        extra["HARCHOS_CONTROL_DIR"] = str(control)
     proc = subprocess.Popen(
         launch_cmd(processes) + args,
         cwd=PROJECT,
-        env=base_env(checkpoints, env),
+        env=base_env(checkpoints, extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -114,8 +124,14 @@ def run_and_signal(
                 pids[int(words[1])] = int(words[3].rstrip(")"))
             if not sent and words[:1] == ["step"]:
                 step = int(words[1].split("/")[0])
-                if step >= after_step and rank in pids:
+                if step < after_step:
+                    continue
+                if control is None and rank in pids:
                     os.kill(pids[rank], signum)
+                    sent = True
+                elif control is not None and len(registered(control)) == processes:
+                    for pid in registered(control):
+                        os.kill(pid, signum)
                     sent = True
         code = proc.wait()
     finally:
@@ -126,10 +142,58 @@ def run_and_signal(
     return Run(code, "".join(lines))
 
 
+def registered(control: Path) -> list[int]:
+    """The worker pids registered in harchos's control folder, as harchos reads them."""
+    workers = control / "workers"
+    if not workers.is_dir():
+        return []
+    return sorted(int(p.name) for p in workers.iterdir() if p.name.isdigit())
+
+
+def run_two_machines(roots: tuple[Path, Path], args: list[str]) -> tuple[Run, Run]:
+    """Two "machines" on this host, one process each, rendezvousing on loopback.
+
+    Each gets its own checkpoint folder (`roots`; the same folder twice for a shared filesystem).
+    """
+    port = free_port()
+    with tempfile.TemporaryFile("w+") as out0, tempfile.TemporaryFile("w+") as out1:
+        procs = [
+            subprocess.Popen(
+                launch_cmd(2, machines=2, machine=machine, port=port) + args,
+                cwd=PROJECT,
+                env=base_env(root),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for machine, (root, out) in enumerate(zip(roots, (out0, out1), strict=True))
+        ]
+        try:
+            codes = [proc.wait(timeout=WATCHDOG_S) for proc in procs]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+        outputs = []
+        for out in (out0, out1):
+            out.seek(0)
+            outputs.append(out.read())
+    return Run(codes[0], outputs[0]), Run(codes[1], outputs[1])
+
+
 def weights(out: Path) -> dict[str, object]:
     import torch
 
     return dict(torch.load(out / "model.pt", weights_only=True))
+
+
+def max_weight_difference(a: Path, b: Path) -> float:
+    first, second = weights(a), weights(b)
+    assert first.keys() == second.keys()
+    return max(
+        float((first[k] - second[k]).abs().max())  # type: ignore[operator]
+        for k in first
+    )
 
 
 def same_weights(a: Path, b: Path) -> bool:

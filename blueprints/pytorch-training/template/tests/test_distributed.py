@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
 import pytest
 import train
-from conftest import Run, checkpoints_in, run_and_signal, run_train, same_weights, settings
+from conftest import (
+    Run,
+    checkpoints_in,
+    registered,
+    run_and_signal,
+    run_train,
+    run_two_machines,
+    same_weights,
+    settings,
+)
 
 STEPS = 100
 
@@ -55,3 +65,66 @@ def test_sigterm_to_one_rank_pauses_both_and_resume_matches(
     assert resumed.code == 0, resumed.output
     assert f"resumed from {saved}" in resumed.output
     assert same_weights(folder / "out", tmp_path / "out")
+
+
+def test_every_registered_worker_confirms_its_pause(tmp_path: Path) -> None:
+    """harchos's side of a pause: signal the pids in `workers/`, read their `.paused` files."""
+    control = tmp_path / "control"
+    paused = run_and_signal(
+        tmp_path / "ckpt", settings(tmp_path / "out", STEPS),
+        after_step=20, signum=signal.SIGUSR1, processes=2, control=control,
+    )  # fmt: skip
+    assert paused.output.count("received SIGUSR1") == 2, paused.output
+    # The launcher turns its workers' 85 into 1; the `.paused` files say what happened.
+    assert paused.code == 1
+    saved = checkpoints_in(tmp_path / "ckpt")[-1]
+    stopped_at = int(saved.name.removeprefix("step_"))
+    workers = registered(control)
+    assert len(workers) == 2
+    assert sorted(p.name for p in (control / "workers").iterdir()) == sorted(
+        [str(pid) for pid in workers] + [f"{pid}.paused" for pid in workers]
+    )
+    for pid in workers:
+        assert (control / "workers" / str(pid)).read_text() == ""
+        confirmed = json.loads((control / "workers" / f"{pid}.paused").read_text())
+        assert confirmed == {"checkpoint": str(saved.resolve()), "step": stopped_at}
+    assert {p.name for p in saved.glob("random_states_*.pkl")} == {
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    }
+
+
+def _complete(checkpoint: Path, ranks: set[int]) -> bool:
+    names = {p.name for p in checkpoint.iterdir()}
+    return {"model.safetensors", "optimizer.bin", "custom_checkpoint_0.pkl"} <= names and {
+        n for n in names if n.startswith(("random_states_", "node-"))
+    } == {f"random_states_{rank}.pkl" for rank in ranks}
+
+
+def test_two_machines_sharing_one_checkpoint_folder(tmp_path: Path) -> None:
+    root = tmp_path / "shared"
+    runs = run_two_machines((root, root), settings(tmp_path / "out", 20, checkpoint_every=10))
+    assert [run.code for run in runs] == [0, 0], runs[0].output + runs[1].output
+    assert [p.name for p in checkpoints_in(root)] == ["step_000000010", "step_000000020"]
+    assert not list(root.glob(".partial-*"))
+    assert _complete(root / "step_000000020", {0, 1})
+
+    resumed = run_two_machines((root, root), settings(tmp_path / "out", 30, checkpoint_every=10))
+    assert [run.code for run in resumed] == [0, 0], resumed[0].output + resumed[1].output
+    assert f"resumed from {root / 'step_000000020'} at step 20" in resumed[0].output
+    assert [p.name for p in checkpoints_in(root)] == ["step_000000020", "step_000000030"]
+
+
+def test_two_machines_each_with_its_own_checkpoint_folder(tmp_path: Path) -> None:
+    roots = (tmp_path / "machine-0", tmp_path / "machine-1")
+    runs = run_two_machines(roots, settings(tmp_path / "out", 20, checkpoint_every=10))
+    assert [run.code for run in runs] == [0, 0], runs[0].output + runs[1].output
+    for rank, root in enumerate(roots):
+        assert [p.name for p in checkpoints_in(root)] == ["step_000000010", "step_000000020"]
+        assert not list(root.glob(".partial-*"))
+        # Each machine has a whole copy: the model, the optimizer, its own ranks' RNG states.
+        assert _complete(root / "step_000000020", {rank})
+
+    resumed = run_two_machines(roots, settings(tmp_path / "out", 30, checkpoint_every=10))
+    assert [run.code for run in resumed] == [0, 0], resumed[0].output + resumed[1].output
+    assert f"resumed from {roots[0] / 'step_000000020'} at step 20" in resumed[0].output

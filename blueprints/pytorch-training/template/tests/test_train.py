@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import signal
 from pathlib import Path
 
@@ -71,3 +72,23 @@ def test_without_rng_state_a_resumed_run_diverges(
         rng_file.unlink()
     run("b", 60)
     assert not same_weights(tmp_path / "a", tmp_path / "b")
+
+
+def test_control_files_only_under_harchos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HARCHOS_CONTROL_DIR", raising=False)
+    paused = train.TrainResult("paused", 7, None, str(tmp_path / "ckpt" / "step_000000007"))
+    train.register_worker()
+    train.report_paused(paused)
+    assert list(tmp_path.iterdir()) == []
+
+    monkeypatch.setenv("HARCHOS_CONTROL_DIR", str(tmp_path / "control"))
+    train.register_worker()
+    train.report_paused(paused)
+    workers = tmp_path / "control" / "workers"
+    pid = os.getpid()
+    assert sorted(p.name for p in workers.iterdir()) == [str(pid), f"{pid}.paused"]
+    assert json.loads((workers / f"{pid}.paused").read_text()) == {
+        "checkpoint": str(tmp_path / "ckpt" / "step_000000007"),
+        "step": 7,
+    }
