@@ -26,8 +26,36 @@ from harchos_cli.jobs.store import ACTIVE, Job, log_path
 
 __all__ = ["client_key_fixture", "sshd_factory_fixture"]
 
-STEPS = 500  # long enough to be caught mid-run (about 5 s on a CPU), short enough for CI
-SETTINGS = ["--", "--set", f"steps={STEPS}", "--set", "checkpoint_every=200"]
+STEPS = 400
+# Reading each sample takes a millisecond (as from a slow disk), so a run lasts seconds and a
+# request is caught mid-run; the data, and so the weights, are the blueprint's own.
+SLOW_DATA = """
+import time
+
+from torch.utils.data import Dataset
+
+from demo.data import synthetic
+
+
+class SlowReads(Dataset):
+    def __init__(self, inner, delay):
+        self.inner, self.delay = inner, delay
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, index):
+        time.sleep(self.delay)
+        return self.inner[index]
+
+
+def slow_synthetic(delay=0.001, **kwargs):
+    return SlowReads(synthetic(**kwargs), delay)
+"""
+SETTINGS = [
+    "--", "--set", f"steps={STEPS}", "--set", "checkpoint_every=200",
+    "--set", 'dataset="slow_data:slow_synthetic"',
+]  # fmt: skip
 
 
 def project(capsys: pytest.CaptureFixture[str], where: Path, processes: int) -> Path:
@@ -36,6 +64,7 @@ def project(capsys: pytest.CaptureFixture[str], where: Path, processes: int) -> 
     toml = root / "harchos.toml"
     text = toml.read_text()
     toml.write_text(text.replace("gpus = 0\n", f"gpus = 0\nprocesses = {processes}\n", 1))
+    (root / "slow_data.py").write_text(SLOW_DATA)
     return root
 
 
@@ -173,7 +202,7 @@ def test_migrate_moves_a_running_job_and_it_ends_as_if_it_never_moved(
     assert pulled.code == 0, pulled.err
     assert pulled.json()["copied"] == ["outputs", f"checkpoints/{job_id}"]
     assert same_weights(expected, root / "outputs" / "model.pt")
-    assert list((root / "checkpoints" / job_id).glob("step_000000500"))
+    assert list((root / "checkpoints" / job_id).glob(f"step_{STEPS:09d}"))
     log = log_path(job_id).read_text()
     assert "on hub h1" in log
     assert "on hub h2" in log
