@@ -52,6 +52,14 @@ _SPEEDUP = typer.Option(
 _DETACH = typer.Option(
     False, "--detach", help="Hand the job to a background supervisor; print its id and return."
 )
+_MIGRATE = typer.Option(
+    None, "--migrate", metavar="auto|off",
+    help="auto: move the running job to a greener hub when it pays (default [carbon] "
+    "allow_migration).",
+)  # fmt: skip
+_INTERRUPTIBLE = typer.Option(
+    False, "--interruptible", help="Pause the running job through dirty hours, before the deadline."
+)
 _DRY_RUN = typer.Option(False, "--dry-run", help="Show the plan and exact commands; run nothing.")
 _JSON = typer.Option(False, "--json", help="Print one JSON object (docs/run.md) on stdout.")
 
@@ -79,6 +87,14 @@ def train(
     fresh: bool = typer.Option(
         False, "--fresh", help="Start a new run instead of resuming the project's checkpoints."
     ),
+    migrate: str = _MIGRATE,
+    interruptible: bool = _INTERRUPTIBLE,
+    scale: str = typer.Option(
+        None,
+        "--scale",
+        metavar="MIN:MAX",
+        help="Run on MAX workers while green, down to MIN while dirty (GPUs, or CPU processes).",
+    ),
     dry_run: bool = _DRY_RUN,
     json_output: bool = _JSON,
 ) -> None:
@@ -90,7 +106,7 @@ def train(
 
     options = RunOptions(
         "train", list(args or []), hub, defer, duration, deadline, threshold, provider, at,
-        speedup, detach, fresh=fresh,
+        speedup, detach, fresh=fresh, migrate=migrate, interruptible=interruptible, scale=scale,
     )  # fmt: skip
     raise typer.Exit(_run(options, dry_run=dry_run, json_output=json_output))
 
@@ -112,6 +128,8 @@ def batch(
     at: str = _AT,
     speedup: float = _SPEEDUP,
     detach: bool = _DETACH,
+    migrate: str = _MIGRATE,
+    interruptible: bool = _INTERRUPTIBLE,
     dry_run: bool = _DRY_RUN,
     json_output: bool = _JSON,
 ) -> None:
@@ -120,7 +138,7 @@ def batch(
 
     options = RunOptions(
         "batch", list(command or []), hub, defer, duration, deadline, threshold, provider, at,
-        speedup, detach,
+        speedup, detach, migrate=migrate, interruptible=interruptible,
     )  # fmt: skip
     raise typer.Exit(_run(options, dry_run=dry_run, json_output=json_output))
 

@@ -55,13 +55,24 @@ def _wake(job_id: str) -> None:
         spawn(job_id)
 
 
-def request_pause(store: JobStore, job_id: str) -> Job:
-    """Ask a running job to save a checkpoint and stop (state `paused`, nothing left running)."""
-    job = _running(store, job_id, "paused")
-    store.update(job.id, intent="pause")
-    store.decide(job.id, "pause-requested", job.hub, "asked with harchos jobs pause")
+def _ask_running(
+    store: JobStore, job_id: str, *, verb: str, intent: str, action: str, reason: str,
+    **details: object,
+) -> Job:  # fmt: skip
+    """Record `intent` for a running job, with its decision, and make sure a supervisor acts."""
+    job = _running(store, job_id, verb)
+    # Asked by hand: a pause waits for `harchos jobs resume`, not for a planned hour.
+    request = {k: v for k, v in job.request.items() if k != "resume_at"}
+    store.update(job.id, intent=intent, request=request)
+    store.decide(job.id, action, job.hub, reason, **details)
     _wake(job.id)
     return store.get(job.id)
+
+
+def request_pause(store: JobStore, job_id: str) -> Job:
+    """Ask a running job to save a checkpoint and stop (state `paused`, nothing left running)."""
+    return _ask_running(store, job_id, verb="paused", intent="pause", action="pause-requested",
+                        reason="asked with harchos jobs pause")  # fmt: skip
 
 
 def request_resume(store: JobStore, job_id: str) -> Job:
@@ -70,13 +81,16 @@ def request_resume(store: JobStore, job_id: str) -> Job:
     if job.state != "paused":
         raise UsageError(f"job {job.id} is {job.state}; only a paused job can be resumed",
                          hint=_HINT_LIST)  # fmt: skip
-    _continue(store, job, reason="asked with harchos jobs resume")
+    continue_job(store, job, reason="asked with harchos jobs resume")
     return store.get(job.id)
 
 
-def _continue(store: JobStore, job: Job, *, reason: str, intent: str | None = None,
-              workers: int | None = None) -> None:  # fmt: skip
-    request = {k: v for k, v in job.request.items() if k != "launch"}
+def continue_job(
+    store: JobStore, job: Job, *, reason: str, intent: str | None = None,
+    workers: int | None = None, wake: bool = True,
+) -> None:  # fmt: skip
+    """A new attempt of a paused job: `paused → syncing`, for its supervisor to launch."""
+    request = {k: v for k, v in job.request.items() if k not in ("launch", "resume_at")}
     if workers is not None:
         request["workers"] = workers
     if store.advance(
@@ -85,7 +99,8 @@ def _continue(store: JobStore, job: Job, *, reason: str, intent: str | None = No
         gpu_ids=None,
     ):  # fmt: skip
         store.decide(job.id, "resume-requested", job.hub, reason, attempt=job.attempt + 1)
-        _wake(job.id)
+        if wake:
+            _wake(job.id)
 
 
 def request_migrate(store: JobStore, job_id: str, target: str) -> Job:
@@ -101,14 +116,13 @@ def request_migrate(store: JobStore, job_id: str, target: str) -> Job:
         raise UsageError(f"job {job.id} already runs on hub {target}", hint=_HINT_LIST)
     get_hub(target, load_project(Path(job.project_dir), required=False))  # exit 2 when unknown
     if job.state == "paused":
-        _continue(store, job, reason=f"asked to move to hub {target}", intent=f"migrate:{target}")
+        continue_job(
+            store, job, reason=f"asked to move to hub {target}", intent=f"migrate:{target}"
+        )
         return store.get(job.id)
-    job = _running(store, job_id, "moved")
-    store.update(job.id, intent=f"migrate:{target}")
-    store.decide(job.id, "migrate-requested", job.hub, f"asked to move to hub {target}",
-                 target=target)  # fmt: skip
-    _wake(job.id)
-    return store.get(job.id)
+    return _ask_running(store, job_id, verb="moved", intent=f"migrate:{target}",
+                        action="migrate-requested", reason=f"asked to move to hub {target}",
+                        target=target)  # fmt: skip
 
 
 def request_scale(store: JobStore, job_id: str, workers: int) -> Job:
@@ -120,14 +134,11 @@ def request_scale(store: JobStore, job_id: str, workers: int) -> Job:
     if workers < 1:
         raise UsageError(f"cannot run on {workers} worker(s)", hint="give 1 or more")
     if job.state == "paused":
-        _continue(store, job, reason=f"asked to resume on {workers} worker(s)", workers=workers)
+        continue_job(store, job, reason=f"asked to resume on {workers} worker(s)", workers=workers)
         return store.get(job.id)
-    job = _running(store, job_id, "rescaled")
-    store.update(job.id, intent=f"scale:{workers}")
-    store.decide(job.id, "rescale-requested", job.hub, f"asked to run on {workers} worker(s)",
-                 workers=workers)  # fmt: skip
-    _wake(job.id)
-    return store.get(job.id)
+    return _ask_running(store, job_id, verb="rescaled", intent=f"scale:{workers}",
+                        action="rescale-requested", reason=f"asked to run on {workers} worker(s)",
+                        workers=workers)  # fmt: skip
 
 
 def pull(store: JobStore, job_id: str, dest: str | None) -> tuple[Job, list[str], str]:

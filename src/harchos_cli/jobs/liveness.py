@@ -80,7 +80,9 @@ def revive(store: JobStore | None = None) -> list[str]:
     store = store or JobStore()
     try:
         revived = []
-        for job in store.list(states=ACTIVE):
+        # A job the policy paused waits, supervised, for its planned hour.
+        waiting = [j for j in store.list(states=["paused"]) if j.request.get("resume_at")]
+        for job in [*store.list(states=ACTIVE), *waiting]:
             if not is_supervised(job.id):
                 spawn(job.id)
                 revived.append(job.id)

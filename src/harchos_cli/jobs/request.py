@@ -43,6 +43,9 @@ class RunOptions:
     detach: bool = False
     project_dir: Path | None = None
     fresh: bool = False
+    migrate: str | None = None  # "auto" or "off"; None: [carbon] allow_migration
+    interruptible: bool = False
+    scale: str | None = None  # "MIN:MAX"; None: [job] min/max_processes with allow_rescale
 
 
 @dataclass
@@ -61,6 +64,7 @@ class Request:
     gpus: int
     clock: dict[str, Any] | None
     deadline_text: str = DEFAULT_DEADLINE
+    shift: dict[str, Any] | None = None  # what the supervisor may do while it runs (see below)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +79,7 @@ class Request:
             "gpus": self.gpus,
             "clock": self.clock,
             "project_file": str(self.project.file) if self.project.file else None,
+            "shift": self.shift,
         }
 
     @classmethod
@@ -92,6 +97,7 @@ class Request:
             provider=data.get("provider"),
             gpus=int(data.get("gpus") or 0),
             clock=data.get("clock"),
+            shift=data.get("shift"),
         )
 
 
@@ -114,9 +120,11 @@ def resolve(options: RunOptions) -> Request:
     if threshold == 0 and options.threshold is None:
         threshold = None
     defer = options.defer or options.threshold is not None
-    if options.deadline and not defer:
+    shift = shift_policy(options, project)
+    if options.deadline and not defer and shift is None:
         raise UsageError(
-            "--deadline needs --defer-until-green (or --threshold)",
+            "--deadline needs --defer-until-green, --threshold, --interruptible, "
+            "--migrate auto or --scale",
             hint="add --defer-until-green to wait for a green window before the deadline",
         )
     if options.speedup is not None and options.speedup <= 0:
@@ -134,13 +142,53 @@ def resolve(options: RunOptions) -> Request:
         gpus=spec.job.gpus if options.kind == "train" else 0,
         clock=None,
         deadline_text=options.deadline or spec.carbon.deadline or DEFAULT_DEADLINE,
+        shift=shift,
     )
+
+
+def shift_policy(options: RunOptions, project: Project) -> dict[str, Any] | None:
+    """What the supervisor may do while the job runs (`plan.shifting.ShiftPolicy` as JSON), or
+    None: `--migrate auto` (default `[carbon] allow_migration`), `--interruptible`, `--scale
+    MIN:MAX` (default `[job] min_processes:max_processes` with `[carbon] allow_rescale`)."""
+    spec = project.spec
+    if options.migrate not in (None, "auto", "off"):
+        raise UsageError(
+            f"--migrate {options.migrate!r} is not auto or off",
+            hint="--migrate auto lets harchos move the job to a greener hub",
+        )
+    migrate = spec.carbon.allow_migration if options.migrate is None else options.migrate == "auto"
+    scale: list[int] | None = None
+    if options.scale is not None:
+        low, sep, high = options.scale.partition(":")
+        try:
+            scale = [int(low), int(high)] if sep else []
+        except ValueError:
+            scale = []
+        if len(scale) != 2 or not 1 <= scale[0] <= scale[1]:
+            raise UsageError(
+                f"--scale {options.scale!r} is not MIN:MAX",
+                hint="e.g. --scale 1:4 (workers: GPUs, or processes on the CPU)",
+            )
+    elif spec.carbon.allow_rescale and spec.job.min_processes and spec.job.max_processes:
+        scale = [spec.job.min_processes, spec.job.max_processes]
+    if scale is not None and options.kind != "train":
+        raise UsageError("--scale applies to training only", hint="drop --scale")
+    if not (migrate or options.interruptible or scale):
+        return None
+    between = parse_duration(spec.carbon.min_time_between_moves or "6h")
+    return {
+        "migrate": migrate,
+        "interruptible": options.interruptible,
+        "scale": scale,
+        "min_saving": spec.carbon.min_saving_percent / 100,
+        "min_hours_between_moves": between.total_seconds() / 3600,
+    }
 
 
 def fix_deadline(request: Request, now: datetime) -> None:
     """Turn the deadline (a duration from now or a timestamp) into a time, and check the job
     can finish by it."""
-    if not request.defer:
+    if not request.defer and request.shift is None:
         return
     request.deadline = parse_deadline(request.deadline_text, now)
     planner.check_feasible(now, request.duration, request.deadline)
@@ -341,7 +389,7 @@ def prepare(options: RunOptions) -> Prepared:
     from harchos_cli.jobs.clock import RealClock
 
     request = resolve(options)
-    needs_forecast = request.defer or request.hub == AUTO
+    needs_forecast = request.defer or request.hub == AUTO or request.shift is not None
     forecaster = Forecaster(request.provider, request.project) if needs_forecast else None
     clock = start_clock(options.at, options.speedup, forecaster)
     now = clock.origin if isinstance(clock, SimulatedClock) else clock.now()

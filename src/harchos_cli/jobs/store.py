@@ -190,6 +190,9 @@ class JobStore:
 
     def get(self, job_id: str) -> Job:
         """The job with this id, or a unique id prefix; `UsageError` (exit 2) otherwise."""
+        if not job_id.strip():
+            # An empty prefix would match every job (an unset $JOB_ID must not pick one).
+            raise UsageError("no job id given", hint="list jobs with: harchos jobs list")
         row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             rows = self.db.execute(

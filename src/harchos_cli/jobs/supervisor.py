@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from harchos_cli.errors import HarchosError, HubError
 from harchos_cli.hubs.base import LOCAL, Hub, HubUnreachableError, LaunchSpec
-from harchos_cli.jobs import launchers
+from harchos_cli.jobs import autoshift, launchers
 from harchos_cli.jobs.clock import from_json
 from harchos_cli.jobs.liveness import (
     AlreadySupervisedError,
@@ -163,6 +163,8 @@ class Supervisor:
         while True:
             job = self.store.get(self.job_id)
             stage = stages.get(job.state)
+            if job.state == "paused" and job.request.get("resume_at"):
+                stage = self._wait_resume  # paused by the policy, until greener hours
             if stage is None:
                 return job
             try:
@@ -201,6 +203,7 @@ class Supervisor:
         """A new attempt of a stopped job (paused at a checkpoint, or failed on a move's target):
         `running|syncing → syncing` on `hub`, where it resumes from the run's checkpoints."""
         updated = {k: v for k, v in job.request.items() if k not in ("launch", "migrated_from")}
+        updated = autoshift.stopped(updated, from_json(job.request.get("clock")).now())
         updated.update({k: v for k, v in request.items() if v is not None})
         if self.store.advance(
             job.id, ["running", "syncing"], "syncing", hub=hub, attempt=job.attempt + 1,
@@ -431,6 +434,8 @@ class Supervisor:
         _truncate_log(job.id, job.local_log_size)
         offset = job.log_offset
         launched = job.launched
+        clock = from_json(job.request.get("clock"))
+        considered = floor_hour(clock.now())  # the policy looks again each new hour
         signalled: str | None = None  # the stop (cancel, pause, ...) already signalled
         signalled_at = 0.0
         killed = False
@@ -446,7 +451,13 @@ class Supervisor:
                 if not launched:
                     remote_jobs.launch(spec)
                     launched = True
-                    self.store.update(job.id, launched=True, started_at=iso(utcnow()))
+                    request = autoshift.started(
+                        self.store.get(job.id).request, clock.now(),
+                        autoshift.current_workers(job),
+                    )  # fmt: skip
+                    self.store.update(
+                        job.id, launched=True, started_at=iso(utcnow()), request=request
+                    )
                     self.store.decide(
                         job.id, "start" if job.attempt <= 1 else "resume", hub.name,
                         f"launched attempt {job.attempt} on hub {hub.name}",
@@ -474,6 +485,9 @@ class Supervisor:
                         hub_failed=True,
                     )  # fmt: skip
                     return
+                if not stop and launched and floor_hour(clock.now()) > considered:
+                    considered = floor_hour(clock.now())
+                    stop = autoshift.consider(self.store, self.store.get(job.id), clock)
                 if stop and stop != signalled:
                     # Cancel asks the workload to save and exit (SIGTERM); pause, move and
                     # rescale ask for the same with SIGUSR1. Either reaches every worker.
@@ -524,11 +538,31 @@ class Supervisor:
     def _pause(self, job: Job, message: str, expected: list[str]) -> None:
         # Paused on a move's target: the move is confirmed, the target made progress.
         request = {k: v for k, v in job.request.items() if k != "migrated_from"}
+        request = autoshift.stopped(request, from_json(job.request.get("clock")).now())
         if self.store.advance(
             job.id, expected, "paused", intent=None, message=message, request=request
         ):
             self.store.decide(job.id, "pause", job.hub, message)
             self.reporter.stage(job, "paused", message)
+
+    def _wait_resume(self, job: Job) -> None:
+        """A job the policy paused: launch it again at the planned hour (or when asked)."""
+        from harchos_cli.jobs.control import continue_job
+
+        clock = from_json(job.request.get("clock"))
+        resume_at = parse_instant(job.request["resume_at"])
+        while True:
+            current = self.store.get(job.id)
+            if current.state != "paused" or not current.request.get("resume_at"):
+                return
+            now = clock.now()
+            if now >= resume_at:
+                continue_job(self.store, current, reason=f"greener hours: resuming at {iso(now)}",
+                             wake=False)  # fmt: skip
+                return
+            self.reporter.waiting(current, now, resume_at)
+            wait = clock.real_seconds((resume_at - now).total_seconds())
+            self.sleep(min(TICK_S, max(wait, 0.0)))
 
     def _drain(
         self, job_id: str, hub_id: str, remote_jobs: Any, peek: _LocalPeek | None, offset: int
@@ -568,12 +602,14 @@ class Supervisor:
                     f"restarting from the checkpoint on {workers} worker(s)", workers=workers,
                 )  # fmt: skip
                 return
-            asked = "on request" if intent == "pause" else "without being asked (exit 85)"
             self.store.update(job.id, exit_code=exit_code)
-            self._pause(
-                current, f"paused {asked} at a checkpoint: `harchos jobs resume {job.id}` goes on",
-                ["running"],
-            )  # fmt: skip
+            resume_at = current.request.get("resume_at")
+            if intent == "pause" and resume_at:
+                message = f"paused at a checkpoint for greener hours; resumes at {resume_at}"
+            else:
+                asked = "on request" if intent == "pause" else "without being asked (exit 85)"
+                message = f"paused {asked} at a checkpoint: `harchos jobs resume {job.id}` goes on"
+            self._pause(current, message, ["running"])
             return
         if current.request.get("migrated_from"):
             self._fail(current, f"exited with code {exit_code} on hub {current.hub}")
