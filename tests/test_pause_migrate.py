@@ -8,6 +8,7 @@ interruption: same seed, same settings, final weights bit for bit.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -92,6 +93,10 @@ def start(capsys: pytest.CaptureFixture[str], *hub: str) -> str:
 
 def settled(job_id: str, done: Callable[[Job], bool] = lambda j: j.state not in ACTIVE) -> Job:
     return wait_until(lambda: job(job_id) if done(job(job_id)) else None, timeout=180)  # type: ignore[no-any-return]
+
+
+def attempt_at_least(attempt: int, current: Job) -> bool:
+    return current.attempt >= attempt
 
 
 def actions(capsys: pytest.CaptureFixture[str], job_id: str) -> list[dict[str, Any]]:
@@ -242,3 +247,46 @@ def test_a_move_whose_target_fails_goes_on_from_the_source(
     failed = [d for d in actions(capsys, second) if d["action"] == "migrate-failed"]
     assert len(failed) == 1
     assert "h2" in failed[0]["reason"]
+
+
+def test_rescale_two_one_two_processes_matches_an_uninterrupted_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Without dropout: the RNG streams cannot follow a change of world size (docs/shifting.md).
+    no_dropout = ["--set", "model_args={ hidden = 64, dropout = 0.0 }"]
+    root = project(capsys, tmp_path / "straight", processes=2)
+    os.chdir(root)
+    straight = harchos(capsys, "run", "train", "--json", *SETTINGS, *no_dropout)
+    assert straight.code == 0, straight.err
+    expected = root / "outputs" / "model.pt"
+
+    os.chdir(project(capsys, tmp_path / "rescaled", processes=2))
+    started = harchos(capsys, "run", "train", "--detach", "--json", *SETTINGS, *no_dropout)
+    assert started.code == 0, started.err
+    job_id = str(started.json()["job_id"])
+
+    def training(attempt: int, ready: int) -> bool:
+        """The attempt runs: all `ready` workers so far said so, and it logged a step since."""
+        log = log_path(job_id).read_bytes() if log_path(job_id).is_file() else b""
+        tail = log.rsplit(b" ready: ", 1)[-1]
+        return (
+            job(job_id).attempt == attempt
+            and log.count(b" ready: ") == ready
+            and (b"step " in tail)
+        )
+
+    for attempt, processes, ready in ((2, 1, 2), (3, 2, 3)):
+        wait_until(functools.partial(training, attempt - 1, ready))
+        scaled = harchos(capsys, "jobs", "scale", job_id, "--processes", str(processes))
+        assert scaled.code == 0, scaled.err
+        settled(job_id, functools.partial(attempt_at_least, attempt))
+    final = settled(job_id)
+    assert (final.state, final.attempt) == ("done", 3), final.message
+    log = log_path(job_id).read_text()
+    assert log.count("resuming on 1 processes") == 1
+    assert log.count("resuming on 2 processes") == 1
+    left, right = torch.load(expected), torch.load(Path("outputs/model.pt"))
+    assert max(float((left[k] - right[k]).abs().max()) for k in left) <= 1e-4
+    assert [d["action"] for d in actions(capsys, job_id) if d["action"] == "rescale"] == [
+        "rescale", "rescale",
+    ]  # fmt: skip

@@ -34,6 +34,8 @@ signal.signal(signal.SIGUSR1, lambda *_: stop.append(1))
 signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 folder = os.path.join(os.environ["HARCHOS_CONTROL_DIR"], "workers")
 register = sys.argv[1] == "register"
+if sys.argv[2] == "late":
+    time.sleep(1.0)  # still starting up (imports, model) when the pause comes
 if register:
     open(os.path.join(folder, str(os.getpid())), "w").close()
 print("ready", os.getpid(), flush=True)
@@ -116,6 +118,11 @@ def test_unregistered_workers_get_it_through_their_own_groups(
     jobs: HubJobs, tmp_path: Path
 ) -> None:
     pids = launch(jobs, "silent", tmp_path, "silent", "silent")
+    # Within its first two minutes a pause waits for workers to register; past that (aged here
+    # through the pid file's time), it goes to the process groups under the launcher.
+    assert not jobs.signal("silent", signal.SIGUSR1)
+    pid_file = Path(jobs.job_dir("silent"), "pid")
+    os.utime(pid_file, (time.time() - 300, time.time() - 300))
     assert jobs.signal("silent", signal.SIGUSR1)
     status = wait_exited(jobs, "silent")
     # The launcher was spared (no death by SIGUSR1, 138) and reported its workers' failure;
@@ -145,3 +152,20 @@ def test_sigkill_reaches_every_group_of_the_tree(jobs: HubJobs, tmp_path: Path) 
     wait_exited(jobs, "kill")
     assert not any(alive(pid) for pid in pids)
     wait_log(jobs, "kill", b"launcher")
+
+
+def test_a_pause_before_the_workers_registered_waits_for_them(
+    jobs: HubJobs, tmp_path: Path
+) -> None:
+    argv = [sys.executable, "-c", LAUNCHER, WORKER, "late"]
+    jobs.launch(LaunchSpec("early", argv, cwd=str(tmp_path)))
+    wait_log(jobs, "early", b"launcher")
+    # Sent now it would kill the launcher (138) and orphan the worker: it is held instead.
+    assert not jobs.signal("early", signal.SIGUSR1)
+    assert jobs.status("early").state == "running"
+    registered = Path(jobs.job_dir("early"), "control", "workers")
+    deadline = time.monotonic() + 30
+    while not any(registered.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert jobs.signal("early", signal.SIGUSR1)
+    assert wait_exited(jobs, "early").exit_code == 85

@@ -23,7 +23,8 @@ Commands (each prints one JSON object on stdout unless noted):
     status ROOT JOB_ID             print its status
     log ROOT JOB_ID OFFSET LIMIT   write up to LIMIT raw log bytes from OFFSET (no JSON)
     signal ROOT JOB_ID SIGNUM      deliver SIGNUM to the workload's workers (see `_targets`);
-                                   print {"sent": bool, "to": "workers"|"groups"}
+                                   print {"sent": bool, "to": "workers"|"groups"|"pending"}
+                                   (pending: a SIGUSR1 waits for the workers to register)
     digest DIR                     print {relative path: sha256} of every file under DIR
     info WORKDIR                   print Python version, GPUs and free disk
     monitor JOB_DIR                (internal) run the workload and record its exit code
@@ -50,6 +51,9 @@ _ABANDONED_S = 30.0  # a job directory whose monitor never started within this i
 _PAUSED_EXIT_CODE = 85
 _LEFTOVER_GRACE_S = 20.0  # workers still alive after their launcher exited get this to save
 _PR_SET_CHILD_SUBREAPER = 36
+# A pause (SIGUSR1) sent before the workers registered would kill a launcher that forwards
+# nothing; it waits this long after the start for them, then goes to the process groups.
+_REGISTER_GRACE_S = 120.0
 
 
 def _fail(message: str) -> None:
@@ -385,6 +389,9 @@ def _signal(root: str, job_id: str, signum: str) -> None:
         _print({"sent": False, "to": None})
         return
     number = int(signum)
+    if number == signal.SIGUSR1 and not _workers(job_dir) and _age(job_dir) < _REGISTER_GRACE_S:
+        _print({"sent": False, "to": "pending"})  # ask again once the workers registered
+        return
     workers, groups = _targets(job_dir, pid, number)
     sent = False
     for worker in workers:
@@ -396,6 +403,14 @@ def _signal(root: str, job_id: str, signum: str) -> None:
             os.killpg(group, number)
             sent = True
     _print({"sent": sent, "to": "workers" if workers and not groups else "groups"})
+
+
+def _age(job_dir: str) -> float:
+    """Seconds since the workload started (its pid file was written)."""
+    try:
+        return time.time() - os.path.getmtime(os.path.join(job_dir, "pid"))
+    except OSError:
+        return 0.0
 
 
 def _targets(job_dir: str, pid: int, signum: int) -> tuple[list[int], list[int]]:

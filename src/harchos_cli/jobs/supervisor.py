@@ -492,7 +492,11 @@ class Supervisor:
                     # Cancel asks the workload to save and exit (SIGTERM); pause, move and
                     # rescale ask for the same with SIGUSR1. Either reaches every worker.
                     signum = signal.SIGTERM if stop == "cancel" else signal.SIGUSR1
-                    remote_jobs.signal(hub_id, signum)
+                    if not remote_jobs.signal(hub_id, signum):
+                        # Not yet delivered (the workers have not registered, or it just
+                        # exited): asked again at the next poll.
+                        self.sleep(POLL_S if peek is not None else REMOTE_POLL_S)
+                        continue
                     signalled, signalled_at = stop, time.monotonic()
                     self.reporter.notice(
                         f"{stop.partition(':')[0]} requested: {signal.Signals(signum).name} sent "
