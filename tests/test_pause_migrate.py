@@ -80,7 +80,9 @@ def straight_run(capsys: pytest.CaptureFixture[str], where: Path, processes: int
 
 def same_weights(a: Path, b: Path) -> bool:
     left, right = torch.load(a), torch.load(b)
-    return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
+    return bool(left.keys() == right.keys()) and all(
+        bool(torch.equal(left[k], right[k])) for k in left
+    )
 
 
 def start(capsys: pytest.CaptureFixture[str], *hub: str) -> str:
