@@ -180,7 +180,7 @@ def _ask(job_id: str, json_output: bool, act: Callable[[JobStore, str], Job], do
 
     store = _store()
     try:
-        job = act(store, store.get(job_id).id)
+        job = act(store, job_id)
     finally:
         store.close()
     if json_output:

@@ -256,7 +256,7 @@ def _monitor(job_dir: str) -> None:
             break
         except InterruptedError:
             continue
-    _stop_leftovers(process.pid)
+    _stop_leftovers()
     log.close()
     code = 128 - code if code < 0 else code
     recorded = _outcome(job_dir, code)
@@ -332,10 +332,9 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _stop_leftovers(workload_pid: int) -> None:
+def _stop_leftovers() -> None:
     """Stop what the workload left running (orphaned workers now re-parented here): SIGTERM,
     which the training contract answers by saving and exiting, then SIGKILL after a grace."""
-    del workload_pid
     me = os.getpid()
     leftovers = _descendants(me)
     if not leftovers:

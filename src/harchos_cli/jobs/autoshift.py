@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harchos_cli.errors import HarchosError
 from harchos_cli.jobs.clock import Clock
 from harchos_cli.jobs.store import Job, JobStore
 from harchos_cli.plan.shifting import ShiftPolicy, plan_step
 from harchos_cli.timeparse import floor_hour, iso, parse_instant
+
+if TYPE_CHECKING:
+    from harchos_cli.jobs.request import Request
 
 HOUR = timedelta(hours=1)
 
@@ -38,29 +41,28 @@ def policy_of(request: dict[str, Any]) -> ShiftPolicy | None:
     )
 
 
-def base_workers(job: Job) -> int:
-    """Workers the job was submitted with (GPUs, else CPU processes; 1 for a batch job)."""
-    if job.kind != "train":
+def workers_of(request: Request, rescaled: Any = None) -> int:
+    """Workers an attempt runs on: a rescale's count, else the project's GPUs (or CPU
+    processes); 1 for a batch job."""
+    if rescaled:
+        return int(rescaled)
+    if request.kind != "train":
         return 1
-    from pathlib import Path
-
-    from harchos_cli.jobs.spec import load_project
-
-    spec = load_project(Path(job.project_dir), required=False).spec.job
+    spec = request.project.spec.job
     return spec.gpus or spec.processes
 
 
-def current_workers(job: Job) -> int:
-    return int(job.request.get("workers") or base_workers(job))
-
-
 def started(request: dict[str, Any], now: datetime, workers: int) -> dict[str, Any]:
-    """The request with this attempt's start recorded."""
+    """The request with this attempt's start recorded (only a job with a policy counts work)."""
+    if not request.get("shift"):
+        return request
     return {**request, "attempt_started": iso(now), "attempt_workers": workers}
 
 
 def stopped(request: dict[str, Any], now: datetime) -> dict[str, Any]:
     """The request with the ending attempt's work added to what is done."""
+    if not request.get("shift"):
+        return request
     done = float(request.get("done_worker_hours") or 0.0)
     if request.get("attempt_started"):
         ran = (now - parse_instant(request["attempt_started"])) / HOUR
@@ -99,8 +101,9 @@ def consider(store: JobStore, job: Job, clock: Clock) -> str | None:
     }
     if job.hub not in outlooks:
         return None
-    workers = current_workers(job)
-    total = request.duration / HOUR * base_workers(job)
+    hours_left = max(0, int((request.deadline - now) // HOUR))
+    workers = workers_of(request, job.request.get("workers"))
+    total = request.duration / HOUR * workers_of(request)
     done = float(stopped(job.request, now).get("done_worker_hours") or 0.0)
     if done >= total:
         return None  # it outran its expected duration: nothing left to plan with, let it finish

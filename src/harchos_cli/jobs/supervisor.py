@@ -199,15 +199,19 @@ class Supervisor:
         ):
             self.reporter.stage(job, "cancelled", message)
 
-    def _relaunch(self, job: Job, hub: str, action: str, reason: str, **request: Any) -> None:
+    def _relaunch(
+        self, job: Job, hub: str, action: str, reason: str, *, intent: str | None = None,
+        **request: Any,
+    ) -> None:  # fmt: skip
         """A new attempt of a stopped job (paused at a checkpoint, or failed on a move's target):
-        `running|syncing → syncing` on `hub`, where it resumes from the run's checkpoints."""
+        `running|syncing → syncing` on `hub`, where it resumes from the run's checkpoints;
+        `intent` is what `_sync` still has to do first (a move)."""
         updated = {k: v for k, v in job.request.items() if k not in ("launch", "migrated_from")}
         updated = autoshift.stopped(updated, from_json(job.request.get("clock")).now())
         updated.update({k: v for k, v in request.items() if v is not None})
         if self.store.advance(
             job.id, ["running", "syncing"], "syncing", hub=hub, attempt=job.attempt + 1,
-            launched=False, log_offset=0, exit_code=None, intent=None, request=updated,
+            launched=False, log_offset=0, exit_code=None, intent=intent, request=updated,
             message=None, gpu_ids=None,
         ):  # fmt: skip
             self.store.decide(job.id, action, hub, reason, attempt=job.attempt + 1)
@@ -331,6 +335,7 @@ class Supervisor:
             "argv": list(spec.argv), "cwd": spec.cwd, "env": dict(spec.env),
             "hub": inventory.as_json(hub), "hub_job_id": spec.job_id,
             "pause_exit_code": project.spec.job.pause_exit_code,
+            "workers": autoshift.workers_of(request, job.request.get("workers")),
         }  # fmt: skip
         if self.store.advance(
             job.id, ["syncing"], "running", remote_dir=remote,
@@ -451,10 +456,10 @@ class Supervisor:
                 if not launched:
                     remote_jobs.launch(spec)
                     launched = True
+                    # The policy counts work from each attempt's start (its clock, its size).
                     request = autoshift.started(
-                        self.store.get(job.id).request, clock.now(),
-                        autoshift.current_workers(job),
-                    )  # fmt: skip
+                        self.store.get(job.id).request, clock.now(), int(saved.get("workers") or 1)
+                    )
                     self.store.update(
                         job.id, launched=True, started_at=iso(utcnow()), request=request
                     )
@@ -534,18 +539,21 @@ class Supervisor:
         if stop == "cancel":
             self._cancel(job, NOTHING_RAN if job.attempt <= 1 else "cancelled while it resumed")
         elif stop.startswith("migrate:"):
-            self._relaunch(job, job.hub or LOCAL, "migrate", f"moving to hub {stop[8:]}")
-            self.store.update(job.id, intent=stop)
+            self._relaunch(job, job.hub or LOCAL, "migrate", f"moving to hub {stop[8:]}",
+                           intent=stop)  # fmt: skip
         else:
             self._pause(job, "paused before the attempt launched", ["syncing", "running"])
 
-    def _pause(self, job: Job, message: str, expected: list[str]) -> None:
+    def _pause(
+        self, job: Job, message: str, expected: list[str], exit_code: int | None = None
+    ) -> None:
         # Paused on a move's target: the move is confirmed, the target made progress.
         request = {k: v for k, v in job.request.items() if k != "migrated_from"}
         request = autoshift.stopped(request, from_json(job.request.get("clock")).now())
         if self.store.advance(
-            job.id, expected, "paused", intent=None, message=message, request=request
-        ):
+            job.id, expected, "paused", intent=None, message=message, request=request,
+            exit_code=exit_code,
+        ):  # fmt: skip
             self.store.decide(job.id, "pause", job.hub, message)
             self.reporter.stage(job, "paused", message)
 
@@ -596,8 +604,8 @@ class Supervisor:
             if intent.startswith("migrate:"):
                 # Paused at a checkpoint; `_sync` copies it to the target and launches there.
                 self._relaunch(current, current.hub or LOCAL, "paused",
-                               f"saved a checkpoint to move to hub {intent[8:]}")  # fmt: skip
-                self.store.update(job.id, intent=intent)
+                               f"saved a checkpoint to move to hub {intent[8:]}",
+                               intent=intent)  # fmt: skip
                 return
             if intent.startswith("scale:"):
                 workers = int(intent[6:])
@@ -606,14 +614,17 @@ class Supervisor:
                     f"restarting from the checkpoint on {workers} worker(s)", workers=workers,
                 )  # fmt: skip
                 return
-            self.store.update(job.id, exit_code=exit_code)
             resume_at = current.request.get("resume_at")
             if intent == "pause" and resume_at:
                 message = f"paused at a checkpoint for greener hours; resumes at {resume_at}"
             else:
-                asked = "on request" if intent == "pause" else "without being asked (exit 85)"
+                asked = (
+                    "on request"
+                    if intent == "pause"
+                    else f"without being asked (exit {pause_code})"
+                )
                 message = f"paused {asked} at a checkpoint: `harchos jobs resume {job.id}` goes on"
-            self._pause(current, message, ["running"])
+            self._pause(current, message, ["running"], exit_code=exit_code)
             return
         if current.request.get("migrated_from"):
             self._fail(current, f"exited with code {exit_code} on hub {current.hub}")

@@ -153,9 +153,7 @@ def plan_step(
                                "stay_emissions": _round(stay)}  # fmt: skip
     movable = policy.migrate and math.isfinite(stay)  # behind schedule: no time to move
     if movable and hours_since_move >= policy.min_hours_between_moves:
-        here = float(np.asarray(outlooks[hub][:1], dtype=np.float64).mean() if len(outlooks[hub])
-                     else 0.0) * pue.get(hub, 1.0)  # fmt: skip
-        overhead = policy.move_hours * workers * here
+        overhead = policy.move_hours * workers * float(stay_values[0])
         best_name, best_cost = hub, math.inf
         for name in sorted(outlooks):
             if name == hub:
