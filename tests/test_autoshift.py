@@ -4,10 +4,15 @@ hours and resumes when the forecast said, on a replayed real trace and a fast cl
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from clirunner import harchos
+from sshd import Sshd, client_key_fixture, sshd_factory_fixture
+from test_pause_migrate import add_hub, on_hub
+
+__all__ = ["client_key_fixture", "sshd_factory_fixture"]
 
 WORK = """
 import json, os, pathlib, signal, sys, time
@@ -60,3 +65,80 @@ def test_an_interruptible_job_pauses_for_greener_hours_and_finishes_by_its_deadl
     assert pause["resume_at"].startswith("2022-03-01T1")  # the green hours, 10:00 or later
     assert "greener hours" in pause["reason"]
     assert "resume" in actions[3:]
+
+
+MOVING_WORK = """
+import json, os, pathlib, signal, sys, time
+stop = []
+signal.signal(signal.SIGUSR1, lambda *_: stop.append(1))
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+workers = pathlib.Path(os.environ["HARCHOS_CONTROL_DIR"]) / "workers"
+workers.mkdir(parents=True, exist_ok=True)
+(workers / str(os.getpid())).touch()
+progress = pathlib.Path(os.environ["HARCHOS_CHECKPOINT_DIR"]) / "step"
+progress.parent.mkdir(parents=True, exist_ok=True)
+step = int(progress.read_text()) if progress.exists() else 0
+while step < 150:
+    if stop:
+        (workers / f"{os.getpid()}.paused").write_text(json.dumps({"step": step}))
+        sys.exit(85)
+    time.sleep(0.1)
+    step += 1
+    with open("steps.log", "a") as log:
+        log.write(f"{os.environ['HARCHOS_HUB']} {step}\\n")
+    progress.write_text(str(step))
+"""
+
+
+def test_a_job_allowed_to_move_moves_itself_to_the_greener_hub_and_no_step_is_lost(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    traces: Path,
+    sshd_factory: Callable[[str], Sshd],
+) -> None:
+    """Each hub on its own replayed grid: Germany (about 540 g at 03:00 on 2022-03-01) and
+    France (about 100 g). The supervisor moves the job at its first hourly look."""
+    h1, h2 = sshd_factory("h1"), sshd_factory("h2")
+    (tmp_path / "work.py").write_text(MOVING_WORK)
+    (tmp_path / "harchos.toml").write_text(
+        '[job]\nkind = "batch"\ncommand = "python3 work.py"\n\n'
+        '[carbon]\nhubs = ["h1", "h2"]\ntidy_source = "delete"\n'
+    )
+    add_hub(capsys, h1, "DE")
+    add_hub(capsys, h2, "FR")
+    os.chdir(tmp_path)
+    eco4cast = traces / "eco4cast"
+    replay = f"replay:{eco4cast / 'DE_2022_hourly.csv'},{eco4cast / 'FR_2022_hourly.csv'}"
+    # At 720× a clock hour is 5 s: the 150 steps (15 s) are the job's 3 hours.
+    result = harchos(
+        capsys, "run", "batch", "--hub", "h1", "--migrate", "auto", "--duration", "3h",
+        "--deadline", "24h", "--provider", replay, "--at", "2022-03-01T03:00:00Z",
+        "--speedup", "720", "--json",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    data = result.json()
+    assert (data["state"], data["hub"]) == ("done", "h2"), data["message"]
+    shown = harchos(capsys, "jobs", "show", data["job_id"], "--json").json()
+    decisions = {d["action"]: d for d in shown["decisions"]}
+    auto = decisions["auto-migrate"]
+    assert (auto["source"], auto["hub"]) == ("h1", "h2")
+    assert auto["move_emissions"] < auto["stay_emissions"]
+    assert decisions["migrate"]["hub"] == "h2"
+    assert [d["action"] for d in shown["decisions"]].count("migrate") == 1  # no flapping
+    # Every step ran once: the first ones on h1, the rest on h2 from the copied progress.
+    ran = [
+        line.split()
+        for server in (h1, h2)
+        for line in on_hub(server, tmp_path, "steps.log").read_text().splitlines()
+    ]
+    assert [int(step) for _, step in ran] == list(range(1, 151))
+    hubs = [hub for hub, _ in ran]
+    assert hubs == sorted(hubs)
+    assert hubs[0] == "h1"
+    assert hubs[-1] == "h2"
+    # Done on h2, so the run's checkpoints on h1 were deleted (tidy_source = "delete").
+    checkpoints = on_hub(h1, tmp_path, "checkpoints", data["job_id"])
+    assert not checkpoints.exists()
+    assert on_hub(h2, tmp_path, "checkpoints", data["job_id"], "step").read_text() == "150"
+    assert decisions["tidy"]["hub"] == "h1"
+    assert str(checkpoints) in decisions["tidy"]["reason"]

@@ -49,6 +49,8 @@ def test_two_one_gpu_jobs_on_a_one_gpu_hub_run_one_after_the_other(
     queue = [d for d in shown["decisions"] if d["action"] == "queue"]
     assert len(queue) == 1
     assert queue[0]["gpus"] == 1
+    held = harchos(capsys, "jobs", "show", first, "--json").json()["gpu_ids"]
+    assert held == {"local": [0]}
 
     (tmp_path / f"gate-{first}").touch()
     wait_until(lambda: logged(second, b"cuda 0\n"))

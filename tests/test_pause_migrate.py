@@ -8,8 +8,11 @@ interruption: same seed, same settings, final weights bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from test_remote_jobs import alive
 from test_run_local import new_project
 
 from harchos_cli.hubs import inventory, jobs_for, remote_project_dir
-from harchos_cli.jobs.store import ACTIVE, Job, log_path
+from harchos_cli.jobs.store import ACTIVE, Job, job_dir, log_path
 
 __all__ = ["client_key_fixture", "sshd_factory_fixture"]
 
@@ -292,3 +295,66 @@ def test_rescale_two_one_two_processes_matches_an_uninterrupted_run(
     assert [d["action"] for d in actions(capsys, job_id) if d["action"] == "rescale"] == [
         "rescale", "rescale",
     ]  # fmt: skip
+
+
+def kill_copies(staging: Path) -> int:
+    """SIGKILL every rsync on this machine copying into or out of `staging`; how many."""
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            argv
+            and Path(argv[0].decode(errors="replace")).name == "rsync"
+            and any(str(staging).encode() in arg for arg in argv)
+        ):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed += 1
+    return killed
+
+
+def test_a_copy_killed_mid_transfer_leaves_the_job_going_on_from_its_source(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, sshd_factory: Callable[[str], Sshd]
+) -> None:
+    expected = straight_run(capsys, tmp_path / "straight", processes=1)
+    h1, h2 = sshd_factory("h1"), sshd_factory("h2")
+    root = project(capsys, tmp_path / "killed", processes=1)
+    add_hub(capsys, h1, "DE")
+    add_hub(capsys, h2, "FR")
+    os.chdir(root)
+    job_id = start(capsys, "--hub", "h1")
+    # Ballast in the run's checkpoint folder makes the copy last long enough to be killed.
+    ballast = on_hub(h1, root, "checkpoints", job_id, "ballast.bin")
+    ballast.parent.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(1 << 20)
+    with ballast.open("wb") as handle:
+        for _ in range(128):
+            handle.write(block)
+
+    assert harchos(capsys, "jobs", "migrate", job_id, "--to", "h2").code == 0
+    staging = job_dir(job_id) / "transfer"
+    killed = 0
+    # Every copy is killed (retries too) until the supervisor gives the move up.
+    while job(job_id).state in ("running", "syncing") and job(job_id).hub == "h1":
+        killed += kill_copies(staging)
+        if any(d["action"] == "migrate-failed" for d in actions(capsys, job_id)):
+            break
+        time.sleep(0.02)
+    assert killed >= 1
+    final = settled(job_id)
+    assert (final.state, final.hub) == ("done", "h1"), final.message
+    failed = [d for d in actions(capsys, job_id) if d["action"] == "migrate-failed"]
+    assert len(failed) == 1
+    assert "going on on hub h1" in failed[0]["reason"]
+    # Nothing was lost: the source's checkpoints are whole, the result is the uninterrupted one,
+    # and hub h2 never ran the job (store and hubs agree).
+    assert list(on_hub(h1, root, "checkpoints", job_id).glob("step_*"))
+    assert ballast.stat().st_size == 128 << 20
+    assert same_weights(expected, on_hub(h1, root, "outputs", "model.pt"))
+    assert not on_hub(h2, root, "outputs", "model.pt").exists()
+    assert not list((h2.root / ".harchos" / "jobs").glob(f"{job_id}*"))

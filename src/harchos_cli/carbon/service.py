@@ -43,7 +43,11 @@ class ForecastService:
                 f"unknown provider {spec!r}", hint=f"choose one of: {', '.join(PROVIDER_CHOICES)}"
             )
         self._name = name
-        self._replay = ReplayProvider(parse_replay_spec(spec)) if name == "replay" else None
+        # One trace per zone; a region no trace is for gets the first one (with a warning).
+        self._replays = (
+            [ReplayProvider(path) for path in parse_replay_spec(spec)] if name == "replay" else []
+        )
+        self._replay = self._replays[0] if self._replays else None
         self._live: dict[str, LiveProvider] = {}
 
     @classmethod
@@ -57,12 +61,18 @@ class ForecastService:
         project = config.project_file
         if spec.startswith("replay:") and config.origin("provider") == "project" and project:
             # A trace named in a project's harchos.toml is relative to that project, not to cwd.
-            spec = f"replay:{project.parent / Path(spec.removeprefix('replay:'))}"
+            paths = spec.removeprefix("replay:").split(",")
+            spec = "replay:" + ",".join(str(project.parent / Path(p)) for p in paths if p)
         return cls(config, cache, spec)
 
     @property
     def replay(self) -> ReplayProvider | None:
+        """The (first) replayed trace: its time is the clock's, its zone the default region."""
         return self._replay
+
+    def _replay_for(self, region: Region) -> ReplayProvider:
+        assert self._replay is not None
+        return next((r for r in self._replays if r.trace.zone == region.zone), self._replay)
 
     def default_now(self, wall_clock: datetime) -> datetime:
         """ "Now" for this provider: the wall clock, or 14 days into a replayed trace."""
@@ -70,11 +80,12 @@ class ForecastService:
 
     def forecast(self, region: Region, now: datetime, hours: int) -> Forecast:
         if self._replay is not None:
-            history, points, source = self._replay.window(now, hours)
+            replay = self._replay_for(region)
+            history, points, source = replay.window(now, hours)
             forecast = Forecast(region, points, source, history, history_source="replay")
-            if self._replay.trace.zone and self._replay.trace.zone != region.zone:
+            if replay.trace.zone and replay.trace.zone != region.zone:
                 forecast.warnings.append(
-                    f"the replayed trace is for {self._replay.trace.zone}, not {region.zone}"
+                    f"the replayed trace is for {replay.trace.zone}, not {region.zone}"
                 )
             return forecast
         if self._name == "embedded":

@@ -95,6 +95,20 @@ def train(
         metavar="MIN:MAX",
         help="Run on MAX workers while green, down to MIN while dirty (GPUs, or CPU processes).",
     ),
+    hubs: str = typer.Option(
+        None,
+        "--hubs",
+        metavar="A,B,...",
+        help="Multi-node: one machine on each hub, in rank order (the first is the main node).",
+    ),
+    nodes: int = typer.Option(
+        None, "--nodes", help="How many machines (the number of hubs in --hubs).", min=1
+    ),
+    main_address: str = typer.Option(
+        None,
+        "--main-address",
+        help="Where the other machines reach the main node (default: its SSH host).",
+    ),
     dry_run: bool = _DRY_RUN,
     json_output: bool = _JSON,
 ) -> None:
@@ -107,6 +121,7 @@ def train(
     options = RunOptions(
         "train", list(args or []), hub, defer, duration, deadline, threshold, provider, at,
         speedup, detach, fresh=fresh, migrate=migrate, interruptible=interruptible, scale=scale,
+        hubs=hubs, nodes=nodes, main_address=main_address,
     )  # fmt: skip
     raise typer.Exit(_run(options, dry_run=dry_run, json_output=json_output))
 
@@ -301,6 +316,8 @@ def _print_dry_run(plan: dict[str, Any]) -> None:
         typer.echo(f"  setup  {render(plan['setup']['command'])}")
     launch = plan["launch"]
     typer.echo(f"  launch {render(launch['argv'], launch['env'], launch['cwd'])}")
+    for rank, node in enumerate(plan.get("nodes") or [], start=1):
+        typer.echo(f"  machine {rank} on hub {node['hub']}: {node['command_line']}")
 
 
 class ConsoleReporter:

@@ -26,6 +26,8 @@ Commands (each prints one JSON object on stdout unless noted):
                                    print {"sent": bool, "to": "workers"|"groups"|"pending"}
                                    (pending: a SIGUSR1 waits for the workers to register)
     digest DIR                     print {relative path: sha256} of every file under DIR
+    port                           print {"port": N}, a TCP port free on the hub now (for the
+                                   main node of a multi-node launch to listen on)
     info WORKDIR                   print Python version, GPUs and free disk
     monitor JOB_DIR                (internal) run the workload and record its exit code
 """
@@ -458,6 +460,15 @@ def _digest(folder: str) -> None:
     _print(sums)
 
 
+def _port() -> None:
+    import socket
+
+    # Bound on every interface, as torch's rendezvous store will bind it.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        _print({"port": sock.getsockname()[1]})
+
+
 def _gpus() -> list[dict[str, object]]:
     smi = shutil.which("nvidia-smi")
     if smi is None:
@@ -519,10 +530,11 @@ def main(argv: list[str], source: str = "") -> None:
         "signal": (_signal, 3),
         "info": (_info, 1),
         "digest": (_digest, 1),
+        "port": (_port, 0),
         "monitor": (_monitor, 1),
     }
     if not argv or argv[0] not in commands or len(argv) - 1 != commands[argv[0]][1]:
-        _fail(f"usage: launch|status|log|signal|info|digest|monitor ARGS (got {argv!r})")
+        _fail(f"usage: launch|status|log|signal|info|digest|port|monitor ARGS (got {argv!r})")
     function, _ = commands[argv[0]]
     function(*argv[1:])
 

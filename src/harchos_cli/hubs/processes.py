@@ -157,6 +157,11 @@ class HubJobs:
         sums = json.loads(raw.decode().strip().splitlines()[-1])
         return {str(name): str(digest) for name, digest in sums.items()}
 
+    def free_port(self) -> int:
+        """A TCP port free on the hub now (a multi-node launch's rendezvous port)."""
+        raw = self._call("port")
+        return int(json.loads(raw.decode().strip().splitlines()[-1])["port"])
+
     def info(self, workdir: str, *, timeout_s: float = 60.0) -> dict[str, Any]:
         """The hub's Python version, GPUs (`nvidia-smi`; [] without), home and free disk (GB)
         at `workdir` or its nearest existing parent."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from harchos_cli.errors import UsageError
 from harchos_cli.jobs.liveness import is_supervised, spawn
-from harchos_cli.jobs.store import Job, JobStore
+from harchos_cli.jobs.store import ATTEMPT_KEYS, Job, JobStore
 
 _HINT_LIST = "see the job's state with: harchos jobs show JOB_ID"
 
@@ -90,7 +90,7 @@ def continue_job(
     workers: int | None = None, wake: bool = True,
 ) -> None:  # fmt: skip
     """A new attempt of a paused job: `paused → syncing`, for its supervisor to launch."""
-    request = {k: v for k, v in job.request.items() if k not in ("launch", "resume_at")}
+    request = {k: v for k, v in job.request.items() if k not in (*ATTEMPT_KEYS, "resume_at")}
     if workers is not None:
         request["workers"] = workers
     if store.advance(
@@ -103,6 +103,15 @@ def continue_job(
             _wake(job.id)
 
 
+def _single_node(job: Job, verb: str) -> None:
+    if job.request.get("nodes"):
+        raise UsageError(
+            f"job {job.id} runs on {len(job.request['nodes'])} machines; a multi-node job "
+            f"cannot be {verb} (yet)",
+            hint=f"pause it and resume it later: harchos jobs pause|resume {job.id}",
+        )
+
+
 def request_migrate(store: JobStore, job_id: str, target: str) -> Job:
     """Move a running or paused job to hub `target`: pause at a checkpoint, copy the run's
     checkpoints there (verified), launch there; any failure leaves it on its hub."""
@@ -112,6 +121,7 @@ def request_migrate(store: JobStore, job_id: str, target: str) -> Job:
     from harchos_cli.jobs.spec import load_project
 
     job = store.get(job_id)
+    _single_node(job, "moved")
     if job.hub == target:
         raise UsageError(f"job {job.id} already runs on hub {target}", hint=_HINT_LIST)
     get_hub(target, load_project(Path(job.project_dir), required=False))  # exit 2 when unknown
@@ -133,6 +143,7 @@ def request_scale(store: JobStore, job_id: str, workers: int) -> Job:
         raise UsageError(f"job {job.id} is a {job.kind} job; only training can be rescaled")
     if workers < 1:
         raise UsageError(f"cannot run on {workers} worker(s)", hint="give 1 or more")
+    _single_node(job, "rescaled")
     if job.state == "paused":
         continue_job(store, job, reason=f"asked to resume on {workers} worker(s)", workers=workers)
         return store.get(job.id)

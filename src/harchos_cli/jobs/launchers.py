@@ -46,23 +46,47 @@ def hub_python(hub: Hub, project_root: Path) -> str:
     return hub.python
 
 
-def accelerate_flags(job: JobTable, hub: Hub) -> tuple[list[str], dict[str, str]]:
-    """`accelerate launch` flags and environment for `job` on `hub`."""
+@dataclass(frozen=True)
+class NodeRank:
+    """This launch's place in a multi-node job: `rank` of `machines`, all rendezvousing at the
+    main node's `address:port`."""
+
+    machines: int
+    rank: int
+    address: str
+    port: int
+
+    def flags(self) -> list[str]:
+        return [
+            "--num_machines", str(self.machines), "--machine_rank", str(self.rank),
+            "--main_process_ip", self.address, "--main_process_port", str(self.port),
+        ]  # fmt: skip
+
+
+def accelerate_flags(
+    job: JobTable, hub: Hub, node: NodeRank | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """`accelerate launch` flags and environment for `job` on `hub`; with `node`, one machine
+    of a multi-node launch (`--num_processes` counts every machine's processes)."""
+    machines = node.machines if node else 1
+    where = node.flags() if node else ["--num_machines", "1"]
     if job.gpus > 0:
         if hub.gpus is not None and hub.gpus < job.gpus:
             raise UsageError(
                 f"the job needs {job.gpus} GPU(s) but hub {hub.name!r} has {hub.gpus}",
                 hint="pick another --hub, use --hub auto, or lower [job] gpus in harchos.toml",
             )
-        flags = ["--num_machines", "1", "--num_processes", str(job.gpus)]
-        if job.gpus > 1:
+        total = job.gpus * machines
+        flags = [*where, "--num_processes", str(total)]
+        if total > 1:
             flags.insert(0, "--multi_gpu")
         return [*flags, "--dynamo_backend", "no"], {}
-    common = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    if job.processes == 1:
+    common = [*where, "--mixed_precision", "no", "--dynamo_backend", "no"]
+    total = job.processes * machines
+    if total == 1:
         return ["--cpu", "--num_processes", "1", *common], {}
     # `--cpu` would start one process; two or more run as a gloo group on the CPU.
-    flags = ["--multi_gpu", "--num_processes", str(job.processes), *common]
+    flags = ["--multi_gpu", "--num_processes", str(total), *common]
     return flags, {"ACCELERATE_USE_CPU": "true"}
 
 
@@ -78,8 +102,11 @@ def split_command(command: str | Sequence[str] | None, default: str) -> list[str
     return argv
 
 
-def train_command(project: Project, hub: Hub, args: Sequence[str]) -> Command:
-    """The training command for `project` on `hub`, with the user's extra `args` at the end."""
+def train_command(
+    project: Project, hub: Hub, args: Sequence[str], node: NodeRank | None = None
+) -> Command:
+    """The training command for `project` on `hub` (as machine `node` of a multi-node job),
+    with the user's extra `args` at the end."""
     job = project.spec.job
     argv = split_command(job.command, DEFAULT_TRAIN_COMMAND)
     python = hub_python(hub, project.root)
@@ -87,9 +114,14 @@ def train_command(project: Project, hub: Hub, args: Sequence[str]) -> Command:
         rest = argv[2:]
     elif Path(argv[0]).name.startswith("python") and len(argv) > 1 and argv[1].endswith(".py"):
         rest = argv[1:]
+    elif node is not None:
+        raise UsageError(
+            f"multi-node training runs under accelerate launch; [job] command is {argv[0]!r}",
+            hint='use command = "accelerate launch train.py" (or "python train.py")',
+        )
     else:
         return Command([*argv, *args], dict(job.env), "not an accelerate command: run as it is")
-    flags, env = accelerate_flags(job, hub)
+    flags, env = accelerate_flags(job, hub, node)
     # Flags in [job] command come after harchos's, so a value given there wins.
     return Command([python, "-m", ACCELERATE_MODULE, *flags, *rest, *args], {**env, **job.env})
 

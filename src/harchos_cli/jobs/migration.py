@@ -82,6 +82,17 @@ def copy_run_checkpoints(
     return Moved(len(expected), size, time.monotonic() - started)
 
 
+def delete_run_checkpoints(project: Project, run_id: str, hub: Hub) -> str:
+    """Delete the run's checkpoint folder on `hub` (a move's source, once the target made
+    progress); the folder deleted."""
+    from harchos_cli.hubs import transport_for
+
+    transport = transport_for(hub)
+    folder = transport.expand(run_checkpoint_dir(hub, project, run_id))
+    transport.run(["rm", "-rf", "--", folder], timeout=600)
+    return folder
+
+
 def pull(project: Project, run_id: str, hub: Hub, remote_project: str, dest: Path) -> list[str]:
     """Copy a job's `outputs/` and its run's checkpoints from `hub` (where it ran last) into
     `dest`, keeping the project's layout; the folders copied (none when they are here already).

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from harchos_cli.carbon.types import Forecast
+from harchos_cli.carbon.types import Forecast, Point
 from harchos_cli.errors import UsageError
 from harchos_cli.hubs.base import LOCAL, Hub
 from harchos_cli.jobs.clock import Clock, SimulatedClock
@@ -46,6 +46,9 @@ class RunOptions:
     migrate: str | None = None  # "auto" or "off"; None: [carbon] allow_migration
     interruptible: bool = False
     scale: str | None = None  # "MIN:MAX"; None: [job] min/max_processes with allow_rescale
+    hubs: str | None = None  # "a,b": one machine of a multi-node training on each, in rank order
+    nodes: int | None = None
+    main_address: str | None = None
 
 
 @dataclass
@@ -65,6 +68,10 @@ class Request:
     clock: dict[str, Any] | None
     deadline_text: str = DEFAULT_DEADLINE
     shift: dict[str, Any] | None = None  # what the supervisor may do while it runs (see below)
+    # Multi-node training: every machine's hub in rank order (the first is `hub`, the main node),
+    # and the address the others reach the main node at (None: its SSH host).
+    nodes: list[str] | None = None
+    main_address: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +87,8 @@ class Request:
             "clock": self.clock,
             "project_file": str(self.project.file) if self.project.file else None,
             "shift": self.shift,
+            "nodes": self.nodes,
+            "main_address": self.main_address,
         }
 
     @classmethod
@@ -98,6 +107,8 @@ class Request:
             gpus=int(data.get("gpus") or 0),
             clock=data.get("clock"),
             shift=data.get("shift"),
+            nodes=list(data["nodes"]) if data.get("nodes") else None,
+            main_address=data.get("main_address"),
         )
 
 
@@ -120,7 +131,8 @@ def resolve(options: RunOptions) -> Request:
     if threshold == 0 and options.threshold is None:
         threshold = None
     defer = options.defer or options.threshold is not None
-    shift = shift_policy(options, project)
+    nodes = node_hubs(options)
+    shift = shift_policy(options, project, multi_node=nodes is not None)
     if options.deadline and not defer and shift is None:
         raise UsageError(
             "--deadline needs --defer-until-green, --threshold, --interruptible, "
@@ -133,7 +145,7 @@ def resolve(options: RunOptions) -> Request:
         kind=options.kind,
         project=project,
         args=list(options.args),
-        hub=options.hub or default_hub(project),
+        hub=nodes[0] if nodes else options.hub or default_hub(project),
         defer=defer,
         duration=duration,
         deadline=None,
@@ -143,10 +155,44 @@ def resolve(options: RunOptions) -> Request:
         clock=None,
         deadline_text=options.deadline or spec.carbon.deadline or DEFAULT_DEADLINE,
         shift=shift,
+        nodes=nodes,
+        main_address=options.main_address if nodes else None,
     )
 
 
-def shift_policy(options: RunOptions, project: Project) -> dict[str, Any] | None:
+def node_hubs(options: RunOptions) -> list[str] | None:
+    """`--hubs a,b [--nodes 2]`: the hubs of a multi-node training in rank order, or None for
+    a job on one hub."""
+    if options.hubs is None and options.nodes is None:
+        if options.main_address is not None:
+            raise UsageError("--main-address applies to multi-node training",
+                             hint="add --hubs A,B (one machine on each hub)")  # fmt: skip
+        return None
+    if options.kind != "train":
+        raise UsageError("--nodes and --hubs apply to training only",
+                         hint="harchos run train --hubs A,B")  # fmt: skip
+    if options.hub is not None:
+        raise UsageError("--hub and --hubs together", hint="--hubs A,B names every machine's hub")
+    names = [name.strip() for name in (options.hubs or "").split(",")]
+    names = [name for name in names if name]
+    if not names:
+        raise UsageError("--nodes needs --hubs", hint="e.g. --nodes 2 --hubs box1,box2")
+    if len(set(names)) != len(names) or AUTO in names:
+        raise UsageError(f"--hubs {options.hubs!r} names a hub twice, or auto",
+                         hint="one machine per hub, each named once: --hubs box1,box2")  # fmt: skip
+    if options.nodes is not None and options.nodes != len(names):
+        raise UsageError(
+            f"--nodes {options.nodes} but --hubs names {len(names)} hub(s)",
+            hint="one machine runs on each hub given to --hubs",
+        )
+    if options.main_address is not None and not options.main_address.strip():
+        raise UsageError("--main-address is empty", hint="the main hub's IP or host name")
+    return names if len(names) > 1 else None
+
+
+def shift_policy(
+    options: RunOptions, project: Project, *, multi_node: bool = False
+) -> dict[str, Any] | None:
     """What the supervisor may do while the job runs (`plan.shifting.ShiftPolicy` as JSON), or
     None: `--migrate auto` (default `[carbon] allow_migration`), `--interruptible`, `--scale
     MIN:MAX` (default `[job] min_processes:max_processes` with `[carbon] allow_rescale`)."""
@@ -157,6 +203,13 @@ def shift_policy(options: RunOptions, project: Project) -> dict[str, Any] | None
             hint="--migrate auto lets harchos move the job to a greener hub",
         )
     migrate = spec.carbon.allow_migration if options.migrate is None else options.migrate == "auto"
+    if multi_node:
+        if options.migrate == "auto" or options.scale is not None:
+            raise UsageError(
+                "a multi-node training is not moved or rescaled (yet)",
+                hint="drop --migrate auto / --scale, or run on one hub",
+            )
+        migrate = False
     scale: list[int] | None = None
     if options.scale is not None:
         low, sep, high = options.scale.partition(":")
@@ -169,7 +222,10 @@ def shift_policy(options: RunOptions, project: Project) -> dict[str, Any] | None
                 f"--scale {options.scale!r} is not MIN:MAX",
                 hint="e.g. --scale 1:4 (workers: GPUs, or processes on the CPU)",
             )
-    elif spec.carbon.allow_rescale and spec.job.min_processes and spec.job.max_processes:
+    elif (
+        spec.carbon.allow_rescale and spec.job.min_processes and spec.job.max_processes
+        and not multi_node
+    ):  # fmt: skip
         scale = [spec.job.min_processes, spec.job.max_processes]
     if scale is not None and options.kind != "train":
         raise UsageError("--scale applies to training only", hint="drop --scale")
@@ -329,11 +385,20 @@ class Forecaster:
 def make_plan(request: Request, forecaster: Forecaster | None, now: datetime) -> Plan:
     """Plan the job at `now`: start at once unless deferred; with `--hub auto`, choose the hub."""
     hubs = candidate_hubs(request)
+    every = [get_hub(name, request.project) for name in request.nodes or []]
+    if every:
+        main_address(request, every)  # refused now rather than when the job launches
+    machines = len(request.nodes or [None])
+    gpus = request.gpus * machines
     if not request.defer and len(hubs) == 1:
-        return planner.start_now(hubs[0], now=now, duration=request.duration, gpus=request.gpus)
+        return planner.start_now(hubs[0], now=now, duration=request.duration, gpus=gpus)
     assert forecaster is not None
     deadline = request.deadline or now + request.duration
-    candidates = forecaster.forecasts(hubs, now, deadline)
+    if request.nodes:
+        # One start for every machine: planned on the mean of their regions' intensities.
+        candidates = [combine(forecaster.forecasts(every, now, deadline))]
+    else:
+        candidates = forecaster.forecasts(hubs, now, deadline)
     if len(candidates) == 1 and candidates[0].forecast is None:
         name = candidates[0].hub.name
         raise UsageError(
@@ -346,13 +411,64 @@ def make_plan(request: Request, forecaster: Forecaster | None, now: datetime) ->
         duration=request.duration,
         deadline=deadline,
         threshold=request.threshold,
-        gpus=request.gpus,
+        gpus=gpus,
     )
     plan.warnings[:0] = [w for w in forecaster.warnings if w not in plan.warnings]
     if not request.defer:
         # --hub auto without deferral: the greenest hub right now.
         plan.deadline = None
     return plan
+
+
+def main_address(request: Request, hubs: Sequence[Hub]) -> str:
+    """Where the machines of a multi-node job meet: `--main-address`, else the main node's SSH
+    host, or 127.0.0.1 when every machine is this one."""
+    main = hubs[0]
+    if request.main_address is not None:
+        return request.main_address
+    if main.transport != LOCAL and main.host:
+        return main.host
+    if all(hub.transport == LOCAL for hub in hubs):
+        return "127.0.0.1"
+    raise UsageError(
+        f"the main node (hub {main.name}) is this machine, and the other machines need its address",
+        hint="give it with --main-address IP, or list an SSH hub first in --hubs",
+    )
+
+
+def combine(candidates: Sequence[Candidate]) -> Candidate:
+    """The machines of a multi-node job as one candidate on the main node's hub: each hour's
+    intensity (and P10/P90 band) is the mean over the machines, hours all of them cover; a
+    machine without carbon data leaves the job without (it starts at once)."""
+    main = candidates[0]
+    forecasts = [c.forecast for c in candidates]
+    if any(f is None for f in forecasts) or len(candidates) == 1:
+        return Candidate(main.hub, None if len(candidates) > 1 else main.forecast)
+    known = [f for f in forecasts if f is not None]
+    by_start = [{p.start: p for p in f.points} for f in known]
+    starts = sorted(set(by_start[0]).intersection(*by_start[1:]))
+    points = []
+    for start in starts:
+        each = [table[start] for table in by_start]
+        points.append(Point(
+            start, min(p.end for p in each), sum(p.intensity for p in each) / len(each),
+            sum(p.low for p in each) / len(each), sum(p.high for p in each) / len(each),
+        ))  # fmt: skip
+    first = known[0]
+    # Shown as "FR+DE": the plan is for all the machines' regions together.
+    names = "+".join(dict.fromkeys(f.region.name for f in known))
+    zones = "+".join(dict.fromkeys(f.region.zone for f in known))
+    region = replace(
+        first.region, name=names, zone=zones,
+        display_name=f"mean of {len(known)} machines ({zones})",
+    )  # fmt: skip
+    source = replace(first.source, method=f"{first.source.method}; mean over the machines")
+    warnings = [w for f in known for w in f.warnings]
+    combined = replace(
+        first, region=region, points=points, history=[], source=source, warnings=warnings,
+        comparison=None,
+    )  # fmt: skip
+    return Candidate(main.hub, combined)
 
 
 def start_clock(at: str | None, speedup: float | None, forecaster: Forecaster | None) -> Clock:

@@ -92,6 +92,9 @@ class CarbonTable(_Strict):
     allow_migration: bool = False
     min_saving_percent: float = Field(default=20.0, ge=0, le=100)
     min_time_between_moves: str | None = None
+    # After a move, once the job made progress on the target: keep the run's checkpoints on
+    # the hub it left, or delete them there.
+    tidy_source: Literal["keep", "delete"] = "keep"
     allow_rescale: bool = False
 
     _check_duration = field_validator("min_time_between_moves")(_duration)

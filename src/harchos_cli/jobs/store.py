@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +26,8 @@ from harchos_cli.errors import UsageError
 from harchos_cli.timeparse import iso, utcnow
 
 JobStateName = Literal["waiting", "syncing", "running", "paused", "done", "failed", "cancelled"]
+# The entries of a job's request that belong to one attempt: a new attempt starts without them.
+ATTEMPT_KEYS = ("launch", "node_logs")
 # States a supervisor drives; a paused job holds no process until it is resumed.
 ACTIVE: tuple[JobStateName, ...] = ("waiting", "syncing", "running")
 FINISHED: tuple[JobStateName, ...] = ("done", "failed", "cancelled")
@@ -63,7 +65,8 @@ class Job:
     attempt: int = 1  # launches so far; the hub knows attempt n as `hub_job_id`
     intent: str | None = None  # what the user asked of the running job: pause, migrate:HUB, scale:N
     run_id: str | None = None  # the training run whose checkpoints this job resumes
-    gpu_ids: str | None = None  # "0,1": the hub's GPUs it holds while syncing or running
+    # "h1=0,1;h2=0": the GPUs it holds on each hub while syncing or running (see `held_gpus`)
+    gpu_ids: str | None = None
 
     @property
     def active(self) -> bool:
@@ -106,7 +109,10 @@ class Job:
             "attempt": self.attempt,
             "run_id": self.run_id or self.id,
             "intent": self.intent,
-            "gpu_ids": self.gpu_ids,
+            "gpu_ids": {hub: sorted(ids) for hub, ids in held_gpus(self.hub, self.gpu_ids).items()}
+            or None,
+            # Multi-node: every machine's hub in rank order (null: one hub, `hub`).
+            "nodes": self.request.get("nodes"),
         }
 
 
@@ -268,28 +274,37 @@ class JobStore:
         ).fetchone()
         return None if row is None else _decode(row)
 
-    def claim_gpus(self, job_id: str, hub: str, total: int, count: int) -> tuple[int, ...] | None:
-        """Give the job `count` of the hub's `total` GPUs that no other syncing or running job
-        on that hub holds, or None when too few are free. One transaction, so two supervisors
-        never get the same GPU; a job that stops holding (paused, finished, moved) frees its
-        GPUs by its state alone."""
+    def claim_gpus(
+        self, job_id: str, wants: Mapping[str, tuple[int, int]]
+    ) -> dict[str, tuple[int, ...]] | None:
+        """Give the job, on each hub of `wants` (hub: (its GPUs, how many the job needs)), GPUs
+        that no other syncing or running job holds there, or None when any hub has too few
+        free: all or nothing, in one transaction, so two supervisors never get the same GPU and
+        two multi-node jobs never each hold half of what they need. A job that stops holding
+        (paused, finished, moved) frees its GPUs by its state alone."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             rows = self.db.execute(
-                "SELECT gpu_ids FROM jobs WHERE hub = ? AND id != ? AND gpu_ids IS NOT NULL "
+                "SELECT hub, gpu_ids FROM jobs WHERE id != ? AND gpu_ids IS NOT NULL "
                 "AND state IN ('syncing', 'running')",
-                (hub, job_id),
+                (job_id,),
             ).fetchall()
-            taken = {int(i) for row in rows for i in row["gpu_ids"].split(",") if i}
-            free = [i for i in range(total) if i not in taken]
-            if len(free) < count:
-                self.db.execute("COMMIT")
-                return None
-            chosen = tuple(free[:count])
+            taken: dict[str, set[int]] = {}
+            for row in rows:
+                for hub, ids in held_gpus(row["hub"], row["gpu_ids"]).items():
+                    taken.setdefault(hub, set()).update(ids)
+            chosen: dict[str, tuple[int, ...]] = {}
+            for hub, (total, count) in wants.items():
+                free = [i for i in range(total) if i not in taken.get(hub, set())]
+                if len(free) < count:
+                    self.db.execute("COMMIT")
+                    return None
+                chosen[hub] = tuple(free[:count])
             self.db.execute(
                 "UPDATE jobs SET gpu_ids = ? WHERE id = ?",
-                (",".join(map(str, chosen)), job_id),
-            )
+                (";".join(f"{hub}={','.join(map(str, ids))}" for hub, ids in chosen.items()),
+                 job_id),
+            )  # fmt: skip
             self.db.execute("COMMIT")
             return chosen
         except BaseException:
@@ -309,3 +324,16 @@ class JobStore:
             [*(_encode(name, value) for name, value in values.items()), job_id, *expected],
         )
         return cursor.rowcount == 1
+
+
+def held_gpus(hub: str | None, gpu_ids: str | None) -> dict[str, set[int]]:
+    """The GPUs a job row holds, per hub: `h1=0,1;h2=0`, or (as first stored) `0,1` on its own
+    hub."""
+    held: dict[str, set[int]] = {}
+    for part in (gpu_ids or "").split(";"):
+        name, sep, ids = part.rpartition("=")
+        where = name if sep else hub
+        if where is None:
+            continue
+        held.setdefault(where, set()).update(int(i) for i in ids.split(",") if i.strip())
+    return held

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,9 +40,17 @@ from harchos_cli.jobs.liveness import (
     spawn,
     supervisor_lock,
 )
-from harchos_cli.jobs.request import Forecaster, Prepared, Request, get_hub, make_plan
+from harchos_cli.jobs.request import (
+    Forecaster,
+    Prepared,
+    Request,
+    get_hub,
+    main_address,
+    make_plan,
+)
 from harchos_cli.jobs.store import (
     ACTIVE,
+    ATTEMPT_KEYS,
     Job,
     JobStateName,
     JobStore,
@@ -61,6 +69,8 @@ CANCEL_GRACE_S = 30.0
 MAX_BACKOFF_S = 30.0
 SYNC_ATTEMPTS = 5
 NOTHING_RAN = "cancelled before it started; nothing ran"
+NODE_STOP_GRACE_S = 30.0  # the other machines of a failed multi-node attempt get this to exit
+MAX_NODE_RESTARTS = 3
 
 
 class Reporter(Protocol):
@@ -206,7 +216,8 @@ class Supervisor:
         """A new attempt of a stopped job (paused at a checkpoint, or failed on a move's target):
         `running|syncing → syncing` on `hub`, where it resumes from the run's checkpoints;
         `intent` is what `_sync` still has to do first (a move)."""
-        updated = {k: v for k, v in job.request.items() if k not in ("launch", "migrated_from")}
+        gone = (*ATTEMPT_KEYS, "migrated_from")
+        updated = {k: v for k, v in job.request.items() if k not in gone}
         updated = autoshift.stopped(updated, from_json(job.request.get("clock")).now())
         updated.update({k: v for k, v in request.items() if v is not None})
         if self.store.advance(
@@ -286,12 +297,56 @@ class Supervisor:
         return get_hub(job.hub, request.project)
 
     def _sync(self, job: Job) -> None:
-        from harchos_cli.hubs import inventory, remote_project_dir, transport_for
+        from harchos_cli.hubs import inventory
 
         if job.intent and job.intent.startswith("migrate:"):
             job = self._migrate(job, job.intent.removeprefix("migrate:"))
         request = Request.from_json(job.request, job.project_dir)
-        hub = self._hub(job, request)
+        hubs = [get_hub(name, request.project) for name in request.nodes or [job.hub or LOCAL]]
+        remotes = []
+        for hub in hubs:
+            remote = self._sync_hub(job, request, hub)
+            if remote is None or self.store.get(job.id).state != "syncing":
+                return
+            remotes.append(remote)
+        if self.store.get(job.id).cancel_requested:
+            self._cancel(job, NOTHING_RAN)
+            return
+        # From here on the job is followed with what is decided now, never by reloading the
+        # project or the hub inventory: a broken harchos.toml or `hubs remove` cannot orphan it.
+        gpu_ids = self._place(job, hubs, request)
+        if gpu_ids is None:
+            return
+        ranks = self._rendezvous(request, hubs)
+        specs = []
+        for rank, (hub, remote) in enumerate(zip(hubs, remotes, strict=True)):
+            spec = self.launch_spec(
+                replace(job, remote_dir=remote), request, hub, ranks[rank] if ranks else None
+            )
+            if gpu_ids.get(hub.name):
+                visible = ",".join(map(str, gpu_ids[hub.name]))
+                spec = replace(spec, env={**spec.env, "CUDA_VISIBLE_DEVICES": visible})
+            specs.append({
+                "argv": list(spec.argv), "cwd": spec.cwd, "env": dict(spec.env),
+                "hub": inventory.as_json(hub), "hub_job_id": spec.job_id,
+            })  # fmt: skip
+        launch = {
+            **specs[0], "nodes": specs[1:],
+            "pause_exit_code": request.project.spec.job.pause_exit_code,
+            "workers": autoshift.workers_of(request, job.request.get("workers")),
+        }  # fmt: skip
+        if self.store.advance(
+            job.id, ["syncing"], "running", remote_dir=remotes[0],
+            request={**self.store.get(job.id).request, "launch": launch},
+        ):  # fmt: skip
+            where = ", ".join(f"hub {hub.name}" for hub in hubs)
+            self.reporter.stage(job, "running", f"on {where} in {remotes[0]}")
+
+    def _sync_hub(self, job: Job, request: Request, hub: Hub) -> str | None:
+        """Sync the project to `hub` and run its setup there: the project's folder on the hub,
+        or None when the job failed (or was cancelled meanwhile)."""
+        from harchos_cli.hubs import remote_project_dir, transport_for
+
         transport = transport_for(hub)
         project = request.project
         # Normalised by the spec (`./ckpt/` is `ckpt`); an absolute one is outside the project.
@@ -306,52 +361,47 @@ class Supervisor:
                     protect=[*protect, "/outputs/"],
                 )  # fmt: skip
                 if not self._setup(job, project.spec.job.setup, hub, transport, remote):
-                    return
-                break
+                    return None
+                return remote
             except HubUnreachableError as exc:
                 # Only lost contact is retried; any other HubError fails the job (in `_loop`).
                 if attempt == SYNC_ATTEMPTS:
                     self._fail(job, f"could not sync to hub {hub.name}: {exc}", hub_failed=True)
-                    return
+                    return None
                 self.reporter.notice(f"hub {hub.name}: {exc}; retrying in {delay:g} s")
                 self.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 if self.store.get(job.id).cancel_requested:
-                    break
-        if self.store.get(job.id).cancel_requested:
-            self._cancel(job, NOTHING_RAN)
-            return
-        # From here on the job is followed with what is decided now, never by reloading the
-        # project or the hub inventory: a broken harchos.toml or `hubs remove` cannot orphan it.
-        gpu_ids = self._place(job, hub, request)
-        if gpu_ids is None:
-            return
-        spec = self.launch_spec(replace(job, remote_dir=remote), request, hub)
-        if gpu_ids:
-            spec = replace(
-                spec, env={**spec.env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_ids))}
-            )
-        launch = {
-            "argv": list(spec.argv), "cwd": spec.cwd, "env": dict(spec.env),
-            "hub": inventory.as_json(hub), "hub_job_id": spec.job_id,
-            "pause_exit_code": project.spec.job.pause_exit_code,
-            "workers": autoshift.workers_of(request, job.request.get("workers")),
-        }  # fmt: skip
-        if self.store.advance(
-            job.id, ["syncing"], "running", remote_dir=remote,
-            request={**job.request, "launch": launch},
-        ):  # fmt: skip
-            self.reporter.stage(job, "running", f"on hub {hub.name} in {remote}")
+                    self._cancel(job, NOTHING_RAN)
+                    return None
+        return None
 
-    def _place(self, job: Job, hub: Hub, request: Request) -> tuple[int, ...] | None:
-        """The hub's GPUs this attempt gets ([] when it asks for none or the hub's count is
-        unknown); waits, queued, while other jobs hold them. None: stopped while queued."""
+    def _rendezvous(self, request: Request, hubs: list[Hub]) -> list[launchers.NodeRank] | None:
+        """Each machine's rank, and where they meet: the main node's address (`--main-address`,
+        else its SSH host; 127.0.0.1 when every machine is this one) and a port free there
+        now. None for a job on one hub."""
+        if len(hubs) < 2:
+            return None
+        from harchos_cli.hubs import jobs_for
+
+        address = main_address(request, hubs)
+        port = jobs_for(hubs[0]).free_port()
+        self.reporter.notice(f"multi-node: {len(hubs)} machines meet at {address}:{port}")
+        return [launchers.NodeRank(len(hubs), rank, address, port) for rank in range(len(hubs))]
+
+    def _place(
+        self, job: Job, hubs: list[Hub], request: Request
+    ) -> dict[str, tuple[int, ...]] | None:
+        """The GPUs this attempt gets on each hub (none where it asks for none or the hub's
+        count is unknown); waits, queued, while other jobs hold them. None: stopped while
+        queued."""
         workers = job.request.get("workers")
         need = request.gpus if request.kind == "train" else 0
         if need and workers:
             need = int(workers)
-        if not need or hub.gpus is None:
-            return ()
+        wants = {hub.name: (hub.gpus, need) for hub in hubs if need and hub.gpus is not None}
+        if not wants:
+            return {}
         queued = False
         while True:
             current = self.store.get(job.id)
@@ -361,14 +411,15 @@ class Supervisor:
                 else:
                     self._pause(current, "paused while it waited for a GPU", ["syncing"])
                 return None
-            ids = self.store.claim_gpus(job.id, hub.name, hub.gpus, need)
+            ids = self.store.claim_gpus(job.id, wants)
             if ids is not None:
                 return ids
             if not queued:
                 queued = True
-                reason = f"queued: {need} GPU(s) wanted, the hub's {hub.gpus} are held by jobs"
+                held = ", ".join(f"hub {name}'s {total}" for name, (total, _) in wants.items())
+                reason = f"queued: {need} GPU(s) wanted, {held} are held by jobs"
                 self.store.update(job.id, message=f"{reason}; starts when they are free")
-                self.store.decide(job.id, "queue", hub.name, reason, gpus=need)
+                self.store.decide(job.id, "queue", job.hub, reason, gpus=need)
                 self.reporter.notice(reason)
             self.sleep(TICK_S * 4)
 
@@ -409,12 +460,15 @@ class Supervisor:
     # -- running -----------------------------------------------------------------------------
 
     @staticmethod
-    def launch_spec(job: Job, request: Request, hub: Hub) -> LaunchSpec:
-        """The exact command, folder and environment the job runs with on its hub."""
+    def launch_spec(
+        job: Job, request: Request, hub: Hub, node: launchers.NodeRank | None = None
+    ) -> LaunchSpec:
+        """The exact command, folder and environment the job runs with on its hub (as machine
+        `node` of a multi-node job: `<hub job id>-n<rank>` on the others)."""
         assert job.remote_dir is not None
         project = launchers.with_scale(request.project, job.request.get("workers"))
         if request.kind == "train":
-            command = launchers.train_command(project, hub, request.args)
+            command = launchers.train_command(project, hub, request.args, node)
         else:
             command = launchers.batch_command(project, request.args)
         env = launchers.job_env(
@@ -423,16 +477,20 @@ class Supervisor:
             region=hub.region,
             checkpoint_dir=launchers.checkpoint_dir(job.remote_dir, project, job.run_id or job.id),
         )
-        return LaunchSpec(job.hub_job_id, command.argv, job.remote_dir, {**command.env, **env})
+        hub_id = job.hub_job_id if not node or node.rank == 0 else f"{job.hub_job_id}-n{node.rank}"
+        return LaunchSpec(hub_id, command.argv, job.remote_dir, {**command.env, **env})
 
     def _run(self, job: Job) -> None:
         from harchos_cli.hubs import inventory, jobs_for
 
         saved = job.request["launch"]
-        hub = inventory.from_json(saved["hub"])
-        hub_id = str(saved.get("hub_job_id") or job.id)
-        spec = LaunchSpec(hub_id, saved["argv"], saved["cwd"], saved["env"])
-        remote_jobs = jobs_for(hub)
+        nodes = [
+            _Node.of(spec, job.id, rank, inventory.from_json(spec["hub"]), jobs_for)
+            for rank, spec in enumerate([saved, *(saved.get("nodes") or [])])
+        ]
+        main = nodes[0]
+        hub, hub_id, remote_jobs = main.hub, main.hub_id, main.jobs
+        pause_code = int(saved.get("pause_exit_code") or 85)
         peek = _LocalPeek(remote_jobs, hub_id) if hub.transport == LOCAL else None
         # A supervisor killed between appending to the local log and recording it would
         # append the same bytes again: cut the log back to what the store says it holds.
@@ -441,9 +499,12 @@ class Supervisor:
         launched = job.launched
         clock = from_json(job.request.get("clock"))
         considered = floor_hour(clock.now())  # the policy looks again each new hour
-        signalled: str | None = None  # the stop (cancel, pause, ...) already signalled
+        signalled: str | None = None  # the stop (cancel, pause, ...) every machine was sent
+        delivered: dict[str, set[int]] = {}  # ... and the machines each stop reached so far
         signalled_at = 0.0
         killed = False
+        exited: dict[int, int | None] = {}  # machine rank: its exit code
+        stopping_at: float | None = None  # when a machine failed and the others were stopped
         last_status = 0.0
         delay = 1.0
         while True:
@@ -454,7 +515,8 @@ class Supervisor:
                 return
             try:
                 if not launched:
-                    remote_jobs.launch(spec)
+                    for node in nodes:  # idempotent by the hub job id
+                        node.jobs.launch(node.spec)
                     launched = True
                     # The policy counts work from each attempt's start (its clock, its size).
                     request = autoshift.started(
@@ -465,10 +527,11 @@ class Supervisor:
                     )
                     self.store.decide(
                         job.id, "start" if job.attempt <= 1 else "resume", hub.name,
-                        f"launched attempt {job.attempt} on hub {hub.name}",
+                        f"launched attempt {job.attempt} on "
+                        + ", ".join(f"hub {node.hub.name}" for node in nodes),
                         attempt=job.attempt, region=hub.region,
                     )  # fmt: skip
-                    self.reporter.stage(job, "launched", launchers.render(spec.argv))
+                    self.reporter.stage(job, "launched", launchers.render(main.spec.argv))
                 status = None
                 if peek is None or peek.exited() or time.monotonic() - last_status > STATUS_EVERY_S:
                     status = remote_jobs.status(hub_id)
@@ -478,18 +541,55 @@ class Supervisor:
                     self.store.update(job.id, message=None)
                     delay = 1.0
                 offset = self._drain(job.id, hub_id, remote_jobs, peek, offset)
-                if status is not None and status.state == "exited":
-                    offset = self._drain(job.id, hub_id, remote_jobs, peek, offset)
-                    self._finish(job, status.exit_code, int(saved.get("pause_exit_code") or 85))
-                    return
-                if status is not None and status.state == "absent":
+                statuses = [status] + [
+                    None if node.rank in exited else node.jobs.status(node.hub_id)
+                    for node in nodes[1:]
+                ]  # fmt: skip
+                for node in nodes[1:]:
+                    self._drain_node(job.id, node, final=False)
+                absent = [
+                    n for n, s in zip(nodes, statuses, strict=True) if s and s.state == "absent"
+                ]
+                if absent:
                     # Launched, yet its folder is gone (wiped, or another machine): running it
                     # again could run it twice, so the job is lost.
+                    for node in nodes:
+                        if node not in absent and node.rank not in exited:
+                            node.jobs.signal(node.hub_id, signal.SIGKILL)
                     self._fail(
-                        job, f"the job's folder vanished from hub {hub.name}; not relaunched",
-                        hub_failed=True,
+                        job, f"the job's folder vanished from hub {absent[0].hub.name}; not "
+                        "relaunched", hub_failed=True,
                     )  # fmt: skip
                     return
+                for node, node_status in zip(nodes, statuses, strict=True):
+                    if node_status is not None and node_status.state == "exited":
+                        exited[node.rank] = node_status.exit_code
+                if len(exited) == len(nodes):
+                    offset = self._drain(job.id, hub_id, remote_jobs, peek, offset)
+                    for node in nodes[1:]:
+                        self._drain_node(job.id, node, final=True)
+                    self._all_exited(job, nodes, exited, pause_code)
+                    return
+                failed = [rank for rank, code in exited.items() if code not in (0, pause_code)]
+                if failed and stopping_at is None:
+                    # One machine failed: the others cannot go on without it (their collectives
+                    # would wait for it), so they are told to save and exit, then killed.
+                    stopping_at = time.monotonic()
+                    self.reporter.notice(
+                        f"machine {failed[0]} on hub {nodes[failed[0]].hub.name} exited with "
+                        f"code {exited[failed[0]]}; stopping the others"
+                    )
+                    for node in nodes:
+                        if node.rank not in exited:
+                            node.jobs.signal(node.hub_id, signal.SIGTERM)
+                elif (
+                    stopping_at is not None and not killed
+                    and time.monotonic() - stopping_at > NODE_STOP_GRACE_S
+                ):  # fmt: skip
+                    for node in nodes:
+                        if node.rank not in exited:
+                            node.jobs.signal(node.hub_id, signal.SIGKILL)
+                    killed = True
                 if not stop and launched and floor_hour(clock.now()) > considered:
                     considered = floor_hour(clock.now())
                     stop = autoshift.consider(self.store, self.store.get(job.id), clock)
@@ -497,9 +597,16 @@ class Supervisor:
                     # Cancel asks the workload to save and exit (SIGTERM); pause, move and
                     # rescale ask for the same with SIGUSR1. Either reaches every worker.
                     signum = signal.SIGTERM if stop == "cancel" else signal.SIGUSR1
-                    if not remote_jobs.signal(hub_id, signum):
-                        # Not yet delivered (the workers have not registered, or it just
-                        # exited): asked again at the next poll.
+                    reached = delivered.setdefault(stop, set())
+                    for node in nodes:
+                        if (
+                            node.rank not in reached and node.rank not in exited
+                            and node.jobs.signal(node.hub_id, signum)
+                        ):  # fmt: skip
+                            reached.add(node.rank)
+                    if len(reached | set(exited)) < len(nodes):
+                        # Not yet delivered everywhere (the workers have not registered, or
+                        # it just exited): asked again at the next poll.
                         self.sleep(POLL_S if peek is not None else REMOTE_POLL_S)
                         continue
                     signalled, signalled_at = stop, time.monotonic()
@@ -511,7 +618,8 @@ class Supervisor:
                     signalled == "cancel" and not killed
                     and time.monotonic() - signalled_at > CANCEL_GRACE_S
                 ):  # fmt: skip
-                    remote_jobs.signal(hub_id, signal.SIGKILL)
+                    for node in nodes:
+                        node.jobs.signal(node.hub_id, signal.SIGKILL)
                     killed = True
             except HubUnreachableError as exc:
                 if self.store.get(job.id).cancel_requested:
@@ -534,6 +642,58 @@ class Supervisor:
                 return
             self.sleep(POLL_S if peek is not None else REMOTE_POLL_S)
 
+    def _all_exited(
+        self, job: Job, nodes: list[_Node], exited: dict[int, int | None], pause_code: int
+    ) -> None:
+        """Every machine of the attempt has exited: one exit code for the job, or, when a
+        machine of a multi-node job failed, a new attempt of every machine from the newest
+        checkpoint (at most `MAX_NODE_RESTARTS` times)."""
+        codes = set(exited.values())
+        if len(nodes) == 1 or codes in ({0}, {pause_code}):
+            self._finish(job, exited[0], pause_code)
+            return
+        current = self.store.get(job.id)
+        if current.cancel_requested:
+            self._finish(job, exited[0], pause_code)
+            return
+        failed = [(r, code) for r, code in sorted(exited.items()) if code not in (0, pause_code)]
+        reason = "; ".join(
+            f"machine {r} on hub {nodes[r].hub.name} exited with code {code}" for r, code in failed
+        )
+        reason += "; every machine stopped"
+        rank = failed[0][0]
+        restarts = int(current.request.get("node_restarts") or 0)
+        if restarts >= MAX_NODE_RESTARTS:
+            self._end(current, "failed", exited[rank],
+                      f"{reason} (after {restarts} restart(s) from the checkpoint)")  # fmt: skip
+            return
+        self._relaunch(
+            current, current.hub or LOCAL, "restart",
+            f"{reason}; all restart from the run's newest checkpoint",
+            node_restarts=restarts + 1,
+        )  # fmt: skip
+
+    def _drain_node(self, job_id: str, node: _Node, *, final: bool) -> None:
+        """Append machine `node`'s new log lines to the job's one log, each line prefixed with
+        its hub (`[hub] ...`); a line still being written waits for its end, unless `final`."""
+        from harchos_cli.hubs import processes
+
+        while True:
+            offsets = self.store.get(job_id).request.get("node_logs") or {}
+            offset = int(offsets.get(str(node.rank), 0))
+            data = node.jobs.read_log(node.hub_id, offset)
+            if not final and len(data) < processes.LOG_CHUNK:
+                data = data[: data.rfind(b"\n") + 1]
+            if not data:
+                return
+            prefix = f"[{node.hub.name}] ".encode()
+            text = b"".join(prefix + line for line in data.splitlines(keepends=True))
+            size = _append_log(job_id, text)
+            request = self.store.get(job_id).request
+            logs = {**(request.get("node_logs") or {}), str(node.rank): offset + len(data)}
+            self.store.update(job_id, local_log_size=size, request={**request, "node_logs": logs})
+            self.reporter.output(text)
+
     def _stop_unlaunched(self, job: Job, stop: str) -> None:
         """A stop asked for before the attempt launched: nothing runs, nothing is lost."""
         if stop == "cancel":
@@ -547,7 +707,7 @@ class Supervisor:
     def _pause(
         self, job: Job, message: str, expected: list[str], exit_code: int | None = None
     ) -> None:
-        # Paused on a move's target: the move is confirmed, the target made progress.
+        # Paused on a move's target: the move is confirmed.
         request = {k: v for k, v in job.request.items() if k != "migrated_from"}
         request = autoshift.stopped(request, from_json(job.request.get("clock")).now())
         if self.store.advance(
@@ -556,6 +716,8 @@ class Supervisor:
         ):  # fmt: skip
             self.store.decide(job.id, "pause", job.hub, message)
             self.reporter.stage(job, "paused", message)
+            if exit_code is not None:  # the workload saved on the target: it made progress
+                self._tidy_source(job)
 
     def _wait_resume(self, job: Job) -> None:
         """A job the policy paused: launch it again at the planned hour (or when asked)."""
@@ -645,6 +807,32 @@ class Supervisor:
             message=message, intent=None, request=request,
         ):  # fmt: skip
             self.reporter.stage(job, state, message or "exit code 0")
+            if state == "done":
+                self._tidy_source(job)
+
+    def _tidy_source(self, job: Job) -> None:
+        """After a move, once the job finished or saved a checkpoint of its own on the target,
+        delete the run's checkpoints on the hub it left when `[carbon] tidy_source = "delete"`.
+        Never fails the job: a folder that cannot be deleted is only reported."""
+        from harchos_cli.jobs import migration
+
+        source = job.request.get("migrated_from")
+        if not source:
+            return
+        try:
+            request = Request.from_json(job.request, job.project_dir)
+            if request.project.spec.carbon.tidy_source != "delete":
+                return
+            hub = get_hub(source, request.project)
+            folder = migration.delete_run_checkpoints(request.project, job.run_id or job.id, hub)
+        except HarchosError as exc:
+            reason = f"could not delete the run's checkpoints on hub {source}: {exc}"
+            self.store.decide(job.id, "tidy-failed", source, reason)
+            self.reporter.notice(reason)
+            return
+        reason = f"the job made progress on hub {job.hub}: deleted {folder} on hub {source}"
+        self.store.decide(job.id, "tidy", source, reason)
+        self.reporter.notice(reason)
 
     # -- moving ------------------------------------------------------------------------------
 
@@ -681,6 +869,25 @@ class Supervisor:
         self.store.decide(job.id, "migrate", target, reason, source=source, **moved.as_json())
         self.reporter.stage(job, "migrated", reason)
         return self.store.get(job.id)
+
+
+@dataclass(frozen=True)
+class _Node:
+    """One machine of the job's attempt (the only one, unless it runs on several hubs)."""
+
+    rank: int
+    hub: Hub
+    hub_id: str
+    spec: LaunchSpec
+    jobs: Any
+
+    @classmethod
+    def of(
+        cls, saved: dict[str, Any], job_id: str, rank: int, hub: Hub, jobs_for: Callable[[Hub], Any]
+    ) -> _Node:
+        hub_id = str(saved.get("hub_job_id") or job_id)
+        spec = LaunchSpec(hub_id, saved["argv"], saved["cwd"], saved["env"])
+        return cls(rank, hub, hub_id, spec, jobs_for(hub))
 
 
 class _LocalPeek:
@@ -792,7 +999,20 @@ def dry_run(prepared: Prepared, run_id: str | None = None) -> dict[str, Any]:
         state="waiting", request=request.as_json(), hub=hub.name, remote_dir=remote,
         run_id=run_id,
     )  # fmt: skip
-    spec = Supervisor.launch_spec(job, request, hub)
+    hubs = [get_hub(name, request.project) for name in request.nodes or [hub.name]]
+    machines = []
+    for rank, each in enumerate(hubs):
+        node = None
+        if len(hubs) > 1:
+            # The port is one free on the main hub at launch; 0 stands for it here.
+            node = launchers.NodeRank(len(hubs), rank, main_address(request, hubs), 0)
+        folder = str(root) if each.transport == LOCAL else remote_project_dir(each, root)
+        spec = Supervisor.launch_spec(replace(job, remote_dir=folder), request, each, node)
+        machines.append({
+            "hub": each.name, "argv": list(spec.argv), "cwd": spec.cwd, "env": dict(spec.env),
+            "command_line": launchers.render(spec.argv, spec.env, spec.cwd),
+        })  # fmt: skip
+    main = machines[0]
     setup = request.project.spec.job.setup
     return {
         "job_id": job.id,
@@ -802,8 +1022,9 @@ def dry_run(prepared: Prepared, run_id: str | None = None) -> dict[str, Any]:
         if hub.transport == LOCAL
         else {"from": str(root), "to": f"{hub.name}:{remote}", "never": [".git"]},
         "setup": None if not setup else {"command": launchers.setup_argv(remote, setup)},
-        "launch": {"argv": list(spec.argv), "cwd": spec.cwd, "env": dict(spec.env)},
-        "command_line": launchers.render(spec.argv, spec.env, spec.cwd),
+        "launch": {"argv": main["argv"], "cwd": main["cwd"], "env": main["env"]},
+        "nodes": machines[1:],
+        "command_line": main["command_line"],
     }
 
 

@@ -69,12 +69,18 @@ class ReplayProvider:
         return history, points, source
 
 
-def parse_replay_spec(spec: str) -> Path:
-    """`replay:PATH` → PATH, checked to exist."""
+def parse_replay_spec(spec: str) -> list[Path]:
+    """`replay:PATH[,PATH...]` → the paths, each checked to exist (a path that exists as
+    written, comma and all, is one trace)."""
     raw = spec.split(":", 1)[1] if ":" in spec else ""
-    if not raw:
+    if not raw.strip(" ,"):
         raise UsageError("replay needs a file: --provider replay:PATH", hint="e.g. replay:de.csv")
-    path = Path(raw).expanduser()
-    if not path.is_file():
-        raise UsageError(f"replay trace {raw!r} not found", hint="give the path of a CSV trace")
-    return path
+    whole = Path(raw).expanduser()
+    parts = [whole] if whole.is_file() else [Path(p).expanduser() for p in raw.split(",") if p]
+    for path in parts:
+        if not path.is_file():
+            raise UsageError(
+                f"replay trace {str(path)!r} not found",
+                hint="give a CSV trace's path (one per zone, with commas: replay:de.csv,fr.csv)",
+            )
+    return parts
