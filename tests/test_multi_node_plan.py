@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -169,3 +170,50 @@ def test_a_main_node_on_this_machine_needs_an_address_the_others_reach(
     assert deferred.json()["expected_intensity"] == pytest.approx(
         sum(a.json()["now_intensity"] for a in alone) / 2, rel=1e-3
     )
+
+
+def test_an_interruptible_multi_node_job_pauses_on_the_mean_of_its_machines_grids(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    traces: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from harchos_cli.jobs import autoshift
+    from harchos_cli.jobs.clock import SimulatedClock
+    from harchos_cli.plan.shifting import Step
+
+    root = new_project(capsys, tmp_path)
+    for name, region in (("de", "DE"), ("fr", "FR")):
+        added = harchos(capsys, "hubs", "add", name, "--ssh", f"me@{name}.example",
+                        "--region", region)  # fmt: skip
+        assert added.code == 0, added.err
+    eco4cast = traces / "eco4cast"
+    replay = f"replay:{eco4cast / 'DE_2022_hourly.csv'},{eco4cast / 'FR_2022_hourly.csv'}"
+    clock = SimulatedClock(datetime(2022, 3, 1, 3, tzinfo=UTC), 1.0, time.time())
+    request = {
+        "kind": "train", "argv": [], "hub": "de", "defer": False, "duration_s": 7200.0,
+        "deadline": "2022-03-01T15:00:00Z", "threshold": None, "provider": replay, "gpus": 0,
+        "clock": clock.as_json(), "nodes": ["de", "fr"],
+        "shift": {"migrate": False, "interruptible": True, "scale": None},
+    }  # fmt: skip
+    seen: dict[str, object] = {}
+
+    def step(**kwargs: object) -> Step:
+        seen.update(kwargs)
+        return Step("run", str(kwargs["hub"]), 1, "stay", {})
+
+    monkeypatch.setattr(autoshift, "plan_step", step)
+    store = JobStore()
+    try:
+        row = store.create(Job(
+            id=new_id(), kind="train", name="demo", project_dir=str(root), state="running",
+            request=request, hub="de",
+        ))  # fmt: skip
+        assert autoshift.consider(store, row, clock) is None
+    finally:
+        store.close()
+    outlooks = seen["outlooks"]
+    assert isinstance(outlooks, dict)
+    assert list(outlooks) == ["de"]
+    # 03:00 on 2022-03-01: Germany 543 g, France 98 g (the traces' lifecycle column).
+    assert outlooks["de"][0] == pytest.approx((543.31 + 97.55) / 2)

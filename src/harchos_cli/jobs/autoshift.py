@@ -75,7 +75,7 @@ def consider(store: JobStore, job: Job, clock: Clock) -> str | None:
     """Decide the job's next hour; record an intent (and a decision) when it should change.
     Returns the intent recorded, if any. A forecast that cannot be had changes nothing."""
 
-    from harchos_cli.jobs.request import Forecaster, Request, get_hub
+    from harchos_cli.jobs.request import Forecaster, Request, combine, get_hub
 
     policy = policy_of(job.request)
     if policy is None or job.hub is None:
@@ -90,8 +90,11 @@ def consider(store: JobStore, job: Job, clock: Clock) -> str | None:
     if policy.migrate:
         names += [n for n in (project.spec.carbon.hubs or project.spec.hubs) if n != job.hub]
     try:
-        hubs = [get_hub(name, project) for name in names]
+        hubs = [get_hub(name, project) for name in request.nodes or names]
         candidates = Forecaster(request.provider, project).forecasts(hubs, now, request.deadline)
+        if request.nodes:
+            # A multi-node job (never moved) pauses on the mean of its machines' regions.
+            candidates = [combine(candidates)]
     except HarchosError:
         return None
     outlooks = {
