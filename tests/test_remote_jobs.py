@@ -172,6 +172,34 @@ def test_signal_reaches_the_whole_process_group(jobs: HubJobs, tmp_path: Path) -
     assert jobs.signal("group", signal.SIGTERM) is False
 
 
+def test_terminate_reaches_the_workload_alone_and_secrets_leave_no_copy(
+    jobs: HubJobs, tmp_path: Path
+) -> None:
+    # A server that stops its own children on SIGTERM (as `vllm serve`): they must not get it.
+    script = (
+        "import os, signal, subprocess, sys, time\n"
+        "child = subprocess.Popen(['sleep', '60'])\n"
+        "print('key', os.environ['API_KEY'], 'child', child.pid, flush=True)\n"
+        "def drain(*_):\n"
+        "    print('child alive', child.poll() is None, flush=True); child.kill(); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, drain)\n"
+        "time.sleep(60)\n"
+    )
+    spec = LaunchSpec("server", [PY, "-c", script], cwd=str(tmp_path),
+                      env={"API_KEY": "s3cret-value", "PLAIN": "seen"}, secret_env=["API_KEY"])  # fmt: skip
+    jobs.launch(spec)
+    wait_log(jobs, "server", b"child")
+    saved = json.loads((Path(jobs.job_dir("server")) / "spec.json").read_text())
+    assert saved["env"] == {"API_KEY": "", "PLAIN": "seen"}
+    assert jobs.terminate("server", signal.SIGTERM) is True
+    done = wait_exited(jobs, "server")
+    assert done.exit_code == 0
+    log = jobs.read_log("server", 0)
+    assert b"key s3cret-value" in log
+    assert b"child alive True" in log
+    assert jobs.terminate("server", signal.SIGTERM) is False
+
+
 def test_cancel_escalates_to_sigkill_after_the_grace_period(jobs: HubJobs) -> None:
     code = (
         "import signal, time\n"

@@ -4,7 +4,8 @@ It runs on the hub's own Python (3.8 or newer), so it uses only the standard lib
 from harchos. Every argument arrives as one literal argv element; nothing here goes through a shell.
 
 Job directory `<root>/<job_id>/`:
-    spec.json    what to run (argv, cwd, env), written before the directory appears
+    spec.json    what to run (argv, cwd, env), written before the directory appears; the values
+                 of the variables it names in `secret_env` are blanked once the workload started
     runner.py    a copy of this file; the monitor runs from it
     monitor.pid  the monitor process (waits for the workload, records its exit code)
     pid          the workload's pid, which is also its process group and session id
@@ -20,14 +21,20 @@ Job directory `<root>/<job_id>/`:
 
 Commands (each prints one JSON object on stdout unless noted):
     launch ROOT JOB_ID SPEC_JSON   start the job unless its directory exists; print its status
+                                   (SPEC_JSON `-`: the spec came with this file on stdin, so no
+                                   secret in it shows in the hub's process list)
     status ROOT JOB_ID             print its status
     log ROOT JOB_ID OFFSET LIMIT   write up to LIMIT raw log bytes from OFFSET (no JSON)
     signal ROOT JOB_ID SIGNUM      deliver SIGNUM to the workload's workers (see `_targets`);
                                    print {"sent": bool, "to": "workers"|"groups"|"pending"}
                                    (pending: a SIGUSR1 waits for the workers to register)
+    terminate ROOT JOB_ID SIGNUM   deliver SIGNUM to the workload's own process only (a server
+                                   that drains its children itself, as `vllm serve` on SIGTERM);
+                                   print {"sent": bool}
     digest DIR                     print {relative path: sha256} of every file under DIR
-    port                           print {"port": N}, a TCP port free on the hub now (for the
-                                   main node of a multi-node launch to listen on)
+    port START                     print {"port": N}: the first TCP port from START up that is
+                                   free on the hub now (START 0: any free port), for the main
+                                   node of a multi-node launch or a replica to listen on
     info WORKDIR                   print Python version, GPUs and free disk
     monitor JOB_DIR                (internal) run the workload and record its exit code
 """
@@ -161,7 +168,7 @@ def _print(obj: object) -> None:
 
 
 def _launch(root: str, job_id: str, spec_json: str) -> None:
-    spec = json.loads(spec_json)
+    spec = json.loads(_SPEC if spec_json == "-" else spec_json)
     job_dir = _job_dir(root, job_id)
     cwd = os.path.expanduser(spec["cwd"])
     if not os.path.isdir(cwd):
@@ -225,6 +232,7 @@ def _monitor(job_dir: str) -> None:
         spec = json.load(handle)
     env = dict(os.environ)
     env.update(spec.get("env") or {})
+    secret = [name for name in spec.get("secret_env") or [] if name in env]
     env["HARCHOS_CONTROL_DIR"] = os.path.join(job_dir, "control")
     os.makedirs(os.path.join(job_dir, "control", "workers"), mode=0o700, exist_ok=True)
     # Workers a launcher leaves behind (it was killed, or died) are re-parented to the monitor
@@ -252,6 +260,10 @@ def _monitor(job_dir: str) -> None:
         os.path.join(job_dir, "pid"),
         str(process.pid) + (" " + started if started else ""),
     )
+    if secret:
+        # The workload has its environment; the copy on disk keeps only the names.
+        spec["env"] = {k: ("" if k in secret else v) for k, v in (spec.get("env") or {}).items()}
+        _write_atomic(os.path.join(job_dir, "spec.json"), json.dumps(spec))
     while True:
         try:
             code = process.wait()
@@ -406,6 +418,21 @@ def _signal(root: str, job_id: str, signum: str) -> None:
     _print({"sent": sent, "to": "workers" if workers and not groups else "groups"})
 
 
+def _terminate(root: str, job_id: str, signum: str) -> None:
+    job_dir = _job_dir(root, job_id)
+    pid = (
+        None
+        if os.path.exists(os.path.join(job_dir, "exit_code"))
+        else _alive(os.path.join(job_dir, "pid"))
+    )
+    sent = False
+    if pid is not None:
+        with contextlib.suppress(OSError):
+            os.kill(pid, int(signum))
+            sent = True
+    _print({"sent": sent})
+
+
 def _age(job_dir: str) -> float:
     """Seconds since the workload started (its pid file was written)."""
     try:
@@ -460,13 +487,20 @@ def _digest(folder: str) -> None:
     _print(sums)
 
 
-def _port() -> None:
+def _port(start: str) -> None:
     import socket
 
-    # Bound on every interface, as torch's rendezvous store will bind it.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        _print({"port": sock.getsockname()[1]})
+    first = int(start)
+    for port in [0] if first == 0 else range(first, min(first + 1000, 65536)):
+        # Bound on every interface, as torch's rendezvous store and vLLM bind it.
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+            _print({"port": sock.getsockname()[1]})
+            return
+    _fail(f"no free port from {first} to {first + 999}")
 
 
 def _gpus() -> list[dict[str, object]]:
@@ -513,28 +547,31 @@ def _info(workdir: str) -> None:
 
 
 _SOURCE = ""
+_SPEC = ""
 
 
-def main(argv: list[str], source: str = "") -> None:
+def main(argv: list[str], source: str = "", spec: str = "") -> None:
     """Dispatch one command; see the module docstring.
 
     Sent on stdin, this file has no path of its own, so the sender appends a call passing its
-    text as `source` (the monitor runs from a copy in the job directory).
+    text as `source` (the monitor runs from a copy in the job directory), and a launch's `spec`.
     """
-    global _SOURCE  # noqa: PLW0603 - set once, before anything reads it
-    _SOURCE = source
+    global _SOURCE, _SPEC  # set once, before anything reads them
+    _SOURCE, _SPEC = source, spec
     commands: dict[str, tuple[Callable[..., None], int]] = {
         "launch": (_launch, 3),
         "status": (lambda root, job_id: _print(_status(_job_dir(root, job_id))), 2),
         "log": (_log, 4),
         "signal": (_signal, 3),
+        "terminate": (_terminate, 3),
         "info": (_info, 1),
         "digest": (_digest, 1),
-        "port": (_port, 0),
+        "port": (_port, 1),
         "monitor": (_monitor, 1),
     }
     if not argv or argv[0] not in commands or len(argv) - 1 != commands[argv[0]][1]:
-        _fail(f"usage: launch|status|log|signal|info|digest|port|monitor ARGS (got {argv!r})")
+        names = "|".join(commands)
+        _fail(f"usage: {names} ARGS (got {argv!r})")
     function, _ = commands[argv[0]]
     function(*argv[1:])
 

@@ -71,6 +71,9 @@ class LaunchSpec:
     argv: Sequence[str]
     cwd: str
     env: Mapping[str, str] = field(default_factory=dict)
+    # Names in `env` whose values are secrets: blanked in the hub's copy of the spec once the
+    # workload started.
+    secret_env: Sequence[str] = ()
 
 
 class Transport(Protocol):

@@ -35,9 +35,13 @@ _NOT_FOUND = 127
 
 
 @functools.cache
-def _payload() -> bytes:
-    source = (Path(__file__).parent / "_runner.py").read_text(encoding="utf-8")
-    return f"{source}\nmain(sys.argv[1:], source={source!r})\n".encode()
+def _source() -> str:
+    return (Path(__file__).parent / "_runner.py").read_text(encoding="utf-8")
+
+
+def _payload(spec: str = "") -> bytes:
+    source = _source()
+    return f"{source}\nmain(sys.argv[1:], source={source!r}, spec={spec!r})\n".encode()
 
 
 def jobs_root(hub: Hub) -> str:
@@ -83,12 +87,13 @@ class HubJobs:
         self.backoff_s = backoff_s
         self._sleep = sleep
 
-    def _call(self, *args: str, timeout: float = 60.0) -> bytes:
+    def _call(self, *args: str, timeout: float = 60.0, spec: str = "") -> bytes:
         delay = self.backoff_s
+        payload = _payload(spec)
         for attempt in range(1, self.attempts + 1):
             try:
                 result = self.transport.run(
-                    [self.hub.python, "-", *args], stdin=_payload(), timeout=timeout, check=False
+                    [self.hub.python, "-", *args], stdin=payload, timeout=timeout, check=False
                 )
             except HubUnreachableError:
                 if attempt == self.attempts:
@@ -129,10 +134,16 @@ class HubJobs:
 
         Returns the job's status either way (a second launch with the same id starts nothing).
         """
-        body = json.dumps({"argv": list(spec.argv), "cwd": spec.cwd, "env": dict(spec.env)})
+        body = json.dumps({
+            "argv": list(spec.argv), "cwd": spec.cwd, "env": dict(spec.env),
+            "secret_env": list(spec.secret_env),
+        })  # fmt: skip
         if not spec.argv:
             raise UsageError("nothing to launch: the command is empty")
-        return self._status(self._call("launch", self.root, check_job_id(spec.job_id), body))
+        # The spec travels on stdin, never on a command line the hub's users could read.
+        return self._status(
+            self._call("launch", self.root, check_job_id(spec.job_id), "-", spec=body)
+        )
 
     def status(self, job_id: str) -> JobStatus:
         """The job as the hub's files say: absent, running, or exited (with its exit code;
@@ -157,9 +168,16 @@ class HubJobs:
         sums = json.loads(raw.decode().strip().splitlines()[-1])
         return {str(name): str(digest) for name, digest in sums.items()}
 
-    def free_port(self) -> int:
-        """A TCP port free on the hub now (a multi-node launch's rendezvous port)."""
-        raw = self._call("port")
+    def terminate(self, job_id: str, signum: int) -> bool:
+        """Deliver `signum` to the job's own process only (a server that stops its children
+        itself); False when it is not running."""
+        raw = self._call("terminate", self.root, check_job_id(job_id), str(int(signum)))
+        return bool(json.loads(raw.decode().strip().splitlines()[-1])["sent"])
+
+    def free_port(self, start: int = 0) -> int:
+        """A TCP port free on the hub now: the first from `start` up (0: any), for a multi-node
+        launch's rendezvous or a replica."""
+        raw = self._call("port", str(int(start)))
         return int(json.loads(raw.decode().strip().splitlines()[-1])["port"])
 
     def info(self, workdir: str, *, timeout_s: float = 60.0) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ sys.path.insert(0, str(PROJECT))
 
 # Generous: a run takes seconds; this only stops a hung process from hanging the suite.
 WATCHDOG_S = 300
+READY = re.compile(r"rank (\d+) \(pid (\d+)\) ready")
 
 
 @dataclass
@@ -120,8 +122,9 @@ def run_and_signal(
         for line in iter(proc.stdout.readline, ""):
             lines.append(line)
             words = line.split()
-            if line.startswith("rank ") and "ready" in line:
-                pids[int(words[1])] = int(words[3].rstrip(")"))
+            # Two ranks printing at once can share a line: read every announcement in it.
+            for found in READY.finditer(line):
+                pids[int(found.group(1))] = int(found.group(2))
             if not sent and words[:1] == ["step"]:
                 step = int(words[1].split("/")[0])
                 if step < after_step:
