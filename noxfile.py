@@ -24,6 +24,17 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def fuzz(session: nox.Session) -> None:
+    """The property-based CLI test at length: hundreds of hostile examples per command
+    (`HARCHOS_FUZZ_PROFILE=long`; the suite runs a few). Not in the default sessions."""
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest", "-n", "2", "tests/test_cli_fuzz.py", *session.posargs,
+        env={"HARCHOS_FUZZ_PROFILE": "long"},
+    )  # fmt: skip
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff: lint and formatting."""
     session.install("ruff>=0.6")

@@ -48,5 +48,8 @@ def server() -> Iterator[FakeServer]:
 def traces() -> Path:
     path = traces_dir()
     if not path.is_dir():
-        pytest.fail(f"the shared traces are missing at {path}; set HARCHOS_TRACES")
+        pytest.fail(
+            f"the shared traces are missing at {path}; set HARCHOS_TRACES (the README says "
+            "where to get them)"
+        )
     return path

@@ -111,7 +111,8 @@ def test_catalogue_names_follow_prometheus_conventions() -> None:
         assert (metric.type == "counter") == metric.name.endswith("_total"), metric.name
     for metric in metrics.VLLM_METRICS:
         assert metric.name.startswith("vllm:")
-        assert "model_name" in metric.labels
+        # vLLM's V1 engine labels every metric with the served model and the engine index.
+        assert metric.labels[:2] == ("model_name", "engine"), metric.name
     intensity = metrics.by_name("harchos_carbon_intensity_gco2_per_kwh")
     assert intensity.type == "gauge"
     assert {"hub", "zone", "provider", "signal"} <= set(intensity.labels)

@@ -1,7 +1,8 @@
 """The serving blueprints render and pass their own tests against the vLLM test double.
 
 The generated tests start `python -m harchos_cli.testing.vllm_double` (a test double, not vLLM)
-on loopback and run the project's client, load test and replica picking against it.
+on loopback, through the same `vllm serve` command line harchos and the projects' `serve.py` build,
+and run the project's client, load test and layout checks against it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from conftest import REPO
 
 from harchos_cli import blueprints
 from harchos_cli.errors import UsageError
+from harchos_cli.jobs import spec
+from harchos_cli.serve.settings import ServeSettings
 
 
 def run_project_tests(dest: Path) -> str:
@@ -38,6 +41,32 @@ def toml(path: Path) -> dict[str, Any]:
     return tomllib.loads(path.read_text(encoding="utf-8"))
 
 
+def flags(argv: list[str]) -> dict[str, str]:
+    """`serve MODEL --flag value ...` as {flag: value}; the model under "MODEL"."""
+    start = argv.index("serve")
+    pairs = argv[start + 2 :]
+    assert len(pairs) % 2 == 0, argv
+    return {"MODEL": argv[start + 1], **dict(zip(pairs[::2], pairs[1::2], strict=True))}
+
+
+def dry_run(dest: Path) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "serve.py", "--dry-run"], cwd=dest, capture_output=True, text=True,
+        check=False, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return shlex.split(done.stdout)
+
+
+def harchos_reads(dest: Path) -> None:
+    """harchos accepts the project's harchos.toml, and launches a replica with the very flags
+    the project's `serve.py` uses."""
+    spec.parse(dest / "harchos.toml")
+    serve = ServeSettings.model_validate(toml(dest / "harchos.toml")["serve"])
+    assert serve.vllm_command == "vllm"
+    assert flags(serve.replica_argv(serve.port)) == flags(dry_run(dest))
+
+
 def test_llm_inference_passes_its_own_tests(tmp_path: Path) -> None:
     dest = blueprints.create("llm-inference", tmp_path / "chat-svc", defaults=True)
     assert not list(dest.rglob("*.jinja"))
@@ -45,6 +74,13 @@ def test_llm_inference_passes_its_own_tests(tmp_path: Path) -> None:
     config = toml(dest / "harchos.toml")
     assert config["job"] == {"name": "chat-svc", "kind": "serve", "command": "python serve.py"}
     assert config["hubs"]["local"]["region"] == config["carbon"]["region"] == "eu-west"
+    serve = config["serve"]
+    assert (serve["replicas"], serve["router_port"], serve["latency_budget_ms"]) == (1, 8080, 5000)
+    assert "hubs" not in serve
+    assert "vllm_command" not in serve
+    assert '# vllm_command = "vllm"' in (dest / "harchos.toml").read_text()
+    assert "vllm>=0.18" in (dest / "requirements-vllm.txt").read_text().splitlines()
+    harchos_reads(dest)
     run_project_tests(dest)
 
 
@@ -58,65 +94,70 @@ def test_llm_inference_answers_make_the_vllm_command(tmp_path: Path) -> None:
         "port": "8100",
         "shutdown_timeout": "60",
         "api_key_env": "MISTRAL_KEY",
+        "replicas": "2",
+        "router_port": "9100",
     }
     dest = blueprints.create("llm-inference", tmp_path / "m", data=answers, defaults=True)
-    serve = toml(dest / "harchos.toml")["serve"]
-    assert serve["api_key_env"] == "MISTRAL_KEY"
-    done = subprocess.run(
-        [sys.executable, "serve.py", "--dry-run"], cwd=dest, capture_output=True, text=True,
-        check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert shlex.split(done.stdout) == [
+    config = toml(dest / "harchos.toml")
+    assert config["serve"]["api_key_env"] == "MISTRAL_KEY"
+    assert (config["serve"]["replicas"], config["serve"]["router_port"]) == (2, 9100)
+    assert config["hubs"]["local"]["gpus"] == 4  # two replicas of two GPUs
+    assert dry_run(dest) == [
         "vllm", "serve", "mistralai/Mistral-7B-Instruct-v0.3",
         "--served-model-name", "mistral-7b-instruct-v0.3",
-        "--host", "0.0.0.0",
-        "--port", "8100",
         "--dtype", "bfloat16",
         "--max-model-len", "16384",
         "--gpu-memory-utilization", "0.8",
         "--tensor-parallel-size", "2",
+        "--host", "0.0.0.0",
+        "--port", "8100",
         "--shutdown-timeout", "60",
     ]  # fmt: skip
+    harchos_reads(dest)
 
 
 def test_multi_hub_inference_passes_its_own_tests(tmp_path: Path) -> None:
     dest = blueprints.create("multi-hub-inference", tmp_path / "fleet", defaults=True)
     assert "# harchos blueprint: multi-hub-inference" in (dest / ".copier-answers.yml").read_text()
+    harchos_reads(dest)
     run_project_tests(dest)
 
 
 @pytest.mark.parametrize(
-    ("regions", "budget_ms"),
-    [("eu-north, eu-west", 80), ("eu-west,us-east,ap-northeast", 200)],
+    ("regions", "replicas"), [("eu-north, eu-west", 1), ("eu-west,us-east,ap-northeast", 2)]
 )
-def test_multi_hub_layout_follows_the_regions(tmp_path: Path, regions: str, budget_ms: int) -> None:
-    data = {"regions": regions, "replicas_per_hub": "2", "tensor_parallel_size": "2"}
+def test_multi_hub_layout_follows_the_regions(tmp_path: Path, regions: str, replicas: int) -> None:
+    data = {"regions": regions, "max_replicas_per_hub": "2", "tensor_parallel_size": "2"}
     dest = blueprints.create("multi-hub-inference", tmp_path / "f", data=data, defaults=True)
     config = toml(dest / "harchos.toml")
     names = [r.strip() for r in regions.split(",")]
     assert list(config["hubs"]) == names
     assert [hub["region"] for hub in config["hubs"].values()] == names
     assert all(hub["gpus"] == 4 for hub in config["hubs"].values())
-    assert [(r["hub"], r["port"]) for r in config["replicas"]] == [
-        (name, port) for name in names for port in (8000, 8001)
-    ]
-    # Within one continent a greener hub is near; across oceans the budget must be larger.
-    assert config["router"]["latency_budget_ms"] == budget_ms
-    assert config["router"]["port"] == 9000
+    serve = config["serve"]
+    # One hub fewer replicas than hubs by default: a replica always has a hub to move to.
+    assert (serve["hubs"], serve["replicas"]) == (names, replicas)
+    assert (serve["port"], serve["router_port"], serve["latency_budget_ms"]) == (8000, 8080, 5000)
+    # harchos's router replaced the blueprint's own tables.
+    assert "router" not in config
+    assert "replicas" not in config
+    harchos_reads(dest)
 
 
-def test_multi_hub_needs_two_distinct_regions(tmp_path: Path) -> None:
-    for regions in ("eu-west", "eu-west,eu-west"):
+def test_multi_hub_refuses_what_cannot_be_placed(tmp_path: Path) -> None:
+    for data in (
+        {"regions": "eu-west"},
+        {"regions": "eu-west,eu-west"},
+        {"regions": "eu-west,eu-north", "replicas": "3"},  # two hubs of one replica each
+    ):
         with pytest.raises(UsageError):
-            blueprints.create(
-                "multi-hub-inference", tmp_path / "f", data={"regions": regions}, defaults=True
-            )
+            blueprints.create("multi-hub-inference", tmp_path / "f", data=data, defaults=True)
         assert not (tmp_path / "f").exists()
 
 
 def test_the_serving_blueprints_share_their_launcher_and_client() -> None:
     single = REPO / "blueprints" / "llm-inference" / "template"
     multi = REPO / "blueprints" / "multi-hub-inference" / "template"
-    for name in ("serve.py", "client.py", "pyproject.toml", "requirements.txt"):
+    names = ("serve.py", "client.py", "pyproject.toml", "requirements.txt", "requirements-vllm.txt")
+    for name in names:
         assert (single / name).read_text() == (multi / name).read_text(), name

@@ -59,7 +59,10 @@ def test_python_dash_m_works() -> None:
 def test_unknown_command_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     result = harchos(capsys, "frobnicate")
     assert result.code == 2
-    assert "No such command" in result.err
+    assert result.err.splitlines() == [
+        "harchos: error: no such command 'frobnicate'",
+        "  hint: see: harchos --help",
+    ]
 
 
 def test_unknown_region_exits_2_with_suggestions(capsys: pytest.CaptureFixture[str]) -> None:

@@ -185,8 +185,8 @@ def test_terminate_reaches_the_workload_alone_and_secrets_leave_no_copy(
         "signal.signal(signal.SIGTERM, drain)\n"
         "time.sleep(60)\n"
     )
-    spec = LaunchSpec("server", [PY, "-c", script], cwd=str(tmp_path),
-                      env={"API_KEY": "s3cret-value", "PLAIN": "seen"}, secret_env=["API_KEY"])  # fmt: skip
+    env = {"API_KEY": "s3cret-value", "PLAIN": "seen"}
+    spec = LaunchSpec("server", [PY, "-c", script], str(tmp_path), env, secret_env=["API_KEY"])
     jobs.launch(spec)
     wait_log(jobs, "server", b"child")
     saved = json.loads((Path(jobs.job_dir("server")) / "spec.json").read_text())

@@ -1,3 +1,3 @@
-from harchos_cli.cli.app import main
+from harchos_cli.cli.entry import main
 
 main()

@@ -61,7 +61,7 @@ def builtin_root() -> Path:
     """
     override = os.environ.get(_ROOT_ENV)
     if override:
-        return Path(override).expanduser()
+        return Path(os.path.expanduser(override))
     installed = Path(str(resources.files("harchos_cli"))) / "_blueprints"
     if installed.is_dir():
         return installed
@@ -151,15 +151,18 @@ def create(
             blueprint needs `trust`, or questions need a terminal.
         HarchosError: The blueprint failed to render or one of its tasks failed.
     """
-    dest = Path(dest).expanduser().absolute()
-    if dest.exists() and not dest.is_dir():
-        raise UsageError(f"{dest} exists and is not a folder", hint="choose another destination")
-    if dest.is_dir() and any(dest.iterdir()) and not force:
-        raise UsageError(
-            f"{dest} is not empty",
-            hint="choose a new folder, or pass --force to render into it "
-            "(files the blueprint makes are overwritten)",
-        )
+    dest = Path(os.path.expanduser(dest)).absolute()
+    with _path_errors(dest):
+        if dest.exists() and not dest.is_dir():
+            raise UsageError(
+                f"{dest} exists and is not a folder", hint="choose another destination"
+            )
+        if dest.is_dir() and any(dest.iterdir()) and not force:
+            raise UsageError(
+                f"{dest} is not empty",
+                hint="choose a new folder, or pass --force to render into it "
+                "(files the blueprint makes are overwritten)",
+            )
     ref: str | None
     if blueprint in BUILTIN:
         src, ref = snapshot(blueprint, vcs_ref)
@@ -169,8 +172,21 @@ def create(
 
     import copier
 
-    created = _make_parents(dest.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.harchos-new-", dir=dest.parent))
+    try:
+        created = _make_parents(dest.parent)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create {dest.parent}: {exc.strerror}", hint="choose another destination"
+        ) from None
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.harchos-new-", dir=dest.parent))
+    except OSError as exc:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise UsageError(
+            f"cannot create {dest}: {exc.strerror}", hint="choose another destination"
+        ) from None
     # Rendered under the final name: templates see it as copier's `_folder_name`.
     rendered = tmp / dest.name
     try:
@@ -225,7 +241,7 @@ def update(
             blueprint version it was made from is not on this machine.
         HarchosError: The blueprint failed to render or one of its tasks failed.
     """
-    dest = Path(dest).expanduser().absolute()
+    dest = Path(os.path.expanduser(dest)).absolute()
     recorded = answers(dest)
     _require_clean_git(dest)
     src_path = str(recorded.get("_src_path", ""))
@@ -266,7 +282,9 @@ def answers(dest: Path) -> dict[str, Any]:
     import yaml
 
     path = Path(dest) / ANSWERS_FILE
-    if not path.is_file():
+    with _path_errors(path):
+        found = path.is_file()
+    if not found:
         raise UsageError(
             f"{Path(dest)} has no {ANSWERS_FILE}",
             hint="harchos update works in a folder made by harchos new",
@@ -406,11 +424,32 @@ def _recorded_builtin(dest: Path) -> str | None:
 def _check_source(blueprint: str) -> None:
     if blueprint.startswith(_URL_PREFIXES) or blueprint.endswith((".git", ".bundle")):
         return
-    if Path(blueprint).expanduser().exists():
+    local = Path(os.path.expanduser(blueprint))
+    with _path_errors(local):
+        exists = local.exists()
+    if exists:
+        if not any((local / name).is_file() for name in ("copier.yml", "copier.yaml")):
+            raise UsageError(
+                f"{blueprint} is not a blueprint: it has no copier.yml",
+                hint="give a built-in blueprint (harchos new --list), or a folder or git "
+                "repository holding a copier.yml",
+            )
         return
     close = difflib.get_close_matches(blueprint, list(BUILTIN), n=2)
     hint = f"did you mean {' or '.join(close)}?" if close else "harchos new --list shows them"
     raise UsageError(f"unknown blueprint {blueprint!r} (not a built-in, a path or a URL)", hint)
+
+
+@contextlib.contextmanager
+def _path_errors(path: Path) -> Iterator[None]:
+    """A path the system refuses to look at (too long, not readable) is a usage error."""
+    try:
+        yield
+    except OSError as exc:
+        shown = str(path) if len(str(path)) <= 80 else f"{str(path)[:77]}..."
+        raise UsageError(
+            f"cannot use {shown}: {exc.strerror}", hint="choose another path"
+        ) from None
 
 
 def _require_clean_git(dest: Path) -> None:
@@ -436,9 +475,16 @@ def _make_parents(folder: Path) -> list[Path]:
     while not folder.exists():
         missing.append(folder)
         folder = folder.parent
-    created = list(reversed(missing))
-    for item in created:
-        item.mkdir()
+    created: list[Path] = []
+    try:
+        for item in reversed(missing):
+            item.mkdir()
+            created.append(item)
+    except OSError:
+        for item in reversed(created):
+            with contextlib.suppress(OSError):
+                item.rmdir()
+        raise
     return created
 
 

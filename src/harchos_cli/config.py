@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from harchos_cli import paths
 from harchos_cli.errors import UsageError
+from harchos_cli.secrets import MASK as _MASK
 
 ValueType = Literal["str", "float", "int", "bool"]
 Origin = Literal["flag", "env", "project", "user", "default"]
@@ -109,7 +110,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
-MASK = "********"
+MASK = _MASK
 
 
 def _coerce(setting: Setting, raw: Any, origin: str) -> str | float | int | bool:
@@ -160,6 +161,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(
             f"{path} is not valid TOML: {exc}", hint="fix or remove the file"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{path} is not UTF-8 text (byte {exc.start})", hint="save the file as UTF-8"
         ) from None
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None

@@ -11,7 +11,8 @@ that a query never mixes them by accident.
 
 Label meanings: `hub` is a hub name from the project's harchos.toml, `zone` an Electricity Maps
 zone id, `provider` the carbon data provider (`embedded`, `electricitymaps`, ...), `job` a harchos
-job id, `replica` a serving replica id (`<hub>/<index>`), `model_name` the name vLLM serves.
+job id, `replica` a serving replica id (`<hub>/<index>`), `model_name` the name vLLM serves (the
+first `--served-model-name`), `engine` vLLM's engine-core index (data parallelism; "0" otherwise).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def _h(name: str, type_: MetricType, help_: str, *labels: str) -> Metric:
     return Metric(name, type_, help_, labels, "harchos")
 
 
-def _v(name: str, type_: MetricType, help_: str) -> Metric:
-    return Metric(name, type_, help_, ("model_name",), "vllm")
+def _v(name: str, type_: MetricType, help_: str, *labels: str) -> Metric:
+    return Metric(name, type_, help_, ("model_name", "engine", *labels), "vllm")
 
 
 HARCHOS_METRICS: tuple[Metric, ...] = (
@@ -180,8 +181,10 @@ HARCHOS_METRICS: tuple[Metric, ...] = (
     _h(
         "harchos_router_requests_total",
         "counter",
-        "Requests the router answered, by replica and HTTP status code.",
+        "Requests the router answered, by replica, its region and HTTP status code "
+        '(replica and region "none" when no replica could take the request).',
         "replica",
+        "region",
         "code",
     ),
     _h(
@@ -190,22 +193,56 @@ HARCHOS_METRICS: tuple[Metric, ...] = (
         "Time from the router receiving a request to the last byte of its answer, in seconds.",
         "replica",
     ),
+    _h(
+        "harchos_router_replica_failures_total",
+        "counter",
+        "Times a replica failed a request the router sent it: connection failures and 503s "
+        "(retried on the next replica) and answers cut off midway.",
+        "replica",
+        "region",
+    ),
+    _h(
+        "harchos_router_estimated_emissions_kgco2_total",
+        "counter",
+        "Estimated emissions of the requests a replica answered: an assumed energy per request "
+        "(kWh) times its region's carbon intensity when answered, in kgCO2eq. An estimate, not "
+        "a measurement.",
+        "replica",
+        "region",
+    ),
+    _h(
+        "harchos_router_replica_state",
+        "gauge",
+        "1 for the replica's current state in the router's table (starting, ready, dead, "
+        "draining, stopped), 0 for the others.",
+        "replica",
+        "hub",
+        "region",
+        "state",
+    ),
+    _h(
+        "harchos_router_carbon_intensity_gco2_per_kwh",
+        "gauge",
+        "Carbon intensity the router ranks a region's replicas by, in gCO2eq/kWh.",
+        "region",
+    ),
 )
 
 # The vLLM metrics that harchos's router and dashboards read (reference/launching.md); vLLM
-# exports many more. vLLM labels every one of them with `model_name`.
+# exports many more. Names, help texts and labels as vLLM's V1 engine registers them
+# (`PrometheusStatLogger` in vllm/v1/metrics/loggers.py, vLLM 0.9 and later): every one is
+# labelled `model_name` and `engine`; a counter's name gains `_total` in the exposition.
 VLLM_METRICS: tuple[Metric, ...] = (
     _v("vllm:num_requests_running", "gauge", "Number of requests in model execution batches."),
     _v("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed."),
     _v("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage."),
     _v("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed."),
     _v("vllm:generation_tokens_total", "counter", "Number of generation tokens processed."),
-    Metric(
+    _v(
         "vllm:request_success_total",
         "counter",
         "Count of successfully processed requests.",
-        ("model_name", "finished_reason"),
-        "vllm",
+        "finished_reason",
     ),
     _v(
         "vllm:time_to_first_token_seconds",
@@ -215,7 +252,7 @@ VLLM_METRICS: tuple[Metric, ...] = (
     _v(
         "vllm:e2e_request_latency_seconds",
         "histogram",
-        "Histogram of end to end request latency in seconds.",
+        "Histogram of e2e request latency in seconds.",
     ),
 )
 

@@ -124,32 +124,111 @@ def _m004_job_attempts_and_decisions(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX jobs_run ON jobs (project_dir, kind, run_id)")
 
 
+@migration
+def _m005_serving(db: sqlite3.Connection) -> None:
+    """Serving (owned by harchos_cli.serve): one row per `harchos run serve` deployment, one per
+    replica it runs (a replica keeps its row across restarts and moves: `generation` counts its
+    launches); decisions go to `job_decisions` under the deployment's id."""
+    db.execute(
+        """
+        CREATE TABLE serve_deployments (
+            id TEXT PRIMARY KEY,
+            project_dir TEXT NOT NULL,
+            name TEXT NOT NULL,
+            state TEXT NOT NULL,
+            settings TEXT NOT NULL,
+            router_url TEXT,
+            controller_pid INTEGER,
+            heartbeat TEXT,
+            stop_requested INTEGER NOT NULL DEFAULT 0,
+            message TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE serve_replicas (
+            deployment_id TEXT NOT NULL,
+            id TEXT NOT NULL,
+            hub TEXT NOT NULL,
+            slot INTEGER NOT NULL,
+            port INTEGER NOT NULL,
+            gpu_ids TEXT,
+            generation INTEGER NOT NULL DEFAULT 1,
+            state TEXT NOT NULL,
+            url TEXT NOT NULL,
+            region TEXT,
+            hub_json TEXT NOT NULL,
+            stats TEXT,
+            restarts INTEGER NOT NULL DEFAULT 0,
+            launched_at TEXT,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (deployment_id, id)
+        )
+        """
+    )
+    db.execute("CREATE INDEX serve_deployments_state ON serve_deployments (state)")
+
+
 def connect(path: Path | None = None) -> sqlite3.Connection:
-    """Open (creating and migrating as needed) the state database."""
+    """Open (creating and migrating as needed) the state database.
+
+    The database (and SQLite's -wal and -shm files, which take its mode) is 0600 in a 0700
+    folder: it holds the jobs' environments.
+
+    Raises:
+        UsageError: the database cannot be opened, is damaged, or was written by a newer
+            harchos (exit 2, with the "move harchos.db aside" hint).
+    """
     target = path or paths.state_db()
+    hint = (
+        "check that HARCHOS_HOME (or your user data folder) is writable; move a damaged "
+        "harchos.db aside"
+    )
+    paths.private_dir(target.parent)
+    paths.private_file(target)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(target, timeout=30, isolation_level=None)
+    except (OSError, sqlite3.DatabaseError) as exc:
+        raise UsageError(f"cannot open the state database {target}: {exc}", hint=hint) from None
+    try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA busy_timeout=30000")
-        _migrate(db)
-    except (OSError, sqlite3.DatabaseError) as exc:
-        raise UsageError(
-            f"cannot open the state database {target}: {exc}",
-            hint="check that HARCHOS_HOME (or your user data folder) is writable; move a damaged "
-            "harchos.db aside",
-        ) from None
+        _migrate(db, target)
+    except BaseException as exc:
+        db.close()
+        if isinstance(exc, OSError | sqlite3.DatabaseError):
+            raise UsageError(f"cannot open the state database {target}: {exc}", hint=hint) from None
+        raise
+    for suffix in ("-wal", "-shm"):
+        side = target.with_name(target.name + suffix)
+        if side.exists():
+            paths.private_file(side)
     return db
 
 
-def _migrate(db: sqlite3.Connection) -> None:
+def _check_version(version: int, target: Path) -> None:
+    if version > len(MIGRATIONS):
+        raise UsageError(
+            f"the state database {target} has schema version {version}, newer than this "
+            f"harchos knows ({len(MIGRATIONS)}): a newer harchos wrote it",
+            hint="use the newer harchos, or move harchos.db aside to start afresh "
+            "(its jobs are then forgotten)",
+        )
+
+
+def _migrate(db: sqlite3.Connection, target: Path) -> None:
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    if version >= len(MIGRATIONS):
+    _check_version(version, target)
+    if version == len(MIGRATIONS):
         return
     db.execute("BEGIN IMMEDIATE")
     try:
         # Re-read inside the write lock: another process may have migrated meanwhile.
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        _check_version(version, target)
         for index in range(version, len(MIGRATIONS)):
             MIGRATIONS[index](db)
         db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")

@@ -15,6 +15,11 @@ _ISO_DURATION = re.compile(
     re.IGNORECASE,
 )
 _DURATION_HINT = "use e.g. 90m, 6h, 1h30m, 2d or ISO-8601 PT6H"
+# Bounds that keep every date harchos computes (a deadline, a forecast's last hour) inside what
+# `datetime` can hold, far beyond any forecast's use.
+MAX_SPAN = timedelta(days=20 * 366)
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -35,6 +40,8 @@ def parse_duration(text: str) -> timedelta:
         raise UsageError(f"bad duration {text!r}", hint=_DURATION_HINT)
     if seconds <= 0:
         raise UsageError(f"duration {text!r} must be positive", hint=_DURATION_HINT)
+    if seconds > MAX_SPAN.total_seconds():
+        raise UsageError(f"duration {text!r} is longer than 20 years", hint=_DURATION_HINT)
     return timedelta(seconds=seconds)
 
 
@@ -44,19 +51,30 @@ def parse_instant(text: str) -> datetime:
     if raw.endswith(("Z", "z")):
         raw = raw[:-1] + "+00:00"
     try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
+        value = as_utc(datetime.fromisoformat(raw))
+    except (ValueError, OverflowError):
         raise UsageError(
             f"bad timestamp {text!r}", hint="use ISO-8601, e.g. 2022-03-01T00:00:00Z"
         ) from None
-    return as_utc(value)
+    if not EARLIEST <= value < LATEST:
+        raise UsageError(
+            f"timestamp {text!r} is out of range",
+            hint=f"give a time between {EARLIEST.year} and {LATEST.year - 1}",
+        )
+    return value
 
 
 def parse_deadline(text: str, now: datetime) -> datetime:
     """A deadline is either a duration from `now` (`12h`) or an ISO timestamp."""
     raw = text.strip()
     if re.match(r"^\d{4}-\d{2}-\d{2}", raw):
-        return parse_instant(raw)
+        deadline = parse_instant(raw)
+        if deadline - now > MAX_SPAN:
+            raise UsageError(
+                f"deadline {text!r} is more than 20 years ahead",
+                hint="give a duration from now (12h, 2d) or a nearer ISO timestamp",
+            )
+        return deadline
     try:
         return now + parse_duration(raw)
     except UsageError:

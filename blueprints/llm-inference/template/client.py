@@ -34,10 +34,16 @@ def base_url(settings: ServeSettings, environ: dict[str, str] | None = None) -> 
     return env.get("OPENAI_BASE_URL") or f"http://127.0.0.1:{settings.port}/v1"
 
 
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The headers that carry the API key, as vLLM's `--api-key` expects it; none without one."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def make_client(url: str, api_key: str | None, timeout: float = 120.0) -> httpx.Client:
     """An HTTP client for the API at `url`, sending the API key if there is one."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.Client(base_url=url.rstrip("/") + "/", headers=headers, timeout=timeout)
+    return httpx.Client(
+        base_url=url.rstrip("/") + "/", headers=auth_headers(api_key), timeout=timeout
+    )
 
 
 def wait_ready(url: str, timeout: float = 600.0, interval: float = 0.5) -> None:

@@ -9,9 +9,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from harchos_cli.carbon.service import ForecastService
+from harchos_cli.carbon.service import ForecastService, horizon_warning
 from harchos_cli.carbon.types import Forecast, Point, Region
-from harchos_cli.carbon.windows import BestWindow, Window, best_window, periods_below
+from harchos_cli.carbon.windows import (
+    BestWindow,
+    Window,
+    band_spread,
+    best_window,
+    check_threshold,
+    periods_below,
+)
 from harchos_cli.errors import HarchosError, UsageError
 from harchos_cli.timeparse import floor_hour, format_duration, iso
 
@@ -25,6 +32,13 @@ class RegionOutlook:
     below: list[Window] | None
     error: str | None = None
     shown_hours: int | None = None
+
+    @property
+    def spread(self) -> float:
+        """The forecast's relative uncertainty over the best window and the one starting now."""
+        if self.best is None:
+            return 0.0
+        return band_spread(self.forecast.points, (self.best.best, self.best.now))
 
     @property
     def shown(self) -> list[Point]:
@@ -69,6 +83,7 @@ def build_outlook(
     threshold: float | None,
 ) -> Outlook:
     """Forecast every region and search each for its greenest window before `deadline`."""
+    check_threshold(threshold)
     # The window search needs the forecast to reach the deadline even if fewer hours are shown.
     needed = max(hours, math.ceil((deadline - floor_hour(now)) / timedelta(hours=1)))
     outlooks = []
@@ -93,6 +108,8 @@ def build_outlook(
     outlook.warnings.extend(
         f"{item.forecast.region.name}: {item.error}" for item in outlooks if item.error
     )
+    beyond = (horizon_warning(item.forecast, now, deadline) for item in outlooks)
+    outlook.warnings.extend(warning for warning in beyond if warning)
     signals = {r.forecast.source.signal for r in outlooks}
     if len(signals) > 1:
         outlook.warnings.append(

@@ -12,14 +12,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from harchos_cli.carbon.cache import ResponseCache
-from harchos_cli.carbon.embedded import EmbeddedModel
+from harchos_cli.carbon.embedded import MAX_LEAD, EmbeddedModel
 from harchos_cli.carbon.providers.base import LiveProvider, ProviderData
 from harchos_cli.carbon.providers.live import LIVE_PROVIDERS, make_live_provider, worth_trying
 from harchos_cli.carbon.providers.replay import ReplayProvider, parse_replay_spec
 from harchos_cli.carbon.types import Comparison, Forecast, Observation, Point, Region, Source
 from harchos_cli.config import Config
 from harchos_cli.errors import ProviderError, UsageError
-from harchos_cli.timeparse import floor_hour
+from harchos_cli.timeparse import floor_hour, iso
 
 PROVIDER_CHOICES = ("auto", "embedded", *LIVE_PROVIDERS, "replay:PATH")
 # Preference for --provider auto among configured providers that cover the zone. WattTime is last:
@@ -217,3 +217,19 @@ def _compare(
     mean_abs = sum(abs(a - b) for a, b in pairs) / len(pairs)
     level = sum(b for _, b in pairs) / len(pairs)
     return Comparison(model.model_name, mean_abs, mean_abs / level if level else 0.0, len(pairs))
+
+
+def horizon_warning(forecast: Forecast, now: datetime, deadline: datetime) -> str | None:
+    """A warning when a search up to `deadline` reaches past what the forecast can know (beyond
+    the embedded model's last lead, only the usual pattern is left); None when it does not. A
+    replayed trace knows every hour it holds."""
+    if forecast.source.provider == "replay":
+        return None
+    known = floor_hour(now) + timedelta(hours=MAX_LEAD)
+    if deadline <= known:
+        return None
+    return (
+        f"{forecast.region.name}: after {iso(known)} ({MAX_LEAD} h ahead) the forecast is only "
+        "the usual pattern for the season, weekday and hour, not a forecast of those days; a "
+        "window found there is typical, not predicted"
+    )

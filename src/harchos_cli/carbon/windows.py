@@ -8,6 +8,7 @@ window is a candidate only if the data cover it fully. Ties go to the earliest s
 from __future__ import annotations
 
 import bisect
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -179,3 +180,37 @@ def periods_below(points: Sequence[Point], threshold: float) -> list[Window]:
                 run.append(point)
     close()
     return spans
+
+
+def check_threshold(value: float | None, name: str = "--threshold") -> float | None:
+    """`value` unchanged when it is a usable threshold (gCO2eq/kWh), else `UsageError` (exit 2):
+    NaN, infinities and negative values mean nothing as an intensity."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise UsageError(
+            f"{name} {value:g} is not an intensity",
+            hint="give a number of gCO2eq/kWh, 0 or more (e.g. --threshold 150)",
+        )
+    return value
+
+
+def band_spread(points: Sequence[Point], windows: Sequence[Window]) -> float:
+    """How uncertain the forecast is over `windows`: the median relative half-width of the
+    P10–P90 band of the points they cover (0 for recorded values, which have no band)."""
+    spans = [(w.start, w.end) for w in windows]
+    widths = [
+        (p.high - p.low) / 2 / p.intensity
+        for p in points
+        if p.intensity > 0 and any(start <= p.start < end for start, end in spans)
+    ]
+    return statistics.median(widths) if widths else 0.0
+
+
+def saving_text(saving: float, spread: float | None) -> str:
+    """A saving as a percentage no finer than the band supports: to 0.1 % for recorded values,
+    to 1 % for a band within ±10 %, else to the nearest 5 % (with a `~`). `spread` None (not
+    known): to 1 %."""
+    if spread is not None and spread < 0.01:
+        return f"{saving:.1%}"
+    if spread is None or spread <= 0.10:
+        return f"{saving:.0%}"
+    return f"~{round(saving * 20) * 5:.0f}%"

@@ -8,13 +8,14 @@ import sys
 import traceback
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 import typer
 
 from harchos_cli import __version__
-from harchos_cli.cli import config_cmd, forecast, hubs, jobs, new, plan, regions
+from harchos_cli.cli import config_cmd, forecast, hubs, jobs, new, output, plan, regions, serve
 from harchos_cli.cli import run as run_cmd
-from harchos_cli.errors import ExitCode, HarchosError
+from harchos_cli.errors import ExitCode, HarchosError, UsageError
 
 app = typer.Typer(
     name="harchos",
@@ -34,6 +35,7 @@ app.add_typer(run_cmd.app, name="run")
 app.add_typer(hubs.app, name="hubs")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(plan.app, name="plan")
+app.add_typer(serve.app, name="serve")
 app.add_typer(config_cmd.app, name="config")
 
 
@@ -81,24 +83,100 @@ def _error_line(exc: HarchosError) -> str:
     return f"{line}\n  hint: {exc.hint}" if exc.hint else line
 
 
+def _tidy_help(command: Any) -> None:
+    """Name every value in help and errors after what it is (`--hub HUB`, `TRACE`) rather than
+    its Python type (`<str>`), for every command, present and future."""
+    for param in command.params:
+        if param.metavar is not None or not param.name:
+            continue
+        if param.param_type_name == "argument" or not (param.is_flag or param.count):
+            param.metavar = param.name.upper()
+    for sub in (getattr(command, "commands", None) or {}).values():
+        _tidy_help(sub)
+
+
+def _kinds(exc: BaseException) -> set[str]:
+    """The class names of `exc`: click's errors are matched by name, so that click's own and the
+    copy that typer may vendor are both recognised."""
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def _usage_error(exc: Exception) -> HarchosError:
+    """A click error (bad option value, unknown option, missing argument) as harchos's own
+    one-line error: click's message, its "did you mean" as the hint, else where help is."""
+    format_message = getattr(exc, "format_message", None)
+    text = format_message() if callable(format_message) else str(exc)
+    message = " ".join(str(text).split())
+    hint = None
+    for marker in (" (Possible options: ", " Did you mean"):
+        head, sep, tail = message.partition(marker)
+        if sep:
+            message = head
+            choices = (sep + tail).strip().strip("()?").split(":", 1)[-1]
+            choices = choices.removeprefix("Did you mean").strip()
+            hint = f"did you mean {' or '.join(c.strip() for c in choices.split(','))}?"
+    message = message.rstrip(".")
+    if message[:1].isupper() and message[1:2].islower():
+        message = message[0].lower() + message[1:]
+    ctx = getattr(exc, "ctx", None)
+    where = getattr(ctx, "command_path", None) or "harchos"
+    return UsageError(message, hint or f"see: {where} --help")
+
+
+def _report(exc: HarchosError) -> int:
+    if _state.debug:
+        traceback.print_exc()
+    print(_error_line(exc), file=sys.stderr)
+    return int(exc.exit_code)
+
+
+def _check_text(args: Sequence[str]) -> None:
+    """Refuse an argument that is not UTF-8 (Python holds its bytes as lone surrogates): names,
+    ids, regions and paths go into the state database and the output, which are UTF-8."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+            raise UsageError(
+                f"the argument '{shown}' is not UTF-8 text",
+                hint="give names, ids and paths in UTF-8 (rename a file whose name is not)",
+            ) from None
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI on `argv` and return the exit code (the documented contract)."""
     _state.debug = os.environ.get("HARCHOS_DEBUG", "").lower() in {"1", "true", "yes"}
+    output.reset()
     previous = signal.signal(signal.SIGINT, _on_sigint)
+    args = list(argv) if argv is not None else sys.argv[1:]
     try:
-        app(args=list(argv) if argv is not None else None, prog_name="harchos")
+        _check_text(args)
+        command = typer.main.get_command(app)
+        _tidy_help(command)
+        # Not standalone: click's own errors come here, to be printed as harchos's.
+        code = command.main(args=args, prog_name="harchos", standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except SystemExit as exit_:
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except HarchosError as exc:
-        if _state.debug:
-            traceback.print_exc()
-        print(_error_line(exc), file=sys.stderr)
-        return int(exc.exit_code)
-    except Interrupted:
+        return _report(exc)
+    except (Interrupted, KeyboardInterrupt):
         print("harchos: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
     except Exception as exc:
+        kinds = _kinds(exc)
+        if "NoArgsIsHelpError" in kinds:
+            getattr(exc, "show")()  # noqa: B009 (a group run without a command: its help)
+            return int(ExitCode.USAGE)
+        if "ClickException" in kinds:
+            return _report(_usage_error(exc))
+        if "Abort" in kinds:
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                print("harchos: interrupted", file=sys.stderr)
+                return int(ExitCode.INTERRUPTED)
+            return _report(UsageError("no answer: the input ended", hint="run it in a terminal"))
         if _state.debug:
             traceback.print_exc()
         else:
@@ -110,7 +188,6 @@ def run(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.WORK_FAILED)
     finally:
         signal.signal(signal.SIGINT, previous)
-    return 0
 
 
 def main() -> None:

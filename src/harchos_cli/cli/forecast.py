@@ -10,6 +10,8 @@ app = typer.Typer(
     help="Carbon intensity ahead, the greenest window for a job, and how sure it is.",
     invoke_without_command=True,
     rich_markup_mode=None,
+    # It runs on its own; `backtest` is the one subcommand.
+    subcommand_metavar="[backtest TRACE]",
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -52,13 +53,13 @@ def add(
     json_: bool = typer.Option(False, "--json", help="Print the stored hub as JSON."),
 ) -> None:
     """Add a GPU box reached over SSH."""
-    from pathlib import Path
-
     from harchos_cli.cli import output
     from harchos_cli.hubs import inventory
     from harchos_cli.hubs.base import Hub
 
     user, host, port = inventory.parse_ssh_target(ssh)
+    _finite("--pue", pue)
+    _finite("--price-per-gpu-hour", price)
     hub = inventory.add(
         Hub(
             name=name,
@@ -66,7 +67,7 @@ def add(
             host=host,
             user=user,
             port=port,
-            identity=Path(identity) if identity else None,
+            identity=_identity(identity),
             region=region,
             gpus=_parse_gpus(gpus),
             gpu_type=gpu_type,
@@ -82,6 +83,29 @@ def add(
     else:
         print(f"added hub {hub.name} ({_where(hub)})")
         print(f"check it with: harchos hubs check {hub.name}")
+
+
+def _finite(name: str, value: float | None) -> None:
+    import math
+
+    from harchos_cli.errors import UsageError
+
+    if value is not None and not math.isfinite(value):
+        raise UsageError(f"{name} {value:g} is not a number", hint=f"give {name} as a number")
+
+
+def _identity(value: str | None) -> Path | None:
+    import os
+
+    from harchos_cli.errors import UsageError
+
+    if not value:
+        return None
+    expanded = os.path.expanduser(value)
+    if expanded.startswith("~"):
+        raise UsageError(f"cannot find the home folder in --identity {value!r}",
+                         hint="give the key file's full path")  # fmt: skip
+    return Path(expanded)
 
 
 def _where(hub: Any) -> str:

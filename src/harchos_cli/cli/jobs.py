@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -78,7 +78,8 @@ def show(job_id: str = _ID, json_output: bool = _JSON) -> None:
         store.close()
     data = job.as_json()
     if json_output:
-        print_json({**data, "plan": job.plan, "launch": job.request.get("launch"),
+        launch = _masked_launch(job.request.get("launch"), job.request.get("secret_env") or ())
+        print_json({**data, "plan": job.plan, "launch": launch,
                     "decisions": decisions})  # fmt: skip
         return
     for key, value in data.items():
@@ -94,6 +95,19 @@ def show(job_id: str = _ID, json_output: bool = _JSON) -> None:
         for decision in decisions:
             where = f" [{decision['hub']}]" if decision["hub"] else ""
             typer.echo(f"  {decision['at']}  {decision['action']}{where}: {decision['reason']}")
+
+
+def _masked_launch(launch: Any, marked: Sequence[str]) -> Any:
+    """The saved launch with secret values masked in its and its machines' `env` (display
+    only: the workload ran with the real values)."""
+    from harchos_cli.secrets import mask_env
+
+    if not isinstance(launch, dict):
+        return launch
+    shown = {**launch, "env": mask_env(launch.get("env") or {}, marked)}
+    if isinstance(launch.get("nodes"), list):
+        shown["nodes"] = [_masked_launch(node, marked) for node in launch["nodes"]]
+    return shown
 
 
 @app.command("logs")

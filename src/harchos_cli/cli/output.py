@@ -22,6 +22,11 @@ def warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr)
 
 
+def reset() -> None:
+    """Forget the warnings given: each run of the CLI (also in one process) warns afresh."""
+    _warned.clear()
+
+
 def warn_all(messages: Iterable[str]) -> None:
     for message in messages:
         warn(message)

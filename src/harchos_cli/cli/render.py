@@ -17,6 +17,7 @@ from rich.text import Text
 
 from harchos_cli.carbon.outlook import UNIT, Outlook, RegionOutlook
 from harchos_cli.carbon.types import Point, Region, Source
+from harchos_cli.carbon.windows import saving_text
 from harchos_cli.cli.output import warn, warn_all
 from harchos_cli.config import Config
 from harchos_cli.timeparse import format_duration, iso
@@ -25,8 +26,12 @@ stdout = Console(highlight=False)
 
 
 def local(moment: datetime, fmt: str = "%a %d %b %H:%M") -> str:
-    """Times are UTC inside; people see their local time."""
-    return moment.astimezone().strftime(fmt)
+    """Times are UTC inside; people see their local time, with the year when it is not this
+    year's (a replayed trace, a far deadline)."""
+    here = moment.astimezone()
+    if "%b" in fmt and here.year != datetime.now().astimezone().year:
+        fmt = fmt.replace("%b", "%b %Y")
+    return here.strftime(fmt)
 
 
 def describe_source(source: Source) -> str:
@@ -180,8 +185,9 @@ def _print_region_outlook(outlook: Outlook, item: RegionOutlook, *, plot: bool) 
                 f"{local(outlook.deadline)}: ",
                 (f"{local(best.best.start)} → {local(best.best.end, '%H:%M')}", "bold green"),
                 f", mean {best.best.mean_intensity:.0f} {UNIT}\n"
-                f"  {best.saving_vs_now:.1%} less than starting now "
-                f"({best.now.mean_intensity:.0f}), {best.saving_vs_median:.1%} less than the "
+                f"  {saving_text(best.saving_vs_now, item.spread)} less than starting now "
+                f"({best.now.mean_intensity:.0f}), "
+                f"{saving_text(best.saving_vs_median, item.spread)} less than the "
                 f"median window ({best.median_intensity:.0f})",
             )
         )
@@ -242,7 +248,7 @@ def _print_ranking(outlook: Outlook) -> None:
             item.forecast.source.signal,
             local(item.best.best.start),
             f"{item.best.best.mean_intensity:.0f}",
-            f"{item.best.saving_vs_now:.1%}",
+            saving_text(item.best.saving_vs_now, item.spread),
         )
     stdout.print(table)
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from harchos_cli.jobs.request import Prepared, RunOptions
     from harchos_cli.jobs.store import Job
@@ -45,9 +45,21 @@ _AT = typer.Option(
     None, "--at", help="Pretend it is this time (ISO-8601) while planning and waiting.",
     show_default=False,
 )  # fmt: skip
+
+
+def _speedup(value: float | None) -> float | None:
+    import math
+
+    from harchos_cli.errors import UsageError
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise UsageError(f"--speedup {value:g} must be a positive number", hint="e.g. --speedup 60")
+    return value
+
+
 _SPEEDUP = typer.Option(
     None, "--speedup", help="Run the waiting clock N times faster (demos, tests); the workload "
-    "runs in real time.", show_default=False,
+    "runs in real time.", show_default=False, callback=_speedup,
 )  # fmt: skip
 _DETACH = typer.Option(
     False, "--detach", help="Hand the job to a background supervisor; print its id and return."
@@ -71,8 +83,8 @@ _JSON = typer.Option(False, "--json", help="Print one JSON object (docs/run.md) 
 def train(
     args: list[str] = typer.Argument(
         None,
-        metavar="[-- ARGS...]",
-        help="Extra arguments for the training script.",
+        metavar="ARGS",
+        help="Extra arguments for the training script (after --).",
         show_default=False,
     ),
     hub: str = _HUB,
@@ -130,8 +142,8 @@ def train(
 def batch(
     command: list[str] = typer.Argument(
         None,
-        metavar="-- CMD [ARGS...]",
-        help="The command to run (default: [job] command).",
+        metavar="CMD",
+        help="The command to run, after -- (default: [job] command).",
         show_default=False,
     ),
     hub: str = _HUB,
@@ -158,6 +170,95 @@ def batch(
     raise typer.Exit(_run(options, dry_run=dry_run, json_output=json_output))
 
 
+@app.command("serve")
+def serve(
+    hubs: str = typer.Option(
+        None,
+        "--hubs",
+        metavar="A,B,...",
+        help="Hubs the replicas may use (default [serve] hubs, else [carbon] hubs, else the "
+        "project's hub).",
+    ),
+    replicas: int = typer.Option(
+        None, "--replicas", min=1, help="How many replicas (default [serve] replicas, else 1)."
+    ),
+    router_port: int = typer.Option(
+        None,
+        "--router-port",
+        min=0,
+        max=65535,
+        help="The router's port (default [serve] router_port, else 8080; 0 picks a free one).",
+    ),
+    provider: str = _PROVIDER,
+    at: str = _AT,
+    speedup: float = _SPEEDUP,
+    detach: bool = typer.Option(
+        False, "--detach", help="Hand the deployment to a background controller and return."
+    ),
+    json_output: bool = _JSON,
+) -> None:
+    """Serve the project's model: `vllm serve` replicas on the greenest hubs, behind a
+    carbon-aware router. In the foreground until Ctrl-C (which drains and stops them)."""
+    from harchos_cli.serve.deploy import ServeOptions
+
+    options = ServeOptions(hubs, replicas, router_port, provider, at, speedup)
+    raise typer.Exit(_serve(options, detach=detach, json_output=json_output))
+
+
+def _serve(options: Any, *, detach: bool, json_output: bool) -> int:
+    from harchos_cli.cli.output import print_json
+    from harchos_cli.serve import deploy
+    from harchos_cli.serve.controller import Controller, spawn
+    from harchos_cli.serve.store import ServeStore
+
+    deployment = deploy.prepare(options)
+    if detach:
+        spawn(deployment.id)
+        store = ServeStore()
+        try:
+            current = deploy.wait_for_launch(store, deployment.id, timeout_s=120.0)
+            data = _serve_json(deploy.status(store, current))
+        finally:
+            store.close()
+        if json_output:
+            print_json(data)
+        else:
+            typer.echo(deployment.id)
+            typer.echo(
+                f"serving in the background at {data['router_url']}: `harchos serve status` "
+                "shows it, `harchos serve stop` drains and stops it", err=True,
+            )  # fmt: skip
+        return 0 if current.state not in ("failed",) else 1
+
+    def ready(current: Any, rows: Any) -> None:
+        data = _serve_json({
+            "deployment_id": current.id, "router_url": current.router_url, "state": current.state,
+            "replicas": [row.as_json() for row in rows],
+        })  # fmt: skip
+        if json_output:
+            print_json(data)
+        else:
+            typer.echo(f"ready: {data['router_url']} (Ctrl-C drains and stops)", err=True)
+
+    def notice(message: str) -> None:
+        typer.echo(f"harchos: {message}", err=True)
+
+    final = Controller(deployment.id, notice=notice, on_ready=ready).run()
+    return 0 if final.state == "stopped" else 1
+
+
+def _serve_json(status: dict[str, Any]) -> dict[str, Any]:
+    """`harchos run serve --json`: the router and each replica (docs/serving.md)."""
+    return {
+        "deployment_id": status["deployment_id"], "router_url": status["router_url"],
+        "state": status["state"],
+        "replicas": [
+            {k: r.get(k) for k in ("id", "hub", "region", "url", "state")}
+            for r in status["replicas"]
+        ],
+    }  # fmt: skip
+
+
 def _run(options: RunOptions, *, dry_run: bool, json_output: bool) -> int:
     from harchos_cli.cli.output import print_json, warn_all
     from harchos_cli.jobs.liveness import revive
@@ -171,7 +272,7 @@ def _run(options: RunOptions, *, dry_run: bool, json_output: bool) -> int:
     run_id = _run_id(prepared, options.fresh)
     warn_all(prepared.plan.warnings)
     if dry_run:
-        plan = describe(prepared, run_id)
+        plan = masked(describe(prepared, run_id), prepared.request.project.spec.job.secret_env)
         if json_output:
             print_json(plan)
         else:
@@ -187,6 +288,28 @@ def _run(options: RunOptions, *, dry_run: bool, json_output: bool) -> int:
         lambda: create_job(prepared, detached=False, job_id=job_id, run_id=run_id),
         json_output,
     )
+
+
+def masked(plan: dict[str, Any], marked: Sequence[str] = ()) -> dict[str, Any]:
+    """The dry run's plan with secret values masked in every machine's `env` and command line
+    (display only: the job is launched with the real values)."""
+    from harchos_cli.jobs.launchers import render
+    from harchos_cli.secrets import mask_env
+
+    def machine(launch: dict[str, Any]) -> dict[str, Any]:
+        env = mask_env(launch.get("env") or {}, marked)
+        shown = {**launch, "env": env}
+        if "command_line" in launch:
+            shown["command_line"] = render(launch["argv"], env, launch.get("cwd"))
+        return shown
+
+    main = machine(plan["launch"])
+    return {
+        **plan,
+        "launch": main,
+        "nodes": [machine(node) for node in plan.get("nodes") or []],
+        "command_line": render(main["argv"], main["env"], main.get("cwd")),
+    }
 
 
 def _run_id(prepared: Prepared, fresh: bool) -> str | None:
@@ -296,7 +419,10 @@ def plan_line(plan: dict[str, Any]) -> str:
     )
     saving = plan.get("saving_vs_now")
     if saving is not None and plan.get("now_intensity") is not None:
-        text += f", {saving:.1%} less than starting now ({plan['now_intensity']:g})"
+        from harchos_cli.carbon.windows import saving_text
+
+        shown = saving_text(saving, plan.get("uncertainty"))
+        text += f", {shown} less than starting now ({plan['now_intensity']:g})"
     detail = f", {plan['source_detail']}" if plan.get("source_detail") else ""
     return f"{text}; data: {plan.get('provider')} ({plan.get('source_kind')}{detail})"
 

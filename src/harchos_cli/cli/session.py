@@ -23,12 +23,12 @@ def forecast_service(provider: str | None) -> ForecastService:
 def resolve_regions(spec: str | None, service: ForecastService) -> list[Region]:
     from harchos_cli.carbon import regions
 
-    if spec is None or not spec.strip():
+    names = [name.strip() for name in (spec or "").split(",") if name.strip()]
+    if not names:
         replay = service.replay
-        if replay is not None and replay.trace.zone:
+        if not (spec or "").strip() and replay is not None and replay.trace.zone:
             return [regions.resolve(replay.trace.zone)]
         raise UsageError("no region given", hint="add --region eu-west (harchos regions list)")
-    names = [name.strip() for name in spec.split(",") if name.strip()]
     resolved = [regions.resolve(name) for name in names]
     return list({r.name: r for r in resolved}.values())
 

@@ -38,11 +38,15 @@ class LocalTransport:
         stdin: bytes | None = None,
         check: bool = True,
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run `argv` here; see `Transport.run`."""
+        """Run `argv` here; see `Transport.run`. It does not inherit harchos's own provider
+        credentials: a workload gets only what its spec gives it."""
+        from harchos_cli.secrets import workload_environ
+
         args = list(argv)
         try:
             result = subprocess.run(
                 args,
+                env=workload_environ(os.environ),
                 input=stdin,
                 stdin=subprocess.DEVNULL if stdin is None else None,
                 capture_output=True,

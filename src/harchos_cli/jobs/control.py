@@ -167,7 +167,11 @@ def pull(store: JobStore, job_id: str, dest: str | None) -> tuple[Job, list[str]
         raise UsageError(f"job {job.id} never ran on a hub; there is nothing to pull",
                          hint=_HINT_LIST)  # fmt: skip
     project = load_project(Path(job.project_dir), required=False)
-    target = Path(dest).expanduser() if dest else Path(job.project_dir)
+    try:
+        target = Path(dest).expanduser() if dest else Path(job.project_dir)
+    except RuntimeError:  # `~someone` for a user this machine does not know
+        raise UsageError(f"--to {dest!r}: no such user's home",
+                         hint="give a path, e.g. --to ./pulled") from None  # fmt: skip
     hub = inventory.from_json(launch["hub"])
     copied = migration.pull(project, job.run_id or job.id, hub, job.remote_dir, target)
     return job, copied, str(target)

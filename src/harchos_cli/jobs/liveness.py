@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-from harchos_cli.jobs.store import ACTIVE, JobStore, job_dir
+from harchos_cli.jobs.store import ACTIVE, JobStore, ensure_job_dir, job_dir
 
 
 class AlreadySupervisedError(Exception):
@@ -24,8 +24,7 @@ class AlreadySupervisedError(Exception):
 @contextlib.contextmanager
 def supervisor_lock(job_id: str) -> Iterator[None]:
     """Hold the job's supervisor lock; `AlreadySupervisedError` when another process holds it."""
-    folder = job_dir(job_id)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = ensure_job_dir(job_id)
     fd = os.open(folder / "supervisor.lock", os.O_CREAT | os.O_RDWR, 0o600)
     try:
         try:
@@ -44,7 +43,7 @@ def is_supervised(job_id: str) -> bool:
     path = job_dir(job_id) / "supervisor.lock"
     try:
         fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -57,9 +56,9 @@ def is_supervised(job_id: str) -> bool:
 
 def spawn(job_id: str) -> int:
     """Start a detached supervisor for `job_id` in its own session; return its pid."""
-    folder = job_dir(job_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "supervisor.err").open("ab") as err:
+    folder = ensure_job_dir(job_id)
+    err_fd = os.open(folder / "supervisor.err", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+    with os.fdopen(err_fd, "ab") as err:
         process = subprocess.Popen(
             [sys.executable, "-m", "harchos_cli.jobs.supervisor", job_id],
             stdin=subprocess.DEVNULL,

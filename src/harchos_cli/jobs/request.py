@@ -6,6 +6,7 @@ Precedence, as everywhere in harchos: command-line flag > `harchos.toml` > defau
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harchos_cli.carbon.types import Forecast, Point
+from harchos_cli.carbon.windows import check_threshold
 from harchos_cli.errors import UsageError
 from harchos_cli.hubs.base import LOCAL, Hub
 from harchos_cli.jobs.clock import Clock, SimulatedClock
@@ -89,6 +91,8 @@ class Request:
             "shift": self.shift,
             "nodes": self.nodes,
             "main_address": self.main_address,
+            # For display: which values `jobs show` masks (harchos_cli.secrets).
+            "secret_env": list(self.project.spec.job.secret_env),
         }
 
     @classmethod
@@ -124,9 +128,9 @@ def resolve(options: RunOptions) -> Request:
             "no command to run", hint="give one after --: harchos run batch -- python pipeline.py"
         )
     duration = parse_duration(options.duration or spec.job.expected_duration or DEFAULT_DURATION)
-    threshold = options.threshold if options.threshold is not None else spec.carbon.threshold
-    if threshold is not None and threshold < 0:
-        raise UsageError(f"--threshold {threshold:g} must not be negative")
+    threshold = check_threshold(options.threshold)
+    if threshold is None:
+        threshold = check_threshold(spec.carbon.threshold, "[carbon] threshold")
     # In harchos.toml, 0 means "no threshold: wait for the greenest window".
     if threshold == 0 and options.threshold is None:
         threshold = None
@@ -139,8 +143,8 @@ def resolve(options: RunOptions) -> Request:
             "--migrate auto or --scale",
             hint="add --defer-until-green to wait for a green window before the deadline",
         )
-    if options.speedup is not None and options.speedup <= 0:
-        raise UsageError(f"--speedup {options.speedup:g} must be positive")
+    if options.speedup is not None and not (math.isfinite(options.speedup) and options.speedup > 0):
+        raise UsageError(f"--speedup {options.speedup:g} must be a positive number")
     return Request(
         kind=options.kind,
         project=project,
@@ -269,7 +273,7 @@ def hub_from_table(name: str, table: HubTable) -> Hub:
         "host": table.host,
         "user": table.user,
         "port": table.port,
-        "identity": Path(table.identity).expanduser() if table.identity else None,
+        "identity": Path(os.path.expanduser(table.identity)) if table.identity else None,
         "region": table.region,
         "gpus": table.gpus,
         "gpu_type": table.gpu_type,
@@ -414,6 +418,11 @@ def make_plan(request: Request, forecaster: Forecaster | None, now: datetime) ->
         gpus=gpus,
     )
     plan.warnings[:0] = [w for w in forecaster.warnings if w not in plan.warnings]
+    from harchos_cli.carbon.service import horizon_warning
+
+    beyond = plan.forecast and horizon_warning(plan.forecast, now, deadline)
+    if beyond and beyond not in plan.warnings:
+        plan.warnings.append(beyond)
     if not request.defer:
         # --hub auto without deferral: the greenest hub right now.
         plan.deadline = None

@@ -58,6 +58,9 @@ class JobTable(_Strict):
     min_processes: int | None = Field(default=None, ge=1)
     max_processes: int | None = Field(default=None, ge=1)
     env: dict[str, str] = Field(default_factory=dict)
+    # Names (in `env` or the workload's environment) whose values harchos masks when it prints
+    # them, beside those whose names look secret (`harchos_cli.secrets`).
+    secret_env: list[str] = Field(default_factory=list)
 
     _check_duration = field_validator("expected_duration")(_duration)
 
@@ -88,7 +91,7 @@ class CarbonTable(_Strict):
     region: str | None = None
     hubs: list[str] | None = None
     deadline: str | None = None
-    threshold: float | None = Field(default=None, ge=0)
+    threshold: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     allow_migration: bool = False
     min_saving_percent: float = Field(default=20.0, ge=0, le=100)
     min_time_between_moves: str | None = None
@@ -199,6 +202,10 @@ def parse(path: Path) -> ProjectFile:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}", hint="fix the file") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{path}: not UTF-8 text (byte {exc.start})", hint="save the file as UTF-8"
+        ) from None
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     try:

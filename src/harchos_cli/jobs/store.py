@@ -138,7 +138,13 @@ _COLUMNS = [f.name for f in fields(Job)]
 
 def job_dir(job_id: str) -> Path:
     """The job's local folder: supervisor lock and diagnostics, local log copy."""
-    return paths.data_dir() / "supervisor" / job_id
+    return paths.supervisor_dir() / job_id
+
+
+def ensure_job_dir(job_id: str) -> Path:
+    """Make the job's local folder (0700, as its parents); `UsageError` (exit 2) when it cannot
+    be made, e.g. a file stands where `$HARCHOS_HOME/supervisor` should be a folder."""
+    return paths.private_dir(job_dir(job_id))
 
 
 def log_path(job_id: str) -> Path:
@@ -159,12 +165,29 @@ def _encode(name: str, value: Any) -> Any:
     return value
 
 
+def _damaged(job_id: str, column: str) -> UsageError:
+    return UsageError(
+        f"job {job_id} in the state database {paths.state_db()} is damaged: its {column} is not "
+        "valid JSON",
+        hint="move harchos.db aside to start afresh (its jobs are then forgotten)",
+    )
+
+
+def _loads(job_id: str, column: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise _damaged(job_id, column) from None
+
+
 def _decode(row: sqlite3.Row) -> Job:
     values: dict[str, Any] = {}
     for name in _COLUMNS:
         value = row[name]
         if name in _JSON_COLUMNS and value is not None:
-            value = json.loads(value)
+            value = _loads(row["id"], name, value)
+            if name == "request" and not isinstance(value, dict):
+                raise _damaged(row["id"], name)
         elif name in _BOOL_COLUMNS:
             value = bool(value)
         values[name] = value
@@ -187,11 +210,13 @@ class JobStore:
         job.updated_at = now
         names = ", ".join(_COLUMNS)
         marks = ", ".join("?" for _ in _COLUMNS)
+        # The folder first: a job that cannot have one must not exist, or a later `harchos`
+        # would revive and run a job whose `harchos run` reported failure.
+        ensure_job_dir(job.id)
         self.db.execute(
             f"INSERT INTO jobs ({names}) VALUES ({marks})",
             [_encode(name, getattr(job, name)) for name in _COLUMNS],
         )
-        job_dir(job.id).mkdir(parents=True, exist_ok=True)
         return job
 
     def get(self, job_id: str) -> Job:
@@ -261,7 +286,7 @@ class JobStore:
         ).fetchall()
         return tuple(
             Decision(row["at"], row["action"], row["hub"], row["reason"],
-                     json.loads(row["details"]) if row["details"] else {})
+                     _loads(job_id, "decision", row["details"]) if row["details"] else {})
             for row in rows
         )  # fmt: skip
 

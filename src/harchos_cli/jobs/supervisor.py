@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from harchos_cli.errors import HarchosError, HubError
 from harchos_cli.hubs.base import LOCAL, Hub, HubUnreachableError, LaunchSpec
@@ -94,8 +94,8 @@ class FileReporter:
         self.path = job_dir(job_id) / "supervisor.log"
 
     def _line(self, text: str) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(f"{iso(utcnow())} {text}\n")
+        with _append_private(self.path) as handle:
+            handle.write(f"{iso(utcnow())} {text}\n".encode())
 
     def planned(self, job: Job, plan: dict[str, Any], *, replanned: bool) -> None:
         del job
@@ -328,7 +328,8 @@ class Supervisor:
                 spec = replace(spec, env={**spec.env, "CUDA_VISIBLE_DEVICES": visible})
             specs.append({
                 "argv": list(spec.argv), "cwd": spec.cwd, "env": dict(spec.env),
-                "hub": inventory.as_json(hub), "hub_job_id": spec.job_id,
+                "secret_env": list(spec.secret_env), "hub": inventory.as_json(hub),
+                "hub_job_id": spec.job_id,
             })  # fmt: skip
         launch = {
             **specs[0], "nodes": specs[1:],
@@ -477,8 +478,12 @@ class Supervisor:
             region=hub.region,
             checkpoint_dir=launchers.checkpoint_dir(job.remote_dir, project, job.run_id or job.id),
         )
+        from harchos_cli.secrets import is_secret
+
         hub_id = job.hub_job_id if not node or node.rank == 0 else f"{job.hub_job_id}-n{node.rank}"
-        return LaunchSpec(hub_id, command.argv, job.remote_dir, {**command.env, **env})
+        full = {**command.env, **env}
+        secret = [name for name in full if is_secret(name, project.spec.job.secret_env)]
+        return LaunchSpec(hub_id, command.argv, job.remote_dir, full, secret)
 
     def _run(self, job: Job) -> None:
         from harchos_cli.hubs import inventory, jobs_for
@@ -886,7 +891,9 @@ class _Node:
         cls, saved: dict[str, Any], job_id: str, rank: int, hub: Hub, jobs_for: Callable[[Hub], Any]
     ) -> _Node:
         hub_id = str(saved.get("hub_job_id") or job_id)
-        spec = LaunchSpec(hub_id, saved["argv"], saved["cwd"], saved["env"])
+        spec = LaunchSpec(
+            hub_id, saved["argv"], saved["cwd"], saved["env"], saved.get("secret_env") or ()
+        )
         return cls(rank, hub, hub_id, spec, jobs_for(hub))
 
 
@@ -914,9 +921,15 @@ def _append_log(job_id: str, data: bytes) -> int:
     """Append to the job's local log; its size after."""
     path = log_path(job_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as handle:
+    with _append_private(path) as handle:
         handle.write(data)
         return handle.tell()
+
+
+def _append_private(path: Path) -> BinaryIO:
+    """`path` open for appending, created 0600 (a job's output may hold what it printed of its
+    secrets)."""
+    return os.fdopen(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600), "ab")
 
 
 def _truncate_log(job_id: str, size: int) -> None:

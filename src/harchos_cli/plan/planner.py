@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from harchos_cli.carbon.types import Forecast, Point
-from harchos_cli.carbon.windows import best_window, rolling_means
+from harchos_cli.carbon.windows import Window, band_spread, best_window, rolling_means
 from harchos_cli.errors import HarchosError, UsageError
 from harchos_cli.hubs.base import Hub
 from harchos_cli.timeparse import format_duration, iso
@@ -79,6 +79,17 @@ class Plan:
     forecast: Forecast | None
     warnings: list[str] = field(default_factory=list)
 
+    def uncertainty(self) -> float | None:
+        """The forecast's relative uncertainty (median half-width of its P10–P90 band) over the
+        planned window and the one starting now: 0 for recorded values; None without data."""
+        if self.forecast is None or self.choice.expected_intensity is None:
+            return None
+        windows = (
+            Window(self.choice.start, self.choice.end, 0.0),
+            Window(self.now, self.now + self.duration, 0.0),
+        )
+        return round(band_spread(self.forecast.points, windows), 4)
+
     def as_json(self) -> dict[str, Any]:
         """The plan part of `harchos run --json` and `jobs show --json` (docs/run.md)."""
         choice = self.choice
@@ -104,6 +115,7 @@ class Plan:
             "expected_intensity": _round(choice.expected_intensity, 2),
             "now_intensity": _round(choice.now_intensity, 2),
             "saving_vs_now": _round(saving, 4),
+            "uncertainty": self.uncertainty(),
             "energy_kwh": round(choice.energy_kwh, 4),
             "emissions_kg": _round(choice.emissions_kg, 6),
             # No meter yet: say how the expected energy was estimated.

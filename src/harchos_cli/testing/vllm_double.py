@@ -1,16 +1,29 @@
 """A TEST DOUBLE for `vllm serve`. It is not vLLM and runs no model.
 
 vLLM cannot run on CPU-only test machines, so serving tests (harchos's own and the serving
-blueprints') talk to this stand-in instead. It copies the parts of vLLM's behaviour that harchos
-and its users depend on (reference/launching.md, DESIGN.md "Serving contract"):
+blueprints') talk to this stand-in instead, started by the very command line harchos gives vLLM:
 
+    python -m harchos_cli.testing.vllm_double serve MODEL --served-model-name NAME --port 8000 ...
+    python -m harchos_cli.testing.vllm_double --model MODEL --port 8000        # the older form
+
+It copies the parts of vLLM's behaviour that harchos and its users depend on
+(reference/launching.md, DESIGN.md "Serving contract"):
+
+- vLLM's command line: `serve MODEL` (or `--model`), vLLM's flag names and types (`--max_model_len`
+  spelt with underscores works too), `--api-key` or else `$VLLM_API_KEY`; flags that mean nothing
+  here (`--dtype`, `--tensor-parallel-size`, ...) are parsed and ignored, an unknown flag exits 2;
 - the port refuses connections while the "engine" starts (`--startup-delay`), then `/health`
   answers 200; after `POST /debug/kill-engine` it answers 503 and generation fails;
 - the OpenAI-compatible `/v1/models`, `/v1/completions` and `/v1/chat/completions`, with SSE
   streaming (`"stream": true`, `data: {...}` chunks, `data: [DONE]`) and
-  `stream_options.include_usage`;
-- `/metrics` in Prometheus text format with vLLM's `vllm:` gauges, counters and histograms;
+  `stream_options.include_usage`; with an API key set, `/v1/*` needs `Authorization: Bearer KEY`
+  (else 401) while `/health`, `/ping`, `/version` and `/metrics` stay open, as in vLLM;
+- `/metrics` in Prometheus text format (written by prometheus_client, as vLLM's is) with vLLM's
+  `vllm:` gauges, counters and histograms, labelled `model_name` and `engine="0"`, and vLLM's
+  bucket boundaries;
 - at most `--max-num-seqs` requests run at once, the rest wait (`vllm:num_requests_waiting`);
+- prefix caching (on by default, as in vLLM's V1 engine): a prompt's leading blocks of
+  `--block-size` tokens seen before count as hits in `vllm:prefix_cache_hits_total`;
 - SIGTERM with `--shutdown-timeout N`: `/health` turns 503, new requests get 503, running and
   waiting ones get up to N seconds to finish and are then aborted; N=0 (vLLM's default) aborts
   them at once.
@@ -19,8 +32,6 @@ Text is fake and deterministic: a prompt is as many tokens as it has words, and 
 token is a word picked by a hash of the prompt and k, one every `--token-delay` seconds, always
 `max_tokens` of them (default 16, finish reason "length"). For tests there are two more endpoints:
 `POST /debug/hold` stops every request before its next token, `POST /debug/release` lets them go.
-
-    python -m harchos_cli.testing.vllm_double --port 8000 --model Qwen/Qwen2.5-0.5B-Instruct
 """
 
 from __future__ import annotations
@@ -29,30 +40,74 @@ import argparse
 import hashlib
 import json
 import os
+import re
+import secrets
 import signal
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from harchos_cli.metrics import VLLM_METRICS
+from harchos_cli.metrics import Metric as CatalogueMetric
 
-__all__ = ["Engine", "Options", "fake_tokens", "main", "prompt_tokens"]
+__all__ = ["Engine", "Options", "fake_tokens", "main", "parse_args", "prompt_tokens"]
 
-# vLLM's own bucket boundaries for these two histograms.
+# vLLM's bucket boundaries for these two histograms: `PrometheusStatLogger` in
+# vllm/v1/metrics/loggers.py of the V1 engine (the same lists at vLLM commits a6f0308c and
+# 005a810b), moved unchanged to vllm/v1/metrics/buckets.py (TIME_TO_FIRST_TOKEN_BUCKETS,
+# REQUEST_LATENCY_BUCKETS; commit 139b1c3f), where vLLM's own snapshot test locks them.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
-                7.5, 10.0)  # fmt: skip
-E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0)
+                7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)  # fmt: skip
+E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+               120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)  # fmt: skip
+# vLLM's FinishReason strings (vllm/v1/engine/__init__.py, 0.17 and later); vLLM creates a
+# `vllm:request_success_total` series for each at start-up.
+FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")
+# The data-parallel engine index vLLM puts in the `engine` label; one engine here.
+ENGINE = "0"
+# vLLM's `--dtype` choices (vllm/config/model.py ModelDType).
+DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+
+# Two more vLLM metrics the double exports for tests of prefix-cache behaviour; harchos itself
+# relies only on the catalogue's VLLM_METRICS (help texts from vllm/v1/metrics/loggers.py).
+PREFIX_CACHE_METRICS = (
+    CatalogueMetric(
+        "vllm:prefix_cache_queries_total",
+        "counter",
+        "Prefix cache queries, in terms of number of queried tokens.",
+        ("model_name", "engine"),
+        "vllm",
+    ),
+    CatalogueMetric(
+        "vllm:prefix_cache_hits_total",
+        "counter",
+        "Prefix cache hits, in terms of number of cached tokens.",
+        ("model_name", "engine"),
+        "vllm",
+    ),
+)
 
 _TEXT = (
     "the grid is green when wind and sun are plenty so the job runs now and the model answers "
     "every request with care while carbon falls over hours in cool northern regions at night"
 )
 _VOCABULARY = tuple(_TEXT.split())
+_DEFAULT_MAX_MODEL_LEN = 4096
 
 
 @dataclass(frozen=True)
@@ -60,20 +115,27 @@ class Options:
     """The command-line options, with vLLM's names where vLLM has the option."""
 
     model: str
-    port: int
+    port: int = 8000
     host: str = "127.0.0.1"
-    served_model_name: str | None = None
-    api_key: str | None = None
-    max_model_len: int = 4096
+    served_model_names: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = ()
+    max_model_len: int = _DEFAULT_MAX_MODEL_LEN
     max_num_seqs: int = 256
+    enable_prefix_caching: bool = True
+    block_size: int = 16
     startup_delay: float = 0.0
-    shutdown_timeout: float = 0.0
+    shutdown_timeout: int = 0
     token_delay: float = 0.0
 
     @property
+    def names(self) -> tuple[str, ...]:
+        """The model names clients may use (vLLM's `--served-model-name`, else the model)."""
+        return self.served_model_names or (self.model,)
+
+    @property
     def name(self) -> str:
-        """The model name clients must use (vLLM's `--served-model-name`, else the model)."""
-        return self.served_model_name or self.model
+        """The first name: the one in `/v1/models` first, in responses and in metric labels."""
+        return self.names[0]
 
 
 def prompt_tokens(text: str) -> int:
@@ -109,6 +171,40 @@ class _Histogram:
             if value <= bound:
                 self.counts[i] += 1
 
+    def copy(self) -> _Histogram:
+        return _Histogram(self.bounds, list(self.counts), self.total, self.n)
+
+
+class _PrefixCache:
+    """vLLM's automatic prefix caching in outline, over words instead of token ids.
+
+    A prompt's full blocks are hashed in a chain (a block's hash covers every token before it), so
+    only a shared *prefix* can hit. A new prompt reuses its leading cached blocks, but never its
+    last token, which must be computed; its own full blocks are then cached, least recently used
+    first out when the cache is full.
+    """
+
+    def __init__(self, block_size: int, capacity_blocks: int) -> None:
+        self.block_size = block_size
+        self.capacity = max(1, capacity_blocks)
+        self._blocks: OrderedDict[bytes, None] = OrderedDict()
+
+    def lookup_and_insert(self, tokens: Sequence[str]) -> int:
+        """The number of `tokens` served from the cache; caches the prompt's full blocks."""
+        size = self.block_size
+        hits, hitting, parent = 0, True, b""
+        for i in range(len(tokens) // size):
+            block = hashlib.sha256(parent + "\x00".join(tokens[i * size : (i + 1) * size]).encode())
+            parent = block.digest()
+            hitting = hitting and parent in self._blocks and (i + 1) * size < len(tokens)
+            if hitting:
+                hits += size
+            self._blocks[parent] = None
+            self._blocks.move_to_end(parent)
+        while len(self._blocks) > self.capacity:
+            self._blocks.popitem(last=False)
+        return hits
+
 
 @dataclass
 class _Sequence:
@@ -119,6 +215,20 @@ class _Sequence:
 
 class Aborted(Exception):
     """The request was aborted: the engine died, or shutdown ran out of time."""
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    running: int
+    waiting: int
+    kv_usage: float
+    prompt_total: int
+    generation_total: int
+    success: dict[str, int]
+    ttft: _Histogram
+    e2e: _Histogram
+    prefix_queries: int
+    prefix_hits: int
 
 
 class Engine:
@@ -136,13 +246,17 @@ class Engine:
         self._kv_tokens = 0
         self._prompt_total = 0
         self._generation_total = 0
-        self._success: dict[str, int] = {"stop": 0, "length": 0}
+        self._success = dict.fromkeys(FINISH_REASONS, 0)
         self._ttft = _Histogram(TTFT_BUCKETS)
         self._e2e = _Histogram(E2E_BUCKETS)
+        capacity = options.max_num_seqs * options.max_model_len
+        self._prefix = _PrefixCache(options.block_size, capacity // options.block_size)
+        self._prefix_queries = 0
+        self._prefix_hits = 0
 
-    def admit(self, prompt_len: int) -> _Sequence:
+    def admit(self, prompt: str) -> _Sequence:
         """Queue a request and wait for a free slot (at most `max_num_seqs` run at once)."""
-        seq = _Sequence(prompt_len, time.monotonic())
+        seq = _Sequence(prompt_tokens(prompt), time.monotonic())
         with self._cond:
             self.waiting += 1
             try:
@@ -154,7 +268,10 @@ class Engine:
                 self._cond.notify_all()
                 raise Aborted
             self.running += 1
-            self._kv_tokens += prompt_len
+            self._kv_tokens += seq.prompt_tokens
+            if self.options.enable_prefix_caching:
+                self._prefix_queries += seq.prompt_tokens
+                self._prefix_hits += self._prefix.lookup_and_insert(prompt.split())
         return seq
 
     def step(self, seq: _Sequence) -> None:
@@ -178,7 +295,7 @@ class Engine:
             self.running -= 1
             self._kv_tokens -= seq.prompt_tokens + seq.generated
             if reason is not None:
-                self._success[reason] = self._success.get(reason, 0) + 1
+                self._success[reason] += 1
                 self._e2e.observe(time.monotonic() - seq.arrival)
             self._cond.notify_all()
 
@@ -210,55 +327,73 @@ class Engine:
                 self._cond.wait(left)
         return True
 
-    def metrics_text(self) -> str:
-        """The `/metrics` page in Prometheus text format (version 0.0.4)."""
-        label = f'model_name="{_escape(self.options.name)}"'
+    def snapshot(self) -> _Snapshot:
+        """Every metric's value at one instant."""
         capacity = self.options.max_num_seqs * self.options.max_model_len
         with self._cond:
-            values: dict[str, Any] = {
-                "vllm:num_requests_running": self.running,
-                "vllm:num_requests_waiting": self.waiting,
-                "vllm:kv_cache_usage_perc": self._kv_tokens / capacity,
-                "vllm:prompt_tokens_total": self._prompt_total,
-                "vllm:generation_tokens_total": self._generation_total,
-                "vllm:request_success_total": dict(self._success),
-                "vllm:time_to_first_token_seconds": _copy(self._ttft),
-                "vllm:e2e_request_latency_seconds": _copy(self._e2e),
-            }
-        lines: list[str] = []
-        for metric in VLLM_METRICS:
-            lines += [f"# HELP {metric.name} {metric.help}", f"# TYPE {metric.name} {metric.type}"]
-            value = values[metric.name]
-            if isinstance(value, _Histogram):
-                lines += _histogram_lines(metric.name, label, value)
-            elif isinstance(value, dict):
-                lines += [
-                    f'{metric.name}{{finished_reason="{reason}",{label}}} {_num(count)}'
-                    for reason, count in sorted(value.items())
-                ]
-            else:
-                lines.append(f"{metric.name}{{{label}}} {_num(value)}")
-        return "\n".join(lines) + "\n"
+            return _Snapshot(
+                running=self.running,
+                waiting=self.waiting,
+                kv_usage=self._kv_tokens / capacity,
+                prompt_total=self._prompt_total,
+                generation_total=self._generation_total,
+                success=dict(self._success),
+                ttft=self._ttft.copy(),
+                e2e=self._e2e.copy(),
+                prefix_queries=self._prefix_queries,
+                prefix_hits=self._prefix_hits,
+            )
+
+    def metrics_text(self) -> str:
+        """The `/metrics` page in Prometheus text format (version 0.0.4)."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(self))
+        return generate_latest(registry).decode()
 
 
-def _copy(h: _Histogram) -> _Histogram:
-    return _Histogram(h.bounds, list(h.counts), h.total, h.n)
+class _Collector:
+    """Turns an engine snapshot into metric families, named and described by the catalogue."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterable[Metric]:
+        s = self.engine.snapshot()
+        values: dict[str, Any] = {
+            "vllm:num_requests_running": s.running,
+            "vllm:num_requests_waiting": s.waiting,
+            "vllm:kv_cache_usage_perc": s.kv_usage,
+            "vllm:prompt_tokens_total": s.prompt_total,
+            "vllm:generation_tokens_total": s.generation_total,
+            "vllm:request_success_total": s.success,
+            "vllm:time_to_first_token_seconds": s.ttft,
+            "vllm:e2e_request_latency_seconds": s.e2e,
+            "vllm:prefix_cache_queries_total": s.prefix_queries,
+            "vllm:prefix_cache_hits_total": s.prefix_hits,
+        }
+        labels = [self.engine.options.name, ENGINE]
+        for metric in (*VLLM_METRICS, *PREFIX_CACHE_METRICS):
+            yield _family(metric, labels, values[metric.name])
 
 
-def _histogram_lines(name: str, label: str, h: _Histogram) -> Iterator[str]:
-    for bound, count in zip(h.bounds, h.counts, strict=True):
-        yield f'{name}_bucket{{le="{_num(bound)}",{label}}} {_num(count)}'
-    yield f'{name}_bucket{{le="+Inf",{label}}} {_num(h.n)}'
-    yield f"{name}_sum{{{label}}} {_num(h.total)}"
-    yield f"{name}_count{{{label}}} {_num(h.n)}"
-
-
-def _num(value: float) -> str:
-    return repr(float(value))
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _family(metric: CatalogueMetric, labels: list[str], value: Any) -> Metric:
+    names = list(metric.labels)
+    if isinstance(value, _Histogram):
+        histogram = HistogramMetricFamily(metric.name, metric.help, labels=names)
+        buckets = [(repr(b), float(c)) for b, c in zip(value.bounds, value.counts, strict=True)]
+        histogram.add_metric(labels, [*buckets, ("+Inf", float(value.n))], value.total)
+        return histogram
+    if metric.type == "gauge":
+        gauge = GaugeMetricFamily(metric.name, metric.help, labels=names)
+        gauge.add_metric(labels, value)
+        return gauge
+    counter = CounterMetricFamily(metric.name, metric.help, labels=names)
+    if isinstance(value, dict):  # by finish reason, the one label past model_name and engine
+        for reason, count in value.items():
+            counter.add_metric([*labels, reason], count)
+    else:
+        counter.add_metric(labels, value)
+    return counter
 
 
 class _BadRequest(Exception):
@@ -297,7 +432,7 @@ def _parse_generation(body: Any, chat: bool, options: Options) -> _Generation:
     if not isinstance(body, dict):
         raise _BadRequest(400, "the request body must be a JSON object", "BadRequestError")
     model = body.get("model")
-    if model is not None and model != options.name:
+    if model is not None and model not in options.names:
         raise _BadRequest(404, f"The model `{model}` does not exist.", "NotFoundError")
     if chat:
         prompt = _chat_prompt(body.get("messages"))
@@ -364,26 +499,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         engine, options = self.engine, self.engine.options
-        if self.path == "/health":
-            healthy = not (engine.dead or engine.draining)
-            self._send_json(200 if healthy else 503, {} if healthy else {"status": "unhealthy"})
-        elif self.path == "/metrics":
+        path = urlsplit(self.path).path
+        if not self._authorised(path):
+            return
+        if path in ("/health", "/ping"):
+            # vLLM answers with an empty body: 200 healthy, 503 dead or draining.
+            self._send(503 if engine.dead or engine.draining else 200, b"", None)
+        elif path == "/metrics":
             body = engine.metrics_text().encode()
             self._send(200, body, "text/plain; version=0.0.4; charset=utf-8")
-        elif self.path == "/version":
+        elif path == "/version":
             self._send_json(200, {"version": "test-double"})
-        elif self.path == "/v1/models":
-            if self._authorised():
-                card = {
-                    "id": options.name,
-                    "object": "model",
-                    "created": int(time.time()),
-                    "owned_by": "vllm",
-                    "root": options.model,
-                    "parent": None,
-                    "max_model_len": options.max_model_len,
-                }
-                self._send_json(200, {"object": "list", "data": [card]})
+        elif path == "/v1/models":
+            created = int(time.time())
+            cards = [
+                {"id": name, "object": "model", "created": created, "owned_by": "vllm",
+                 "root": options.model, "parent": None, "max_model_len": options.max_model_len}
+                for name in options.names
+            ]  # fmt: skip
+            self._send_json(200, {"object": "list", "data": cards})
         else:
             self._send_json(404, {"detail": "Not Found"})
 
@@ -391,21 +525,22 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         engine = self.engine
-        if self.path.startswith("/debug/"):
-            if self.path == "/debug/kill-engine":
+        path = urlsplit(self.path).path
+        if path.startswith("/debug/"):  # the double's own, for tests; open like vLLM's /health
+            if path == "/debug/kill-engine":
                 engine.kill()
-            elif self.path in ("/debug/hold", "/debug/release"):
-                engine.hold(self.path == "/debug/hold")
+            elif path in ("/debug/hold", "/debug/release"):
+                engine.hold(path == "/debug/hold")
             else:
                 self._send_json(404, {"detail": "Not Found"})
                 return
             self._send_json(200, {"ok": True})
             return
-        chat = {"/v1/completions": False, "/v1/chat/completions": True}.get(self.path)
+        if not self._authorised(path):
+            return
+        chat = {"/v1/completions": False, "/v1/chat/completions": True}.get(path)
         if chat is None:
             self._send_json(404, {"detail": "Not Found"})
-            return
-        if not self._authorised():
             return
         try:
             if engine.draining:
@@ -425,7 +560,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _generate(self, gen: _Generation) -> None:
         engine = self.engine
         try:
-            seq = engine.admit(gen.prompt_tokens)
+            seq = engine.admit(gen.prompt)
         except Aborted:
             self.close_connection = True
             return
@@ -471,9 +606,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
-    def _authorised(self) -> bool:
-        key = self.engine.options.api_key
-        if key is None or self.headers.get("Authorization") == f"Bearer {key}":
+    def _authorised(self, path: str) -> bool:
+        """False, having answered 401, when `path` needs the API key and the request lacks it.
+
+        As vLLM's AuthenticationMiddleware: `/v1` and below are guarded, any key of `--api-key`
+        is accepted as `Authorization: Bearer KEY` (the scheme in any case).
+        """
+        keys = self.engine.options.api_keys
+        if not keys or not (path == "/v1" or path.startswith("/v1/")):
+            return True
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        digest = hashlib.sha256(token.encode()).digest()
+        if scheme.lower() == "bearer" and any(
+            secrets.compare_digest(digest, hashlib.sha256(key.encode()).digest()) for key in keys
+        ):
             return True
         self._send_json(401, {"error": "Unauthorized"})
         return False
@@ -485,9 +631,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, payload: Any) -> None:
         self._send(status, json.dumps(payload).encode(), "application/json")
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _send(self, status: int, body: bytes, content_type: str | None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", content_type)
+        if content_type is not None:
+            self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -567,7 +714,7 @@ def serve(options: Options) -> int:
     stop.wait()
     engine.draining = True
     _log(f"shutting down: {engine.running} running, {engine.waiting} waiting, "
-         f"up to {options.shutdown_timeout:g} s to finish")  # fmt: skip
+         f"up to {options.shutdown_timeout} s to finish")  # fmt: skip
     if not engine.wait_idle(options.shutdown_timeout):
         _log("shutdown timeout reached: aborting the requests still in flight")
         engine.abort_all()
@@ -578,50 +725,152 @@ def serve(options: Options) -> int:
     return 0
 
 
+def _human_int(value: str) -> int:
+    """vLLM's `human_readable_int` (vllm/utils/argparse_utils.py): 1k = 1000, 1K = 1024,
+    25.6k = 25600."""
+    value = value.strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgGtT])", value)
+    if match is None:
+        return int(value)
+    number, suffix = match.groups()
+    power = "kmgt".index(suffix.lower()) + 1
+    if suffix.islower():
+        return int(float(number) * 10 ** (3 * power))
+    if "." in number:
+        raise argparse.ArgumentTypeError(f"no decimals with a binary suffix: {value}")
+    return int(number) << (10 * power)
+
+
+def _human_int_or_auto(value: str) -> int:
+    """vLLM's `human_readable_int_or_auto`: also -1 or `auto`, for the model's own length."""
+    return -1 if value.strip().lower() in ("-1", "auto") else _human_int(value)
+
+
+_ON_OFF = {"action": argparse.BooleanOptionalAction}
+# vLLM flags that mean nothing to a double: parsed with vLLM's names and types (vllm/engine/
+# arg_utils.py EngineArgs, vllm/entrypoints/openai/cli_args.py FrontendArgs), then ignored.
+_IGNORED: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (("--dtype",), {"choices": DTYPES}),
+    (("--gpu-memory-utilization",), {"type": float}),
+    (("--tensor-parallel-size", "-tp"), {"type": int}),
+    (("--pipeline-parallel-size", "-pp"), {"type": int}),
+    (("--data-parallel-size", "-dp"), {"type": int}),
+    (("--max-num-batched-tokens",), {"type": _human_int}),
+    (("--enable-chunked-prefill",), _ON_OFF),
+    (("--enforce-eager",), _ON_OFF),
+    (("--trust-remote-code",), _ON_OFF),
+    (("--enable-sleep-mode",), _ON_OFF),
+    (("--disable-log-stats",), _ON_OFF),
+    (("--enable-log-requests",), _ON_OFF),
+    (("--disable-uvicorn-access-log",), _ON_OFF),
+    (("--enable-auto-tool-choice",), _ON_OFF),
+    (("--seed",), {"type": int}),
+    (("--quantization", "-q"), {}),
+    (("--kv-cache-dtype",), {}),
+    (("--cpu-offload-gb",), {"type": float}),
+    (("--tokenizer",), {}),
+    (("--revision",), {}),
+    (("--download-dir",), {}),
+    (("--generation-config",), {}),
+    (("--chat-template",), {}),
+    (("--tool-call-parser",), {}),
+    (("--reasoning-parser",), {}),
+    (("--max-logprobs",), {"type": int}),
+    (("--uvicorn-log-level",), {"choices": ("critical", "error", "warning", "info", "debug",
+                                            "trace")}),
+)  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m harchos_cli.testing.vllm_double",
+        usage="%(prog)s [serve] MODEL [options]  (or --model MODEL)",
         description="A test double for `vllm serve` (not vLLM): OpenAI-compatible API, /health, "
-        "/metrics and SIGTERM drain, with fake deterministic text.",
+        "/metrics and SIGTERM drain, with fake deterministic text. It takes vLLM's command line.",
     )
-    parser.add_argument("--model", required=True, help="model name to report and accept")
-    parser.add_argument("--port", type=int, required=True, help="port to bind (0: any free port)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--served-model-name", help="name clients use (default: --model)")
+    parser.add_argument("model_tag", nargs="?", help="model to serve, as `vllm serve MODEL`")
+    parser.add_argument("--model", help="the model, the older way (not with MODEL)")
+    parser.add_argument("--served-model-name", nargs="+", help="names clients use (first: main)")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1; vLLM: all)")
+    parser.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
     parser.add_argument(
         "--api-key",
-        default=os.environ.get("VLLM_API_KEY"),
-        help="require `Authorization: Bearer KEY` on /v1 (default: $VLLM_API_KEY, as vLLM)",
+        nargs="+",
+        help="keys accepted as `Authorization: Bearer KEY` on /v1 (default: $VLLM_API_KEY)",
     )
-    parser.add_argument("--max-model-len", type=int, default=4096, help="context length (tokens)")
+    parser.add_argument("--max-model-len", type=_human_int_or_auto, help="context length")
     parser.add_argument("--max-num-seqs", type=int, default=256, help="requests run at once")
-    parser.add_argument("--startup-delay", type=float, default=0.0, help="seconds before binding")
+    parser.add_argument(
+        "--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True
+    )
+    parser.add_argument("--block-size", type=int, default=16, help="prefix-cache block (tokens)")
     parser.add_argument(
         "--shutdown-timeout",
-        type=float,
-        default=0.0,
+        type=int,
+        default=0,
         help="seconds SIGTERM waits for running requests (0, the default, aborts them)",
     )
-    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds per token")
+    ignored = parser.add_argument_group("vLLM options a double ignores")
+    for flags, kwargs in _IGNORED:
+        ignored.add_argument(*flags, **kwargs, help=argparse.SUPPRESS)
+    own = parser.add_argument_group("the double's own")
+    own.add_argument("--startup-delay", type=float, default=0.0, help="seconds before binding")
+    own.add_argument("--token-delay", type=float, default=0.0, help="seconds per token")
     return parser
+
+
+def _dashes(arg: str) -> str:
+    """`--max_model_len=8` as `--max-model-len=8`: vLLM's FlexibleArgumentParser takes both."""
+    if not arg.startswith("--"):
+        return arg
+    key, eq, value = arg.partition("=")
+    return key.replace("_", "-") + eq + value
+
+
+def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> Options:
+    """The options from a `vllm serve` command line (the leading `serve` optional).
+
+    Raises:
+        SystemExit: with code 2 on a bad or unknown flag, or no model, as argparse (and vLLM) do.
+    """
+    parser = _parser()
+    args = list(argv)
+    if args[:1] == ["serve"]:
+        args = args[1:]
+    ns = parser.parse_args([_dashes(arg) for arg in args])
+    if ns.model_tag and ns.model:
+        parser.error("give the model once: `serve MODEL` or `--model MODEL`")
+    model = ns.model_tag or ns.model
+    if not model:
+        parser.error("a model is required: serve MODEL")
+    env = os.environ if environ is None else environ
+    # As vLLM 0.18+: `--api-key` wins over $VLLM_API_KEY.
+    keys = [key for key in (ns.api_key or [env.get("VLLM_API_KEY", "")]) if key]
+    max_model_len = _DEFAULT_MAX_MODEL_LEN if ns.max_model_len in (None, -1) else ns.max_model_len
+    if min(ns.block_size, ns.max_num_seqs, max_model_len) < 1 or ns.shutdown_timeout < 0:
+        parser.error(
+            "--block-size, --max-num-seqs and --max-model-len must be positive, "
+            "--shutdown-timeout 0 or more"
+        )
+    return Options(
+        model=model,
+        port=ns.port,
+        host=ns.host or "127.0.0.1",
+        served_model_names=tuple(ns.served_model_name or ()),
+        api_keys=tuple(keys),
+        max_model_len=max_model_len,
+        max_num_seqs=ns.max_num_seqs,
+        enable_prefix_caching=ns.enable_prefix_caching,
+        block_size=ns.block_size,
+        startup_delay=ns.startup_delay,
+        shutdown_timeout=ns.shutdown_timeout,
+        token_delay=ns.token_delay,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and serve; the process exit code."""
-    args = _parser().parse_args(argv)
-    options = Options(
-        model=args.model,
-        port=args.port,
-        host=args.host,
-        served_model_name=args.served_model_name,
-        api_key=args.api_key or None,
-        max_model_len=args.max_model_len,
-        max_num_seqs=args.max_num_seqs,
-        startup_delay=args.startup_delay,
-        shutdown_timeout=args.shutdown_timeout,
-        token_delay=args.token_delay,
-    )
-    return serve(options)
+    return serve(parse_args(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Fixtures: the project's settings, and harchos's vLLM test double serving them on loopback.
 
 The test double (`python -m harchos_cli.testing.vllm_double`) is not vLLM: it answers the same
-OpenAI-compatible API with fake, deterministic text, so these tests run on any laptop.
+OpenAI-compatible API with fake, deterministic text, so these tests run on any laptop. It is
+started the way vLLM is: `python serve.py` execs `$HARCHOS_VLLM_COMMAND serve MODEL ...`, the
+command line harchos gives vLLM, with the API key in `VLLM_API_KEY`.
 """
 
 from __future__ import annotations
@@ -9,14 +11,15 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from client import wait_ready
-from serve import ServeSettings, double_command, load_settings, server_env
+from serve import TEST_DOUBLE, VLLM_COMMAND_ENV, ServeSettings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-not-secret"
@@ -29,6 +32,15 @@ def free_port() -> int:
         return port
 
 
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll `predicate` until it holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
 @pytest.fixture(scope="session")
 def settings() -> ServeSettings:
     return load_settings(ROOT / "harchos.toml")
@@ -38,16 +50,18 @@ def settings() -> ServeSettings:
 def start_server(
     settings: ServeSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., str]]:
-    """Start a test double with the project's settings; returns its API base URL."""
+    """Start `python serve.py` with the test double as vLLM; returns the API base URL. Arguments
+    go on to `vllm serve` (after `--`)."""
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(*extra: str) -> str:
         port = free_port()
-        command = double_command(replace(settings, host="127.0.0.1", port=port))
-        env = server_env(settings, {**os.environ, settings.api_key_env: API_KEY})
+        env = {**os.environ, settings.api_key_env: API_KEY, VLLM_COMMAND_ENV: TEST_DOUBLE}
+        command = [sys.executable, str(ROOT / "serve.py"), "--config", str(ROOT / "harchos.toml"),
+                   "--host", "127.0.0.1", "--port", str(port), "--", *extra]  # fmt: skip
         log = tmp_path_factory.mktemp("server") / "server.log"
         with log.open("wb") as err:
-            procs.append(subprocess.Popen([*command, *extra], env=env, stderr=err))
+            procs.append(subprocess.Popen(command, env=env, stderr=err))
         url = f"http://127.0.0.1:{port}/v1"
         wait_ready(url, timeout=30, interval=0.05)
         return url

@@ -1,7 +1,8 @@
 """Fixtures: the project's harchos.toml, and harchos's vLLM test double standing in for replicas.
 
 The test double (`python -m harchos_cli.testing.vllm_double`) is not vLLM: it answers the same
-OpenAI-compatible API with fake, deterministic text, so these tests run on any laptop.
+OpenAI-compatible API with fake, deterministic text, so these tests run on any laptop. A replica
+is started the way harchos starts vLLM, with `$HARCHOS_VLLM_COMMAND` set to the test double.
 """
 
 from __future__ import annotations
@@ -11,15 +12,13 @@ import socket
 import subprocess
 import tomllib
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from client import wait_ready
-from serve import double_command, server_env
-from topology import load
+from serve import TEST_DOUBLE, VLLM_COMMAND_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-not-secret"
@@ -38,21 +37,24 @@ def project_data() -> dict[str, Any]:
     return tomllib.loads((ROOT / "harchos.toml").read_text(encoding="utf-8"))
 
 
-@pytest.fixture(scope="session")
-def start_replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], int]]:
-    """Start a test double with the project's [serve] settings; returns its port."""
-    settings = load(ROOT / "harchos.toml").serve
+@pytest.fixture
+def double_env() -> dict[str, str]:
+    """The environment harchos gives a replica, with the test double as `vllm`."""
+    return {**os.environ, VLLM_COMMAND_ENV: TEST_DOUBLE, "VLLM_API_KEY": API_KEY}
+
+
+@pytest.fixture
+def start_replica(
+    double_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[[list[str]], None]]:
+    """Run a replica's command line (as `topology.py commands` prints it) until it is ready."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start() -> int:
-        port = free_port()
-        command = double_command(replace(settings, host="127.0.0.1", port=port))
-        env = server_env(settings, {**os.environ, settings.api_key_env: API_KEY})
-        log = tmp_path_factory.mktemp("replica") / "replica.log"
-        with log.open("wb") as err:
-            procs.append(subprocess.Popen(command, env=env, stderr=err))
+    def start(command: list[str]) -> None:
+        port = command[command.index("--port") + 1]
+        with (tmp_path / f"replica-{port}.log").open("wb") as err:
+            procs.append(subprocess.Popen(command, env=double_env, stderr=err))
         wait_ready(f"http://127.0.0.1:{port}/v1", timeout=30, interval=0.05)
-        return port
 
     yield start
     for proc in procs:

@@ -6,6 +6,7 @@ Used for demos and deterministic tests of everything that consumes a forecast.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -75,8 +76,10 @@ def parse_replay_spec(spec: str) -> list[Path]:
     raw = spec.split(":", 1)[1] if ":" in spec else ""
     if not raw.strip(" ,"):
         raise UsageError("replay needs a file: --provider replay:PATH", hint="e.g. replay:de.csv")
-    whole = Path(raw).expanduser()
-    parts = [whole] if whole.is_file() else [Path(p).expanduser() for p in raw.split(",") if p]
+    whole = Path(os.path.expanduser(raw))
+    parts = (
+        [whole] if whole.is_file() else [Path(os.path.expanduser(p)) for p in raw.split(",") if p]
+    )
     for path in parts:
         if not path.is_file():
             raise UsageError(
