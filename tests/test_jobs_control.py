@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 from clirunner import harchos
 from polling import job
+
+from harchos_cli.jobs.store import JobStore
+from harchos_cli.jobs.supervisor import request_cancel
 
 
 @pytest.mark.parametrize("command", ["pause", "resume", "cancel", "show", "pull"])
@@ -36,3 +40,40 @@ def test_pull_to_an_unknown_users_home_is_a_usage_error(
     assert pulled.code == 2, pulled.err
     assert "no such user" in pulled.err
     assert "Traceback" not in pulled.err
+
+
+def test_following_a_job_exits_with_its_exit_code_and_says_when_it_waits(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "harchos.toml").write_text(
+        '[job]\nkind = "batch"\ncommand = "python3 -c \\"raise SystemExit(3)\\""\n'
+        '[carbon]\nregion = "DE"\n'
+    )
+    os.chdir(tmp_path)
+    failed = harchos(capsys, "run", "batch", "--json")
+    assert failed.json()["state"] == "failed"
+    followed = harchos(capsys, "jobs", "logs", "-f", failed.json()["job_id"])
+    assert followed.code == 3
+    assert "failed (exit code 3)" in followed.err
+    assert harchos(capsys, "jobs", "logs", failed.json()["job_id"]).code == 0
+    # A job that waits (no hour is ever under 1 g): following it says until when; cancelled,
+    # following ends with 130.
+    waiting = harchos(capsys, "run", "batch", "--threshold", "1", "--deadline", "20h",
+                      "--detach", "--json", "--", "true")  # fmt: skip
+    assert waiting.code == 0, waiting.err
+    job_id = waiting.json()["job_id"]
+    assert job(job_id).state == "waiting"
+    def cancel() -> None:
+        store = JobStore()
+        try:
+            request_cancel(store, job_id)
+        finally:
+            store.close()
+
+    stop = threading.Timer(1.0, cancel)
+    stop.start()
+    followed = harchos(capsys, "jobs", "logs", "-f", job_id)
+    stop.join()
+    assert f"waits to start at {waiting.json()['planned_start']}" in followed.err
+    assert followed.code == 130
+    assert "cancelled" in followed.err

@@ -113,7 +113,9 @@ def _masked_launch(launch: Any, marked: Sequence[str]) -> Any:
 @app.command("logs")
 def logs(
     job_id: str = _ID,
-    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until it ends."),
+    follow: bool = typer.Option(
+        False, "--follow", "-f", help="Keep printing until it ends; exit with its exit code."
+    ),
 ) -> None:
     """The job's output (stdout and stderr of the workload, and of the setup command)."""
     import codecs
@@ -128,8 +130,14 @@ def logs(
         job = store.get(job_id)
         path = log_path(job.id)
         offset = 0
+        said_waiting = False
         while True:
-            active = store.get(job.id).active
+            current = store.get(job.id)
+            active = current.active
+            if follow and current.state == "waiting" and not said_waiting:
+                said_waiting = True
+                typer.echo(f"job {job.id} waits to start at {current.planned_start} on hub "
+                           f"{current.hub}", err=True)  # fmt: skip
             try:
                 with path.open("rb") as handle:
                     handle.seek(offset)
@@ -146,8 +154,12 @@ def logs(
     finally:
         store.close()
     if follow:
+        from harchos_cli.cli.run import exit_code
+
         code = "" if job.exit_code is None else f" (exit code {job.exit_code})"
         typer.echo(f"job {job.id} {job.state}{code}", err=True)
+        # As `harchos run` would have exited: a script waiting on a job sees how it ended.
+        raise typer.Exit(exit_code(job))
 
 
 @app.command("cancel")

@@ -261,6 +261,7 @@ def _serve_json(status: dict[str, Any]) -> dict[str, Any]:
 
 def _run(options: RunOptions, *, dry_run: bool, json_output: bool) -> int:
     from harchos_cli.cli.output import print_json, warn_all
+    from harchos_cli.errors import UsageError
     from harchos_cli.jobs.liveness import revive
     from harchos_cli.jobs.request import prepare
     from harchos_cli.jobs.store import new_id
@@ -271,8 +272,16 @@ def _run(options: RunOptions, *, dry_run: bool, json_output: bool) -> int:
     prepared = prepare(options)
     run_id = _run_id(prepared, options.fresh)
     warn_all(prepared.plan.warnings)
+    problems = _launcher_problems(prepared)
+    if problems and not dry_run:
+        raise UsageError(
+            problems[0],
+            hint="install it where the job runs (pip install 'accelerate>=1.0' in the project's "
+            "environment, or with [job] setup), then run again; --dry-run shows this check",
+        )
     if dry_run:
         plan = masked(describe(prepared, run_id), prepared.request.project.spec.job.secret_env)
+        plan["checks"] = {"launcher": problems or "ok"}
         if json_output:
             print_json(plan)
         else:
@@ -288,6 +297,19 @@ def _run(options: RunOptions, *, dry_run: bool, json_output: bool) -> int:
         lambda: create_job(prepared, detached=False, job_id=job_id, run_id=run_id),
         json_output,
     )
+
+
+def _launcher_problems(prepared: Prepared) -> list[str]:
+    """Training's launcher, checked on each hub the job will run on before it waits."""
+    from harchos_cli.jobs.launchers import missing_launcher
+    from harchos_cli.jobs.request import get_hub
+
+    request = prepared.request
+    if request.kind != "train":
+        return []
+    names = request.nodes or [prepared.plan.choice.hub]
+    found = [missing_launcher(request.project, get_hub(name, request.project)) for name in names]
+    return [problem for problem in found if problem]
 
 
 def masked(plan: dict[str, Any], marked: Sequence[str] = ()) -> dict[str, Any]:
@@ -444,6 +466,10 @@ def _print_dry_run(plan: dict[str, Any]) -> None:
     typer.echo(f"  launch {render(launch['argv'], launch['env'], launch['cwd'])}")
     for rank, node in enumerate(plan.get("nodes") or [], start=1):
         typer.echo(f"  machine {rank} on hub {node['hub']}: {node['command_line']}")
+    launcher = (plan.get("checks") or {}).get("launcher", "ok")
+    if launcher != "ok":
+        for problem in launcher:
+            typer.echo(f"check: {problem} (a real run stops here, before waiting)")
 
 
 class ConsoleReporter:

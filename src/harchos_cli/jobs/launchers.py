@@ -126,6 +126,37 @@ def train_command(
     return Command([python, "-m", ACCELERATE_MODULE, *flags, *rest, *args], {**env, **job.env})
 
 
+def missing_launcher(project: Project, hub: Hub) -> str | None:
+    """Why the project's training could not start on `hub`, or None: its Python (the project's
+    `.venv` here) must find `accelerate`. Asked before a job waits, so that a green window is not
+    waited for in vain. Not asked (None) where `[job] setup` may install it first, or when the
+    hub cannot be reached now (the job's own retries handle that)."""
+    from harchos_cli.errors import HubError
+
+    job = project.spec.job
+    argv = split_command(job.command, DEFAULT_TRAIN_COMMAND)
+    wraps = argv[:2] == ["accelerate", "launch"] or (
+        Path(argv[0]).name.startswith("python") and len(argv) > 1 and argv[1].endswith(".py")
+    )
+    if not wraps or (job.setup and hub.transport != LOCAL):
+        return None
+    from harchos_cli.hubs import transport_for
+
+    python = hub_python(hub, project.root)
+    probe = (
+        "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('accelerate') else 3)"
+    )
+    try:
+        result = transport_for(hub).run([python, "-c", probe], check=False, timeout=60)
+    except HubError:
+        return None
+    if result.returncode == 3:
+        return f"{python} on hub {hub.name} cannot import accelerate, which runs the training"
+    if result.returncode == 127:
+        return f"there is no {python} on hub {hub.name}"
+    return None
+
+
 def batch_command(project: Project, argv: Sequence[str]) -> Command:
     """`harchos run batch -- CMD ARGS...`, or `[job] command` when no command is given."""
     if argv:
