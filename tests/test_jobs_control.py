@@ -63,6 +63,7 @@ def test_following_a_job_exits_with_its_exit_code_and_says_when_it_waits(
     assert waiting.code == 0, waiting.err
     job_id = waiting.json()["job_id"]
     assert job(job_id).state == "waiting"
+
     def cancel() -> None:
         store = JobStore()
         try:
