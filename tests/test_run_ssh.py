@@ -15,7 +15,7 @@ from sshd import Sshd, client_key_fixture, sshd_fixture
 from test_run_local import new_project
 
 from harchos_cli.hubs import remote_project_dir
-from harchos_cli.jobs.store import log_path
+from harchos_cli.jobs.store import job_dir, log_path
 
 __all__ = ["client_key_fixture", "sshd_fixture"]
 
@@ -160,3 +160,31 @@ def test_setup_runs_again_when_the_hubs_folder_was_wiped(
     run()
     assert count.read_text().splitlines() == ["setup", "setup"]
     assert (Path(remote) / ".harchos" / ".gitignore").read_text() == "*\n"
+
+
+def test_a_deferred_job_keeps_trying_a_hub_that_is_down_while_its_deadline_allows(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, sshd: Sshd
+) -> None:
+    batch_project(tmp_path)
+    add_h1(capsys, sshd)
+    sshd.stop()
+    # Under any threshold: it starts at once, but with a deadline 3 h away it may keep trying
+    # far longer than the 5 attempts (about 15 s) a job without a deadline gets.
+    started = harchos(
+        capsys, "run", "batch", "--hub", "h1", "--threshold", "100000", "--deadline", "3h",
+        "--detach", "--json", "--", sys.executable, "-c", "print('ran', flush=True)",
+    )  # fmt: skip
+    assert started.code == 0, started.err
+    job_id = started.json()["job_id"]
+
+    def said(text: str) -> bool:
+        path = job_dir(job_id) / "supervisor.log"
+        return path.is_file() and text in path.read_text()
+
+    wait_until(lambda: said("retrying in 8 s"), timeout=60)
+    assert job(job_id).state == "syncing"
+    wait_until(lambda: said("retrying in 16 s"), timeout=60)
+    sshd.start()
+    final = wait_until(lambda: job(job_id) if not job(job_id).active else None, timeout=90)
+    assert (final.state, final.exit_code) == ("done", 0), final.message
+    assert "ran" in log_path(job_id).read_text()

@@ -354,7 +354,13 @@ class Supervisor:
         checkpoints = project.spec.job.checkpoint_dir
         protect = [] if checkpoints.startswith(("/", "~")) else [f"/{checkpoints}/"]
         delay = 1.0
-        for attempt in range(1, SYNC_ATTEMPTS + 1):
+        # A job with a deadline keeps trying while it can still finish by it (one that waited
+        # hours for its window must not fail on a hub that is down for a minute).
+        clock = from_json(request.clock)
+        latest = request.deadline - request.duration if request.deadline else None
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 self.reporter.stage(job, "syncing", f"project to hub {hub.name}")
                 remote = transport.sync_up(
@@ -366,8 +372,13 @@ class Supervisor:
                 return remote
             except HubUnreachableError as exc:
                 # Only lost contact is retried; any other HubError fails the job (in `_loop`).
-                if attempt == SYNC_ATTEMPTS:
-                    self._fail(job, f"could not sync to hub {hub.name}: {exc}", hub_failed=True)
+                later = clock.now() + timedelta(seconds=delay * clock.speedup)
+                if attempt >= SYNC_ATTEMPTS and (latest is None or later >= latest):
+                    why = f"after {attempt} attempts"
+                    if latest is not None:
+                        why += f", the last start that meets the deadline ({iso(latest)})"
+                    self._fail(job, f"could not sync to hub {hub.name} {why}: {exc}",
+                               hub_failed=True)  # fmt: skip
                     return None
                 self.reporter.notice(f"hub {hub.name}: {exc}; retrying in {delay:g} s")
                 self.sleep(delay)
@@ -375,7 +386,6 @@ class Supervisor:
                 if self.store.get(job.id).cancel_requested:
                     self._cancel(job, NOTHING_RAN)
                     return None
-        return None
 
     def _rendezvous(self, request: Request, hubs: list[Hub]) -> list[launchers.NodeRank] | None:
         """Each machine's rank, and where they meet: the main node's address (`--main-address`,
