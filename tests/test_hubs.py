@@ -146,7 +146,13 @@ def test_check_local_reports_python_gpus_and_disk(capsys: pytest.CaptureFixture[
     assert data["python"] == ".".join(str(p) for p in sys.version_info[:3])
     assert data["gpus"] == []  # this machine has no nvidia-smi
     assert data["free_disk_gb"] > 0
-    assert set(data) == {"hub", "reachable", "host_key", "python", "gpus", "free_disk_gb", "error"}
+    assert data["workdir_writable"] is True
+    assert data["accelerate"] is True  # the suite's Python has it
+    assert data["warnings"] == []
+    assert set(data) == {
+        "hub", "reachable", "host_key", "python", "gpus", "free_disk_gb", "workdir_writable",
+        "accelerate", "rsync", "warnings", "error",
+    }  # fmt: skip
 
 
 def test_check_unreachable_hub_exits_4_and_says_why(capsys: pytest.CaptureFixture[str]) -> None:

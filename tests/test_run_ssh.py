@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -188,3 +189,29 @@ def test_a_deferred_job_keeps_trying_a_hub_that_is_down_while_its_deadline_allow
     final = wait_until(lambda: job(job_id) if not job(job_id).active else None, timeout=90)
     assert (final.state, final.exit_code) == ("done", 0), final.message
     assert "ran" in log_path(job_id).read_text()
+
+
+def test_hubs_check_fails_a_workdir_it_cannot_make_and_warns_of_a_python_without_accelerate(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, sshd: Sshd
+) -> None:
+    blocked = sshd.root / "a-file"
+    blocked.write_text("not a folder\n")
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    added = harchos(
+        capsys, "hubs", "add", "h1", "--ssh", f"root@127.0.0.1:{sshd.port}", "--identity",
+        str(sshd.client_key), "--region", "DE", "--python", str(bare / "bin" / "python"),
+        "--workdir", f"{blocked}/harchos",
+    )  # fmt: skip
+    assert added.code == 0, added.err
+    checked = harchos(capsys, "hubs", "check", "h1", "--json")
+    assert checked.code == 4, checked.err
+    data = checked.json()
+    assert data["reachable"] is True
+    assert data["workdir_writable"] is False
+    assert "cannot write to" in data["error"]
+    assert data["accelerate"] is False
+    assert "cannot import accelerate" in data["warnings"][0]
+    text = harchos(capsys, "hubs", "check", "h1")
+    assert "h1: FAILED: cannot write to" in text.out
+    assert "h1: warning:" in text.out

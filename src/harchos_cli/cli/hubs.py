@@ -204,6 +204,8 @@ def check(
                 )
             else:
                 print(f"{r.hub}: FAILED: {r.error}")
+            for warning in r.warnings:
+                print(f"{r.hub}: warning: {warning}")
     if not all(r.ok for r in results):
         from harchos_cli.errors import ExitCode
 

@@ -35,7 +35,9 @@ Commands (each prints one JSON object on stdout unless noted):
     port START                     print {"port": N}: the first TCP port from START up that is
                                    free on the hub now (START 0: any free port), for the main
                                    node of a multi-node launch or a replica to listen on
-    info WORKDIR                   print Python version, GPUs and free disk
+    info WORKDIR                   print Python version, GPUs, free disk, whether WORKDIR (or
+                                   the folder that would hold it) is writable, and whether
+                                   accelerate and rsync are there
     monitor JOB_DIR                (internal) run the workload and record its exit code
 """
 
@@ -529,8 +531,35 @@ def _gpus() -> list[dict[str, object]]:
     return gpus
 
 
+def _findable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _writable(workdir: str) -> bool:
+    """Whether WORKDIR exists as a folder harchos can write in, or could be made: its nearest
+    existing ancestor is a folder a file can be created in (tried, since permission bits say
+    nothing to root or of a read-only filesystem)."""
+    path = workdir
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        return False
+    try:
+        probe = tempfile.mkdtemp(dir=path, prefix=".harchos-check-")
+    except OSError:
+        return False
+    os.rmdir(probe)
+    return True
+
+
 def _info(workdir: str) -> None:
-    path = os.path.expanduser(workdir)
+    wanted = os.path.expanduser(workdir)
+    path = wanted
     while not os.path.isdir(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
     usage = shutil.disk_usage(path or "/")
@@ -542,6 +571,9 @@ def _info(workdir: str) -> None:
             "gpus": _gpus(),
             "free_disk_gb": round(usage.free / 1e9, 2),
             "disk_path": path,
+            "workdir_writable": _writable(wanted),
+            "accelerate": _findable("accelerate"),
+            "rsync": shutil.which("rsync") is not None,
         }
     )
 

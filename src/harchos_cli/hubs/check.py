@@ -32,6 +32,10 @@ class HubCheck:
     python: str | None = None
     gpus: list[dict[str, Any]] = field(default_factory=list)
     free_disk_gb: float | None = None
+    workdir_writable: bool | None = None
+    accelerate: bool | None = None  # whether the hub's Python finds it (training needs it)
+    rsync: bool | None = None
+    warnings: list[str] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -90,14 +94,30 @@ def check_hub(hub: Hub) -> HubCheck:
 def _found(
     hub: Hub, info: dict[str, Any], *, reachable: bool, host_key: HostKeyState | None
 ) -> HubCheck:
-    return HubCheck(
+    found = HubCheck(
         hub=hub.name,
         reachable=reachable,
         host_key=host_key,
         python=str(info.get("python")),
         gpus=list(info.get("gpus") or []),
         free_disk_gb=info.get("free_disk_gb"),
+        workdir_writable=info.get("workdir_writable"),
+        accelerate=info.get("accelerate"),
+        rsync=info.get("rsync"),
     )
+    if found.workdir_writable is False:
+        found.error = (
+            f"cannot write to {info.get('disk_path')} on the hub, where projects go "
+            f"({hub.workdir}); give a writable --workdir"
+        )
+    if found.accelerate is False:
+        found.warnings.append(
+            f"{hub.python} there cannot import accelerate: training needs it (pip install "
+            "'accelerate>=1.0' there, or a [job] setup that installs it)"
+        )
+    if found.rsync is False and hub.transport != LOCAL:
+        found.error = found.error or "rsync is not installed on the hub; harchos syncs with it"
+    return found
 
 
 def check_hubs(hubs: Sequence[Hub], *, max_workers: int = 8) -> list[HubCheck]:
