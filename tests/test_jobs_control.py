@@ -78,3 +78,26 @@ def test_following_a_job_exits_with_its_exit_code_and_says_when_it_waits(
     assert f"waits to start at {waiting.json()['planned_start']}" in followed.err
     assert followed.code == 130
     assert "cancelled" in followed.err
+
+
+def test_small_things_read_right(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # A job started at once reports its hub's region (its workload got it as HARCHOS_REGION).
+    (tmp_path / "harchos.toml").write_text(
+        '[job]\nkind = "batch"\ncommand = "true"\n[carbon]\nregion = "DE"\n'
+    )
+    os.chdir(tmp_path)
+    ran = harchos(capsys, "run", "batch", "--json")
+    assert ran.code == 0, ran.err
+    assert harchos(capsys, "jobs", "show", ran.json()["job_id"], "--json").json()["region"] == "DE"
+    # An IPv6 hub is echoed as it was given; the dry run's setup line keeps `~/` unquoted.
+    added = harchos(capsys, "hubs", "add", "six", "--ssh", "root@[::1]:2222", "--region", "DE")
+    assert added.code == 0, added.err
+    assert "ssh root@[::1]:2222" in added.out
+    (tmp_path / "harchos.toml").write_text(
+        '[job]\nkind = "batch"\ncommand = "true"\nsetup = "echo hi"\n[carbon]\nregion = "DE"\n'
+    )
+    dry = harchos(capsys, "run", "batch", "--hub", "six", "--dry-run")
+    assert dry.code == 0, dry.err
+    setup = next(line for line in dry.out.splitlines() if line.strip().startswith("setup"))
+    assert " ~/harchos/" in setup
+    assert "'~/" not in setup

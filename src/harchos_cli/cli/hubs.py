@@ -113,7 +113,8 @@ def _where(hub: Any) -> str:
         return "this machine"
     user = f"{hub.user}@" if hub.user else ""
     port = f":{hub.port}" if hub.port else ""
-    return f"ssh {user}{hub.host}{port}"
+    host = f"[{hub.host}]" if ":" in (hub.host or "") and port else hub.host
+    return f"ssh {user}{host}{port}"
 
 
 @app.command("list")

@@ -281,7 +281,8 @@ def render(
 ) -> str:
     """A command as a copy-pasteable shell line (for `--dry-run`; never executed)."""
     parts = [f"{k}={_quote_path(v)}" for k, v in (env or {}).items()]
-    line = " ".join([*parts, *(shlex.quote(a) for a in argv)])
+    # A `~/` path is resolved on the hub before it is used: shown so that a pasted line does too.
+    line = " ".join([*parts, *(_quote_path(a) for a in argv)])
     return f"cd {_quote_path(cwd)} && {line}" if cwd else line
 
 

@@ -94,7 +94,9 @@ class Job:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "exit_code": self.exit_code,
-            "region": plan.get("region"),
+            # The plan's region; a job started at once has none, but its hub's is its own.
+            "region": plan.get("region")
+            or ((self.request.get("launch") or {}).get("hub") or {}).get("region"),
             "zone": plan.get("zone"),
             "provider": plan.get("provider"),
             "expected_intensity": plan.get("expected_intensity"),
