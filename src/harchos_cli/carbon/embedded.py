@@ -78,7 +78,9 @@ def calendar(hours: ArrayF) -> tuple[ArrayF, ArrayF, ArrayF, ArrayF]:
     months = stamps.astype("datetime64[M]")
     month = (months.astype(np.int64) % 12).astype(np.int64)
     month_start = months.astype("datetime64[h]").astype(np.int64)
-    month_len = (months + 1).astype("datetime64[h]").astype(np.int64) - month_start
+    # `+ np.timedelta64(1, "M")`: adding a bare 1 is deprecated in NumPy 2.5.
+    next_month = months + np.timedelta64(1, "M")
+    month_len = next_month.astype("datetime64[h]").astype(np.int64) - month_start
     frac = (hours - month_start + 0.5) / month_len
     weekday = ((hours // 24) + 3) % 7  # 1970-01-01 was a Thursday; Monday is 0
     day_type = np.clip(weekday - 4, 0, 2).astype(np.int64)
