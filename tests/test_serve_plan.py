@@ -108,3 +108,30 @@ def test_unknown_hubs_and_too_many_replicas_are_refused(
     full = harchos(capsys, "run", "serve", "--hubs", "box", "--replicas", "2")
     assert full.code == 2
     assert "cannot place 2 replica(s) of 2 GPU(s)" in full.err
+
+
+def test_a_router_port_in_use_fails_the_deployment_with_a_reason(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import socket
+    import sys
+
+    (tmp_path / "harchos.toml").write_text(
+        '[job]\nkind = "serve"\n[carbon]\nregion = "FR"\n'
+        f'[serve]\nmodel = "m"\nvllm_command = "{sys.executable} -m '
+        'harchos_cli.testing.vllm_double"\n'
+    )
+    os.chdir(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = harchos(capsys, "run", "serve", "--router-port", str(port), "--detach", "--json")
+        assert started.code == 1, started.err
+        assert started.json()["state"] == "failed"
+        # The project's newest deployment, failed, says why.
+        shown = harchos(capsys, "serve", "status", "--json")
+        assert shown.code == 0, shown.err
+        assert shown.json()["state"] == "failed"
+        assert f"cannot listen on 127.0.0.1:{port}" in shown.json()["message"]
+        assert shown.json()["replicas"] == []

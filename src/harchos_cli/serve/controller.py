@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from harchos_cli.errors import HarchosError, HubError
+from harchos_cli.errors import HarchosError, HubError, UsageError
 from harchos_cli.hubs.base import LOCAL, Hub, LaunchSpec
 from harchos_cli.jobs.clock import from_json
 from harchos_cli.plan.serving import Move, next_move
@@ -108,7 +108,14 @@ class Controller:
         )  # fmt: skip
         # A revived controller binds where the clients already send their requests.
         port = urlsplit(deployment.router_url).port if deployment.router_url else None
-        url = await self.router.start(self.settings.router_host, port or self.settings.router_port)
+        host, port = self.settings.router_host, port or self.settings.router_port
+        try:
+            url = await self.router.start(host, port)
+        except OSError as exc:
+            raise UsageError(
+                f"the router cannot listen on {host}:{port}: {exc.strerror or exc}",
+                hint="choose another [serve] router_port or --router-port (0 picks a free one)",
+            ) from None
         self.store.update(self.deployment_id, router_url=url, controller_pid=os.getpid(),
                           heartbeat=iso(utcnow()))  # fmt: skip
         self.notice(f"router listening on {url}")
