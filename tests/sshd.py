@@ -170,11 +170,8 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def kill_ssh_clients(marker: str) -> int:
-    """SIGKILL every ssh client and ControlMaster whose command line holds `marker`.
-
-    Pass the transport's ControlPath: only processes this test started carry it.
-    """
+def kill_processes(matches: Callable[[str, list[bytes]], bool]) -> int:
+    """SIGKILL every process whose `(program, argv)` `matches`; how many."""
     killed = 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -183,14 +180,25 @@ def kill_ssh_clients(marker: str) -> int:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        # A ControlPersist master renames itself `ssh: <ControlPath> [mux]`.
-        program = argv[0].decode(errors="replace")
-        is_ssh = Path(program).name == "ssh" or program.startswith("ssh: ")
-        if is_ssh and any(marker.encode() in arg for arg in argv):
+        if argv and matches(argv[0].decode(errors="replace"), argv):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry.name), signal.SIGKILL)
                 killed += 1
     return killed
+
+
+def kill_ssh_clients(marker: str) -> int:
+    """SIGKILL every ssh client and ControlMaster whose command line holds `marker`.
+
+    Pass the transport's ControlPath: only processes this test started carry it.
+    """
+
+    def matches(program: str, argv: list[bytes]) -> bool:
+        # A ControlPersist master renames itself `ssh: <ControlPath> [mux]`.
+        is_ssh = Path(program).name == "ssh" or program.startswith("ssh: ")
+        return is_ssh and any(marker.encode() in arg for arg in argv)
+
+    return kill_processes(matches)
 
 
 # Fixtures carry explicit names so test modules can import them (`from sshd import

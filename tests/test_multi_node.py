@@ -17,7 +17,6 @@ from clirunner import harchos
 from polling import wait_until
 from sshd import Sshd, client_key_fixture, sshd_factory_fixture
 from test_pause_migrate import (
-    SETTINGS,
     STEPS,
     actions,
     add_hub,
@@ -25,6 +24,7 @@ from test_pause_migrate import (
     project,
     same_weights,
     settled,
+    start,
     straight_run,
 )
 from test_remote_jobs import alive
@@ -42,23 +42,24 @@ def launcher_pid(server: Sshd, hub_job_id: str) -> int:
     return int((hub_job_dir(server, hub_job_id) / "pid").read_text().split()[0])
 
 
-def start_on(capsys: pytest.CaptureFixture[str], hubs: str) -> str:
-    started = harchos(capsys, "run", "train", "--hubs", hubs, "--detach", "--json", *SETTINGS)
-    assert started.code == 0, started.err
-    job_id = str(started.json()["job_id"])
-    wait_until(lambda: log_path(job_id).is_file() and b"step 20/" in log_path(job_id).read_bytes())
-    return job_id
-
-
-def test_two_machines_on_two_hubs_train_pause_and_resume_as_one_job(
+def two_hubs(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, sshd_factory: Callable[[str], Sshd]
-) -> None:
+) -> tuple[Path, Sshd, Sshd, Path]:
+    """The uninterrupted two-process run's weights, hubs h1 (DE) and h2 (FR), and the project
+    (one process per machine), as the working folder."""
     expected = straight_run(capsys, tmp_path / "straight", processes=2)
     h1, h2 = sshd_factory("h1"), sshd_factory("h2")
     root = project(capsys, tmp_path / "nodes", processes=1)
     add_hub(capsys, h1, "DE")
     add_hub(capsys, h2, "FR")
     os.chdir(root)
+    return expected, h1, h2, root
+
+
+def test_two_machines_on_two_hubs_train_pause_and_resume_as_one_job(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, sshd_factory: Callable[[str], Sshd]
+) -> None:
+    expected, h1, h2, root = two_hubs(capsys, tmp_path, sshd_factory)
 
     dry = harchos(capsys, "run", "train", "--nodes", "2", "--hubs", "h1,h2", "--dry-run",
                   "--json")  # fmt: skip
@@ -71,7 +72,7 @@ def test_two_machines_on_two_hubs_train_pause_and_resume_as_one_job(
     assert other["argv"][other["argv"].index("--machine_rank") + 1] == "1"
     assert other["argv"][other["argv"].index("--num_processes") + 1] == "2"
 
-    job_id = start_on(capsys, "h1,h2")
+    job_id = start(capsys, "--hubs", "h1,h2")
     shown = harchos(capsys, "jobs", "show", job_id, "--json").json()
     assert (shown["hub"], shown["nodes"]) == ("h1", ["h1", "h2"])
     # A multi-node job is paused and resumed; it is not moved or rescaled.
@@ -104,13 +105,8 @@ def test_two_machines_on_two_hubs_train_pause_and_resume_as_one_job(
 def test_when_one_machine_dies_every_machine_restarts_from_the_checkpoint(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, sshd_factory: Callable[[str], Sshd]
 ) -> None:
-    expected = straight_run(capsys, tmp_path / "straight", processes=2)
-    h1, h2 = sshd_factory("h1"), sshd_factory("h2")
-    root = project(capsys, tmp_path / "nodes", processes=1)
-    add_hub(capsys, h1, "DE")
-    add_hub(capsys, h2, "FR")
-    os.chdir(root)
-    job_id = start_on(capsys, "h1,h2")
+    expected, h1, h2, root = two_hubs(capsys, tmp_path, sshd_factory)
+    job_id = start(capsys, "--hubs", "h1,h2")
     # Past the first checkpoint, machine 1's training process crashes.
     wait_until(
         lambda: f"step {STEPS // 2 + 20}/".encode() in log_path(job_id).read_bytes(), timeout=120

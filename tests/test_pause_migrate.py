@@ -8,10 +8,8 @@ interruption: same seed, same settings, final weights bit for bit.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +19,7 @@ import pytest
 import torch
 from clirunner import harchos
 from polling import job, wait_until
-from sshd import Sshd, client_key_fixture, sshd_factory_fixture
+from sshd import Sshd, client_key_fixture, kill_processes, sshd_factory_fixture
 from test_remote_jobs import alive
 from test_run_local import new_project
 
@@ -299,23 +297,11 @@ def test_rescale_two_one_two_processes_matches_an_uninterrupted_run(
 
 def kill_copies(staging: Path) -> int:
     """SIGKILL every rsync on this machine copying into or out of `staging`; how many."""
-    killed = 0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if (
-            argv
-            and Path(argv[0].decode(errors="replace")).name == "rsync"
-            and any(str(staging).encode() in arg for arg in argv)
-        ):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(proc.name), signal.SIGKILL)
-                killed += 1
-    return killed
+    return kill_processes(
+        lambda program, argv: (
+            Path(program).name == "rsync" and any(str(staging).encode() in arg for arg in argv)
+        )
+    )
 
 
 def test_a_copy_killed_mid_transfer_leaves_the_job_going_on_from_its_source(

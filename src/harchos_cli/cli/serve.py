@@ -44,7 +44,7 @@ def status(deployment_id: str = _DEPLOYMENT, json_output: bool = _JSON) -> None:
 
     store = _store()
     try:
-        deployment = deploy.find_deployment(store, deployment_id, live_only=True)
+        deployment = deploy.find_deployment(store, deployment_id)
         data = deploy.status(store, deployment)
     finally:
         store.close()
@@ -98,7 +98,7 @@ def stop(
 
     store = _store()
     try:
-        deployment = deploy.find_deployment(store, deployment_id, live_only=True)
+        deployment = deploy.find_deployment(store, deployment_id)
         final = deploy.request_stop(store, deployment, wait_s=wait)
         data = deploy.status(store, final)
     finally:
@@ -123,7 +123,7 @@ def logs(
 
     store = _store()
     try:
-        deployment = deploy.find_deployment(store, deployment_id, live_only=False)
+        deployment = deploy.find_deployment(store, deployment_id)
         _, data = deploy.replica_log(store, deployment, replica)
     finally:
         store.close()
@@ -149,7 +149,7 @@ def router(
 
     from harchos_cli.carbon import regions
     from harchos_cli.errors import UsageError
-    from harchos_cli.serve.controller import _IntensitySource
+    from harchos_cli.serve.controller import IntensitySource
     from harchos_cli.serve.router import serve_forever
     from harchos_cli.serve.routing import RoutingPolicy
 
@@ -163,7 +163,7 @@ def router(
         targets.append((url.rstrip("/"), region or None))
     from harchos_cli.jobs.clock import RealClock
 
-    source = _IntensitySource(provider, ".", RealClock())
+    source = IntensitySource(provider, ".", RealClock())
     policy = RoutingPolicy(latency_budget_s=latency_budget_ms / 1000)
 
     def ready(url: str) -> None:

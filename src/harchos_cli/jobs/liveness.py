@@ -54,13 +54,14 @@ def is_supervised(job_id: str) -> bool:
     return False
 
 
-def spawn(job_id: str) -> int:
-    """Start a detached supervisor for `job_id` in its own session; return its pid."""
+def spawn(job_id: str, module: str = "harchos_cli.jobs.supervisor") -> int:
+    """Start `python -m MODULE JOB_ID` (a job's supervisor, or a deployment's controller)
+    detached in its own session, its errors in `supervisor.err`; return its pid."""
     folder = ensure_job_dir(job_id)
     err_fd = os.open(folder / "supervisor.err", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
     with os.fdopen(err_fd, "ab") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "harchos_cli.jobs.supervisor", job_id],
+            [sys.executable, "-m", module, job_id],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,

@@ -511,6 +511,7 @@ class Supervisor:
         # append the same bytes again: cut the log back to what the store says it holds.
         _truncate_log(job.id, job.local_log_size)
         offset = job.log_offset
+        node_logs = {k: int(v) for k, v in (job.request.get("node_logs") or {}).items()}
         launched = job.launched
         clock = from_json(job.request.get("clock"))
         considered = floor_hour(clock.now())  # the policy looks again each new hour
@@ -561,7 +562,7 @@ class Supervisor:
                     for node in nodes[1:]
                 ]  # fmt: skip
                 for node in nodes[1:]:
-                    self._drain_node(job.id, node, final=False)
+                    self._drain_node(job.id, node, node_logs, final=False)
                 absent = [
                     n for n, s in zip(nodes, statuses, strict=True) if s and s.state == "absent"
                 ]
@@ -582,7 +583,7 @@ class Supervisor:
                 if len(exited) == len(nodes):
                     offset = self._drain(job.id, hub_id, remote_jobs, peek, offset)
                     for node in nodes[1:]:
-                        self._drain_node(job.id, node, final=True)
+                        self._drain_node(job.id, node, node_logs, final=True)
                     self._all_exited(job, nodes, exited, pause_code)
                     return
                 failed = [rank for rank, code in exited.items() if code not in (0, pause_code)]
@@ -688,14 +689,16 @@ class Supervisor:
             node_restarts=restarts + 1,
         )  # fmt: skip
 
-    def _drain_node(self, job_id: str, node: _Node, *, final: bool) -> None:
+    def _drain_node(
+        self, job_id: str, node: _Node, offsets: dict[str, int], *, final: bool
+    ) -> None:
         """Append machine `node`'s new log lines to the job's one log, each line prefixed with
-        its hub (`[hub] ...`); a line still being written waits for its end, unless `final`."""
+        its hub (`[hub] ...`); a line still being written waits for its end, unless `final`.
+        `offsets` (what each machine's log gave so far) is kept in step with the store's."""
         from harchos_cli.hubs import processes
 
         while True:
-            offsets = self.store.get(job_id).request.get("node_logs") or {}
-            offset = int(offsets.get(str(node.rank), 0))
+            offset = offsets.get(str(node.rank), 0)
             data = node.jobs.read_log(node.hub_id, offset)
             if not final and len(data) < processes.LOG_CHUNK:
                 data = data[: data.rfind(b"\n") + 1]
@@ -704,9 +707,9 @@ class Supervisor:
             prefix = f"[{node.hub.name}] ".encode()
             text = b"".join(prefix + line for line in data.splitlines(keepends=True))
             size = _append_log(job_id, text)
-            request = self.store.get(job_id).request
-            logs = {**(request.get("node_logs") or {}), str(node.rank): offset + len(data)}
-            self.store.update(job_id, local_log_size=size, request={**request, "node_logs": logs})
+            offsets[str(node.rank)] = offset + len(data)
+            request = {**self.store.get(job_id).request, "node_logs": dict(offsets)}
+            self.store.update(job_id, local_log_size=size, request=request)
             self.reporter.output(text)
 
     def _stop_unlaunched(self, job: Job, stop: str) -> None:

@@ -93,8 +93,10 @@ class Controller:
             name: inventory.from_json(data) for name, data in config["hubs"].items()
         }
         self.remote_dirs: dict[str, str] = dict(config.get("remote_dirs") or {})
+        self.project_dir = deployment.project_dir
+        self.keyed = bool(config.get("api_key"))  # started with an API key (never stored)
         self.clock = from_json(config.get("clock"))
-        self.intensity = _IntensitySource(config.get("provider"), deployment.project_dir,
+        self.intensity = IntensitySource(config.get("provider"), deployment.project_dir,
                                           self.clock)  # fmt: skip
         self.stop_event = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -177,7 +179,7 @@ class Controller:
             env["CUDA_VISIBLE_DEVICES"] = row.gpu_ids
         secret = []
         key = os.environ.get(self.settings.api_key_env)
-        if not key and self.store.get(self.deployment_id).settings.get("api_key"):
+        if not key and self.keyed:
             raise HubError(
                 f"${self.settings.api_key_env} is not in this controller's environment: the "
                 f"replica would serve without its API key, so it is not launched",
@@ -186,7 +188,7 @@ class Controller:
         if key:
             env["VLLM_API_KEY"] = key
             secret = ["VLLM_API_KEY"]
-        cwd = self.remote_dirs.get(hub.name) or self.store.get(self.deployment_id).project_dir
+        cwd = self.remote_dirs.get(hub.name) or self.project_dir
         spec = LaunchSpec(row.hub_job_id, self.settings.replica_argv(row.port), cwd, env, secret)
         await asyncio.to_thread(jobs_for(hub).launch, spec)
         if row.launched_at is None:
@@ -429,7 +431,7 @@ class _MoveFailed(Exception):
     pass
 
 
-class _IntensitySource:
+class IntensitySource:
     """The current intensity of a region, from the deployment's provider and clock (blocking;
     the router calls it in a thread)."""
 
@@ -460,19 +462,9 @@ class _IntensitySource:
 
 def spawn(deployment_id: str) -> int:
     """Start a detached controller for `deployment_id` in its own session; its pid."""
-    import subprocess
+    from harchos_cli.jobs.liveness import spawn as spawn_detached
 
-    from harchos_cli.jobs.store import job_dir
-
-    folder = job_dir(deployment_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "controller.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "harchos_cli.serve.controller", deployment_id],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            close_fds=True,
-        )  # fmt: skip
-    return process.pid
+    return spawn_detached(deployment_id, "harchos_cli.serve.controller")
 
 
 def revive(store: ServeStore) -> list[str]:
@@ -498,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     def line(message: str) -> None:
-        print(f"{iso(utcnow())} {message}", flush=True)
+        print(f"{iso(utcnow())} {message}", file=sys.stderr, flush=True)
 
     try:
         deployment = Controller(args[0], notice=line).run()

@@ -39,7 +39,7 @@ def prepare(options: ServeOptions) -> Deployment:
     from harchos_cli.hubs import inventory
     from harchos_cli.jobs.request import default_hub, get_hub, start_clock
     from harchos_cli.plan.serving import place
-    from harchos_cli.serve.controller import _IntensitySource
+    from harchos_cli.serve.controller import IntensitySource
     from harchos_cli.serve.settings import load
 
     project = load_project(options.project_dir, required=True)
@@ -62,7 +62,7 @@ def prepare(options: ServeOptions) -> Deployment:
                              hint="e.g. --at 2022-03-01T03:00Z")  # fmt: skip
         if hasattr(clock, "anchor"):
             clock.anchor = time.time()
-        source = _IntensitySource(options.provider, str(project.root), clock)
+        source = IntensitySource(options.provider, str(project.root), clock)
         intensities = {hub.name: source.of_region(hub.region) for hub in hubs}
         tp = settings.tensor_parallel_size
         capacity = {hub.name: (hub.gpus // tp if hub.gpus else None) for hub in hubs}
@@ -123,26 +123,24 @@ def _sync(hub: Hub, project: Project) -> str:
                                       protect=["/outputs/", "/checkpoints/"])  # fmt: skip
 
 
-def find_deployment(store: ServeStore, deployment_id: str | None, *, live_only: bool) -> Deployment:
-    """The deployment a `harchos serve` command means: the id given, else this project's newest,
-    else the only live one."""
+def find_deployment(store: ServeStore, deployment_id: str | None) -> Deployment:
+    """The deployment a `harchos serve` command means: the id given, else this project's newest
+    (its live one, if any: a project has at most one, and no newer), else the only live one."""
     from harchos_cli.jobs.spec import find
 
     if deployment_id:
         return store.get(deployment_id)
     project_file = find()
-    if project_file is not None:
-        found = store.live(str(project_file.parent)) if live_only else None
-        newest = found[0] if found else store.newest(str(project_file.parent))
-        if newest is not None:
-            return newest
+    newest = store.newest(str(project_file.parent)) if project_file is not None else None
+    if newest is not None:
+        return newest
     live = store.live()
     if len(live) == 1:
         return live[0]
     raise UsageError(
         "no deployment here" if not live else f"{len(live)} deployments are live",
         hint="start one with `harchos run serve` in a serving project, or name one: "
-        "harchos serve status DEPLOYMENT_ID",
+        "harchos serve status --deployment ID",
     )
 
 
