@@ -88,7 +88,9 @@ def test_small_things_read_right(capsys: pytest.CaptureFixture[str], tmp_path: P
     os.chdir(tmp_path)
     ran = harchos(capsys, "run", "batch", "--json")
     assert ran.code == 0, ran.err
-    assert harchos(capsys, "jobs", "show", ran.json()["job_id"], "--json").json()["region"] == "DE"
+    shown = harchos(capsys, "jobs", "show", ran.json()["job_id"], "--json").json()
+    assert shown["region"] == "DE"
+    assert shown["gpu_ids"] is None  # it holds no GPU
     # An IPv6 hub is echoed as it was given; the dry run's setup line keeps `~/` unquoted.
     added = harchos(capsys, "hubs", "add", "six", "--ssh", "root@[::1]:2222", "--region", "DE")
     assert added.code == 0, added.err

@@ -358,6 +358,8 @@ def held_gpus(hub: str | None, gpu_ids: str | None) -> dict[str, set[int]]:
     hub."""
     held: dict[str, set[int]] = {}
     for part in (gpu_ids or "").split(";"):
+        if not part.strip():
+            continue
         name, sep, ids = part.rpartition("=")
         where = name if sep else hub
         if where is None:
