@@ -14,6 +14,11 @@ Job directory `<root>/<job_id>/`:
                  85 (paused) when every registered worker confirmed a pause, whatever the
                  launcher above them exited with (`accelerate launch` turns 85 into 1)
     launcher_exit_code  what the workload's top process itself exited with, when that differs
+    meter.jsonl  energy samples, one JSON object a line, appended while the workload runs (only
+                 when the spec has a `meter` with a non-zero `interval_s`; see `_Meter`):
+                 {"t", "gpu_j", "cpu_j", "gpu_w", "cpu_w", "gpu_source", "cpu_source", "gpus",
+                 "gpu_names", "shared_gpu", "cpu_tdp_w"}, energies cumulative since the start
+                 (the first line: zeros), or, once, {"t", "error"} when sampling broke and stopped
     control/     the workload's `$HARCHOS_CONTROL_DIR` (training contract): each worker of the
                  launch creates `control/workers/<pid>` once its signal handlers are in place,
                  and `control/workers/<pid>.paused` (JSON) after it saved its state on a pause
@@ -25,6 +30,8 @@ Commands (each prints one JSON object on stdout unless noted):
                                    secret in it shows in the hub's process list)
     status ROOT JOB_ID             print its status
     log ROOT JOB_ID OFFSET LIMIT   write up to LIMIT raw log bytes from OFFSET (no JSON)
+    meter ROOT JOB_ID OFFSET LIMIT write up to LIMIT raw bytes of meter.jsonl from OFFSET (no
+                                   JSON of its own; may end in part of a line still being written)
     signal ROOT JOB_ID SIGNUM      deliver SIGNUM to the workload's workers (see `_targets`);
                                    print {"sent": bool, "to": "workers"|"groups"|"pending"}
                                    (pending: a SIGUSR1 waits for the workers to register)
@@ -39,6 +46,10 @@ Commands (each prints one JSON object on stdout unless noted):
                                    the folder that would hold it) is writable, and whether
                                    accelerate and rsync are there
     monitor JOB_DIR                (internal) run the workload and record its exit code
+
+The meter uses `pynvml` (nvidia-ml-py) and `psutil` when the hub's Python can import them, and
+falls back to `nvidia-smi` and /proc otherwise. `HARCHOS_POWERCAP_ROOT` (tests only) replaces
+/sys/class/powercap, where the RAPL counters are read.
 """
 
 from __future__ import annotations
@@ -54,6 +65,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _EXIT_BAD_REQUEST = 3
@@ -266,6 +278,7 @@ def _monitor(job_dir: str) -> None:
         # The workload has its environment; the copy on disk keeps only the names.
         spec["env"] = {k: ("" if k in secret else v) for k, v in (spec.get("env") or {}).items()}
         _write_atomic(os.path.join(job_dir, "spec.json"), json.dumps(spec))
+    finish_meter = _start_meter(job_dir, spec, env)
     while True:
         try:
             code = process.wait()
@@ -273,6 +286,7 @@ def _monitor(job_dir: str) -> None:
         except InterruptedError:
             continue
     _stop_leftovers()
+    finish_meter()
     log.close()
     code = 128 - code if code < 0 else code
     recorded = _outcome(job_dir, code)
@@ -382,8 +396,342 @@ def _reap_all(me: int) -> bool:
     return bool(_descendants(me))
 
 
-def _log(root: str, job_id: str, offset: str, limit: str) -> None:
-    path = os.path.join(_job_dir(root, job_id), "log")
+_METER_INTERVAL_S = 10.0
+# CodeCarbon's fallback constant when a CPU's TDP is unknown.
+_DEFAULT_CPU_TDP_W = 85.0
+_METER_JOIN_S = 15.0  # the final sample may wait this long (nvidia-smi has a 5 s timeout)
+
+
+def _optional(module: str) -> object | None:
+    """`module` when the hub's Python can import it (pynvml, psutil), else None."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except Exception:  # a broken install (or driver) is as good as none
+        return None
+
+
+def _tree_cpu_seconds(psutil: Any) -> tuple[float, set[int]]:
+    """CPU seconds the job used so far, and the pids of its live process tree.
+
+    The tree is every descendant of this monitor (the workload, its children, and the orphans
+    re-parented here as subreaper). Each live member counts its own time and that of the children
+    it reaped; what this monitor reaped counts through its own children's times. Those are read
+    first: a process reaped between the two reads is missed for one sample, never counted twice.
+    """
+    reaped = os.times()
+    total = reaped.children_user + reaped.children_system
+    me = os.getpid()
+    if psutil is not None:
+        pids: set[int] = set()
+        for child in psutil.Process(me).children(recursive=True):
+            try:
+                times = child.cpu_times()
+            except psutil.Error:
+                continue
+            pids.add(child.pid)
+            total += times.user + times.system + times.children_user + times.children_system
+        return total, pids
+    tick = float(os.sysconf("SC_CLK_TCK"))
+    members = _descendants(me)
+    for pid in members:
+        stat = _read(f"/proc/{pid}/stat")
+        if stat is None:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        # utime, stime, cutime, cstime: fields 14 to 17 of proc(5), 12 to 15 after the name
+        total += sum(int(value) for value in fields[11:15]) / tick
+    return total, set(members)
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy since boot (/proc/stat: all but idle and iowait)."""
+    line = (_read("/proc/stat") or "").splitlines()[0].split()
+    ticks = [int(value) for value in line[1:9]]  # guest time is already inside user
+    return (sum(ticks) - ticks[3] - ticks[4]) / float(os.sysconf("SC_CLK_TCK"))
+
+
+def _rapl_packages(root: str) -> list[str]:
+    """The top-level RAPL zones (one a CPU package; `intel-rapl:N`, not the `intel-rapl:N:M`
+    sub-zones inside them, which the package already counts), readable now; [] without."""
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    zones = [os.path.join(root, name) for name in names if re.match(r"^intel-rapl:\d+$", name)]
+    for zone in zones:
+        try:
+            _read_int(os.path.join(zone, "energy_uj"))
+            _read_int(os.path.join(zone, "max_energy_range_uj"))
+        except (OSError, ValueError):
+            return []
+    return zones
+
+
+def _read_int(path: str) -> int:
+    with open(path) as handle:
+        return int(handle.read().strip())
+
+
+def _visible_gpus(env: dict[str, str], pynvml: Any) -> list[int] | None:
+    """The GPU indices `CUDA_VISIBLE_DEVICES` gives the job (UUIDs through pynvml), or None
+    when it is unset (all GPUs)."""
+    value = env.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    indices: list[int] = []
+    for entry in value.split(","):
+        token = entry.strip()
+        if not token:
+            continue
+        if token.lstrip("-").isdigit():
+            if int(token) < 0:
+                break  # CUDA stops at the first invalid entry
+            indices.append(int(token))
+        elif pynvml is not None:
+            with contextlib.suppress(Exception):
+                handle = pynvml.nvmlDeviceGetHandleByUUID(token)
+                indices.append(int(pynvml.nvmlDeviceGetIndex(handle)))
+    return indices
+
+
+class _Meter:
+    """Energy of one job: GPUs through NVML (its energy counter, else its power reading) or
+    `nvidia-smi` power sampling; CPU through RAPL shared out by the job's part of the busy CPU
+    time, else estimated from the TDP per logical CPU and the job's CPU time."""
+
+    def __init__(self, meter: dict[str, Any], env: dict[str, str]) -> None:
+        self.interval_s = float(meter.get("interval_s", _METER_INTERVAL_S))
+        if not self.interval_s > 0:
+            raise ValueError(f"meter interval_s must be positive, not {self.interval_s}")
+        tdp = meter.get("cpu_tdp_w")
+        self.psutil: Any = _optional("psutil")
+        self.rapl = _rapl_packages(os.environ.get("HARCHOS_POWERCAP_ROOT") or "/sys/class/powercap")
+        self.cpu_tdp_w = None if self.rapl else float(tdp or _DEFAULT_CPU_TDP_W)
+        self.cpus = os.cpu_count() or 1
+        self.gpu_source: str | None = None
+        self.gpus: list[int] = []
+        self.gpu_names: list[str] = []
+        self.handles: list[Any] = []
+        self.pynvml: Any = _optional("pynvml")
+        self.smi_children_s = 0.0  # nvidia-smi runs as this monitor's child: not the job's
+        self._open_gpus(env)
+        self.gpu_j: float | None = 0.0 if self.gpu_source else None
+        self.cpu_j = 0.0
+        self.shared_gpu = False
+        self.at = time.monotonic()
+        self.job_cpu_s = 0.0  # all the tree's CPU time is the job's, from its first moment
+        self.busy_s = _machine_busy_seconds() if self.rapl else 0.0
+        self.package_uj = self._package_counters()
+        self.gpu_reading = self._gpu_reading()
+
+    def _open_gpus(self, env: dict[str, str]) -> None:
+        pynvml = self.pynvml
+        wanted = _visible_gpus(env, pynvml)
+        if pynvml is not None:
+            try:
+                pynvml.nvmlInit()
+                count = int(pynvml.nvmlDeviceGetCount())
+                self.gpus = [i for i in (range(count) if wanted is None else wanted) if i < count]
+                self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in self.gpus]
+                names = [pynvml.nvmlDeviceGetName(handle) for handle in self.handles]
+                self.gpu_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+            except Exception:
+                self.handles, self.gpus, self.gpu_names = [], [], []
+            else:
+                if not self.handles:
+                    return
+                try:
+                    for handle in self.handles:
+                        pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+                    self.gpu_source = "nvml-energy"
+                except Exception:  # pre-Volta GPUs have no energy counter
+                    self.gpu_source = "nvml-power"
+                return
+        readings = self._smi("index,name")
+        if readings:
+            rows = [(int(row[0]), ", ".join(row[1:])) for row in readings if row[0].isdigit()]
+            chosen = [row for row in rows if wanted is None or row[0] in wanted]
+            self.gpus = [index for index, _ in chosen]
+            self.gpu_names = [name for _, name in chosen]
+            if self.gpus and self._smi_watts() is not None:
+                self.gpu_source = "nvidia-smi"
+            else:
+                self.gpus, self.gpu_names = [], []
+
+    def _smi(self, fields: str) -> list[list[str]]:
+        smi = shutil.which("nvidia-smi")
+        if smi is None:
+            return []
+        before = os.times()
+        try:
+            out = subprocess.run(
+                [smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                timeout=5,
+                check=True,
+            ).stdout.decode()
+        except (OSError, subprocess.SubprocessError):
+            return []
+        finally:
+            after = os.times()
+            self.smi_children_s += (after.children_user + after.children_system) - (
+                before.children_user + before.children_system
+            )
+        return [[part.strip() for part in line.split(",")] for line in out.splitlines() if line]
+
+    def _smi_watts(self) -> float | None:
+        watts = 0.0
+        rows = {row[0]: row[1] for row in self._smi("index,power.draw") if len(row) == 2}
+        for index in self.gpus:
+            try:
+                watts += float(rows[str(index)])
+            except (KeyError, ValueError):  # "[N/A]": this GPU reports no power
+                return None
+        return watts
+
+    def _gpu_reading(self) -> float | None:
+        """Millijoules on the energy counters (nvml-energy), else watts drawn now."""
+        if self.gpu_source == "nvml-energy":
+            return float(
+                sum(self.pynvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in self.handles)
+            )
+        if self.gpu_source == "nvml-power":
+            return float(sum(self.pynvml.nvmlDeviceGetPowerUsage(h) for h in self.handles)) / 1e3
+        if self.gpu_source == "nvidia-smi":
+            watts = self._smi_watts()
+            if watts is None:
+                raise RuntimeError("nvidia-smi stopped reporting power.draw")
+            return watts
+        return None
+
+    def _package_counters(self) -> list[int]:
+        return [_read_int(os.path.join(zone, "energy_uj")) for zone in self.rapl]
+
+    def _job_cpu(self) -> tuple[float, set[int]]:
+        seconds, pids = _tree_cpu_seconds(self.psutil)
+        return seconds - self.smi_children_s, pids
+
+    def _gpu_pids(self) -> set[int]:
+        pids: set[int] = set()
+        for handle in self.handles:
+            with contextlib.suppress(Exception):
+                pids.update(p.pid for p in self.pynvml.nvmlDeviceGetComputeRunningProcesses(handle))
+        return pids
+
+    def line(self, first: bool = False) -> dict[str, Any]:
+        """One sample: the first (zeros), or what was used since the last one."""
+        now = time.monotonic()
+        elapsed = max(now - self.at, 1e-9)
+        gpu_w: float | None = None
+        cpu_w = 0.0
+        if not first:
+            job_cpu_s, pids = self._job_cpu()
+            # Cumulative and never falling: a reap between the two reads must not look negative.
+            used_s = max(job_cpu_s - self.job_cpu_s, 0.0)
+            self.job_cpu_s = max(job_cpu_s, self.job_cpu_s)
+            if self.rapl:
+                counters = self._package_counters()
+                package_j = 0.0
+                for zone, old, new in zip(self.rapl, self.package_uj, counters):  # noqa: B905 - 3.8
+                    wrap = _read_int(os.path.join(zone, "max_energy_range_uj"))
+                    package_j += ((new - old) if new >= old else (new + wrap - old)) / 1e6
+                self.package_uj = counters
+                busy_s = _machine_busy_seconds()
+                busy_delta = busy_s - self.busy_s
+                self.busy_s = busy_s
+                share = min(used_s / busy_delta, 1.0) if busy_delta > 0 else 0.0
+                cpu_delta_j = package_j * share
+            else:
+                cpu_delta_j = used_s * (self.cpu_tdp_w or 0.0) / self.cpus
+            self.cpu_j += cpu_delta_j
+            cpu_w = cpu_delta_j / elapsed
+            if self.gpu_source is not None and self.gpu_j is not None:
+                reading = self._gpu_reading()
+                assert reading is not None
+                assert self.gpu_reading is not None
+                if self.gpu_source == "nvml-energy":
+                    gpu_delta_j = (reading - self.gpu_reading) / 1000.0
+                else:  # the mean of the two power readings around the interval
+                    gpu_delta_j = (reading + self.gpu_reading) / 2.0 * elapsed
+                self.gpu_reading = reading
+                self.gpu_j += gpu_delta_j
+                gpu_w = gpu_delta_j / elapsed
+                if self.handles and not self.shared_gpu:
+                    others = self._gpu_pids() - pids - {os.getpid()}
+                    self.shared_gpu = bool(others)
+            self.at = now
+        elif self.gpu_source is not None:
+            gpu_w = 0.0
+        return {
+            "t": time.time(),
+            "gpu_j": self.gpu_j,
+            "cpu_j": self.cpu_j,
+            "gpu_w": gpu_w,
+            "cpu_w": cpu_w,
+            "gpu_source": self.gpu_source,
+            "cpu_source": "rapl" if self.rapl else "tdp-estimate",
+            "gpus": self.gpus,
+            "gpu_names": self.gpu_names,
+            "shared_gpu": self.shared_gpu,
+            "cpu_tdp_w": self.cpu_tdp_w,
+        }
+
+
+def _append_line(path: str, obj: object) -> None:
+    # One write of a whole line to an O_APPEND file: a reader sees a part line only at the end.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (json.dumps(obj) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _run_meter(path: str, meter: dict[str, Any], env: dict[str, str], stop: Any) -> None:
+    """The sampler thread: a line at the start, one every interval, a last one once `stop` is
+    set. Whatever fails is written once as an `error` line and ends sampling, never the job."""
+    try:
+        sampler = _Meter(meter, env)
+        _append_line(path, sampler.line(first=True))
+        while not stop.wait(sampler.interval_s):
+            _append_line(path, sampler.line())
+        _append_line(path, sampler.line())
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            _append_line(path, {"t": time.time(), "error": f"{type(exc).__name__}: {exc}"})
+
+
+def _start_meter(job_dir: str, spec: dict[str, Any], env: dict[str, str]) -> Callable[[], None]:
+    """Start sampling when the spec asks for it; returns what takes the last sample and stops."""
+    meter = spec.get("meter")
+    # Checked without converting: nothing here may raise before the workload's exit is recorded.
+    if not isinstance(meter, dict) or not meter.get("interval_s", _METER_INTERVAL_S):
+        return lambda: None
+    import threading
+
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=_run_meter,
+        args=(os.path.join(job_dir, "meter.jsonl"), meter, env, stop),
+        name="harchos-meter",
+        daemon=True,
+    )
+    try:
+        thread.start()
+    except RuntimeError:  # no thread to be had: the job runs unmetered
+        return lambda: None
+
+    def finish() -> None:
+        stop.set()
+        thread.join(_METER_JOIN_S)
+
+    return finish
+
+
+def _log(root: str, job_id: str, offset: str, limit: str, name: str = "log") -> None:
+    path = os.path.join(_job_dir(root, job_id), name)
     try:
         with open(path, "rb") as handle:
             handle.seek(int(offset))
@@ -392,6 +740,10 @@ def _log(root: str, job_id: str, offset: str, limit: str) -> None:
         data = b""
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
+
+
+def _meter(root: str, job_id: str, offset: str, limit: str) -> None:
+    _log(root, job_id, offset, limit, name="meter.jsonl")
 
 
 def _signal(root: str, job_id: str, signum: str) -> None:
@@ -594,6 +946,7 @@ def main(argv: list[str], source: str = "", spec: str = "") -> None:
         "launch": (_launch, 3),
         "status": (lambda root, job_id: _print(_status(_job_dir(root, job_id))), 2),
         "log": (_log, 4),
+        "meter": (_meter, 4),
         "signal": (_signal, 3),
         "terminate": (_terminate, 3),
         "info": (_info, 1),

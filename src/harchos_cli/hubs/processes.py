@@ -134,10 +134,13 @@ class HubJobs:
 
         Returns the job's status either way (a second launch with the same id starts nothing).
         """
-        body = json.dumps({
+        fields: dict[str, Any] = {
             "argv": list(spec.argv), "cwd": spec.cwd, "env": dict(spec.env),
             "secret_env": list(spec.secret_env),
-        })  # fmt: skip
+        }  # fmt: skip
+        if spec.meter is not None:
+            fields["meter"] = dict(spec.meter)
+        body = json.dumps(fields)
         if not spec.argv:
             raise UsageError("nothing to launch: the command is empty")
         # The spec travels on stdin, never on a command line the hub's users could read.
@@ -154,6 +157,12 @@ class HubJobs:
         """Up to `limit` log bytes from `offset` on (empty when nothing new); call again with
         `offset + len(result)` to follow, also after a reconnect."""
         return self._call("log", self.root, check_job_id(job_id), str(offset), str(limit))
+
+    def read_meter(self, job_id: str, offset: int, limit: int = LOG_CHUNK) -> bytes:
+        """Up to `limit` bytes of the job's meter samples (`meter.jsonl`) from `offset` on; they
+        stay on the hub, so a dropped link loses none. The last line may be incomplete: parse
+        up to the last newline and ask again from there."""
+        return self._call("meter", self.root, check_job_id(job_id), str(offset), str(limit))
 
     def signal(self, job_id: str, signum: int) -> bool:
         """Deliver `signum` to the job's workers (those registered under the training contract,
