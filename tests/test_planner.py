@@ -163,3 +163,43 @@ def test_a_hub_without_carbon_data_starts_at_once() -> None:
     )  # fmt: skip
     assert plan.choice.start == T0
     assert plan.choice.expected_intensity is None
+
+
+def test_objectives_rank_hubs_by_emissions_money_or_money_plus_priced_carbon() -> None:
+    # a: green and dear; b: dirty and cheap. One GPU-hour at the flat 400 W is 0.4 kWh.
+    green = Candidate(hub("a", price_per_gpu_hour=4.0), forecast([100.0] * 13))
+    cheap = Candidate(hub("b", price_per_gpu_hour=1.0), forecast([500.0] * 13))
+    kwargs = {"now": T0, "duration": HOUR, "deadline": T0 + 12 * HOUR, "threshold": None}
+    carbon = planner.choose([green, cheap], gpus=1, **kwargs)  # type: ignore[arg-type]
+    assert carbon.choice.hub == "a"
+    assert planner.choose([green, cheap], gpus=1, objective="cost", **kwargs).choice.hub == "b"  # type: ignore[arg-type]
+    # b emits 0.16 kg more for 3.0 less: carbon must cost over 3.0 / 0.00016 per tonne.
+    energy = planner.energy_kwh(1, HOUR)
+    extra_tonnes = energy * (500 - 100) / 1000 / 1000
+    breakeven = 3.0 / extra_tonnes
+    below = planner.choose([green, cheap], gpus=1, objective="balanced",  # type: ignore[arg-type]
+                           carbon_price=breakeven * 0.9, **kwargs)  # fmt: skip
+    above = planner.choose([green, cheap], gpus=1, objective="balanced",  # type: ignore[arg-type]
+                           carbon_price=breakeven * 1.1, **kwargs)  # fmt: skip
+    assert (below.choice.hub, above.choice.hub) == ("b", "a")
+    data = above.as_json()
+    assert data["objective"] == "balanced"
+    assert data["by_objective"] == {"carbon": "a", "cost": "b", "balanced": "a"}
+    assert carbon.as_json()["by_objective"]["balanced"] is None  # no carbon price given
+
+
+def test_balanced_without_a_carbon_price_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="carbon price"):
+        choose([100.0] * 13, objective="balanced")
+
+
+def test_electricity_price_and_measured_power_enter_the_plan() -> None:
+    power = planner.Power(1000.0, "measured: 1000 W average on job j")
+    priced = hub("a", electricity_price_per_kwh=0.5, pue=1.2)
+    plan = planner.choose(
+        [Candidate(priced, forecast([100.0] * 13))], now=T0, duration=2 * HOUR,
+        deadline=T0 + 12 * HOUR, threshold=None, gpus=0, power=power,
+    )  # fmt: skip
+    assert plan.choice.energy_kwh == pytest.approx(2.0)
+    assert plan.choice.cost == pytest.approx(2.0 * 1.2 * 0.5)
+    assert plan.as_json()["energy_basis"] == power.basis

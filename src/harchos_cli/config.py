@@ -90,6 +90,27 @@ SETTINGS: tuple[Setting, ...] = (
         "str",
         "WattTime API base URL.",
     ),
+    Setting(
+        "meter.interval",
+        10.0,
+        "HARCHOS_METER_INTERVAL",
+        "float",
+        "Seconds between the energy meter's samples beside each job on its hub (0: no meter).",
+    ),
+    Setting(
+        "cost.currency",
+        "USD",
+        "HARCHOS_CURRENCY",
+        "str",
+        "Currency of prices that do not name one (a hub's, carbon_price_per_tonne).",
+    ),
+    Setting(
+        "cost.carbon_price_per_tonne",
+        None,
+        "HARCHOS_CARBON_PRICE",
+        "float",
+        "Money per tonne of CO2eq, for --objective balanced (money plus priced carbon).",
+    ),
     Setting("watttime.username", None, "WATTTIME_USER", "str", "WattTime user name."),
     Setting(
         "watttime.password", None, "WATTTIME_PASSWORD", "str", "WattTime password.", secret=True

@@ -172,6 +172,52 @@ def _m005_serving(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX serve_deployments_state ON serve_deployments (state)")
 
 
+@migration
+def _m006_metering(db: sqlite3.Connection) -> None:
+    """Energy accounting (owned by harchos_cli.meter): the meter's samples as each hub recorded
+    them (`sample` is the hub's JSON line; `at` its time in seconds since the epoch), how much of
+    each attempt's meter file was read, the measured power of workloads for the next plan, and
+    the hubs' energy prices."""
+    db.execute(
+        """
+        CREATE TABLE energy_samples (
+            job_id TEXT NOT NULL,
+            hub_job_id TEXT NOT NULL,
+            hub TEXT NOT NULL,
+            at REAL NOT NULL,
+            sample TEXT NOT NULL,
+            PRIMARY KEY (job_id, hub_job_id, at)
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE energy_offsets (
+            job_id TEXT NOT NULL,
+            hub_job_id TEXT NOT NULL,
+            offset INTEGER NOT NULL,
+            PRIMARY KEY (job_id, hub_job_id)
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE workload_power (
+            project_dir TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            watts REAL NOT NULL,
+            gpus INTEGER NOT NULL,
+            job_id TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (project_dir, kind)
+        )
+        """
+    )
+    db.execute("ALTER TABLE hubs ADD COLUMN electricity_price_per_kwh REAL")
+    db.execute("ALTER TABLE hubs ADD COLUMN currency TEXT")
+    db.execute("ALTER TABLE hubs ADD COLUMN cpu_tdp_w REAL")
+
+
 def connect(path: Path | None = None) -> sqlite3.Connection:
     """Open (creating and migrating as needed) the state database.
 

@@ -41,6 +41,15 @@ def add(
         None, "--price-per-gpu-hour", help="Cost of one GPU for one hour, in your currency."
     ),
     pue: float = typer.Option(1.0, "--pue", help="Power usage effectiveness of the site (>= 1)."),
+    electricity_price: float | None = typer.Option(
+        None, "--electricity-price", help="What the hub pays per kWh, if you pay for energy."
+    ),
+    currency: str | None = typer.Option(
+        None, "--currency", help="ISO code of both prices (default: the cost.currency setting)."
+    ),
+    cpu_tdp: float | None = typer.Option(
+        None, "--cpu-tdp", help="CPU package power in watts, for the meter's CPU estimate."
+    ),
     workdir: str = typer.Option(
         "~/harchos", "--workdir", help="Folder on the hub that projects are synced into."
     ),
@@ -60,6 +69,8 @@ def add(
     user, host, port = inventory.parse_ssh_target(ssh)
     _finite("--pue", pue)
     _finite("--price-per-gpu-hour", price)
+    _finite("--electricity-price", electricity_price)
+    _finite("--cpu-tdp", cpu_tdp)
     hub = inventory.add(
         Hub(
             name=name,
@@ -73,6 +84,9 @@ def add(
             gpu_type=gpu_type,
             price_per_gpu_hour=price,
             pue=pue,
+            electricity_price_per_kwh=electricity_price,
+            currency=currency.upper() if currency else None,
+            cpu_tdp_w=cpu_tdp,
             workdir=workdir,
             python=python,
             host_key_policy="strict" if strict_host_key else "accept-new",

@@ -72,6 +72,11 @@ _MIGRATE = typer.Option(
 _INTERRUPTIBLE = typer.Option(
     False, "--interruptible", help="Pause the running job through dirty hours, before the deadline."
 )
+_OBJECTIVE = typer.Option(
+    None, "--objective", metavar="carbon|cost|balanced",
+    help="What chooses the hub and time: emissions (default), money, or money plus "
+    "emissions at cost.carbon_price_per_tonne.", show_default=False,
+)  # fmt: skip
 _DRY_RUN = typer.Option(False, "--dry-run", help="Show the plan and exact commands; run nothing.")
 _JSON = typer.Option(False, "--json", help="Print one JSON object (docs/run.md) on stdout.")
 
@@ -121,6 +126,7 @@ def train(
         "--main-address",
         help="Where the other machines reach the main node (default: its SSH host).",
     ),
+    objective: str = _OBJECTIVE,
     dry_run: bool = _DRY_RUN,
     json_output: bool = _JSON,
 ) -> None:
@@ -133,7 +139,7 @@ def train(
     options = RunOptions(
         "train", list(args or []), hub, defer, duration, deadline, threshold, provider, at,
         speedup, detach, fresh=fresh, migrate=migrate, interruptible=interruptible, scale=scale,
-        hubs=hubs, nodes=nodes, main_address=main_address,
+        hubs=hubs, nodes=nodes, main_address=main_address, objective=objective,
     )  # fmt: skip
     raise typer.Exit(_run(options, dry_run=dry_run, json_output=json_output))
 
@@ -157,6 +163,7 @@ def batch(
     detach: bool = _DETACH,
     migrate: str = _MIGRATE,
     interruptible: bool = _INTERRUPTIBLE,
+    objective: str = _OBJECTIVE,
     dry_run: bool = _DRY_RUN,
     json_output: bool = _JSON,
 ) -> None:
@@ -165,7 +172,7 @@ def batch(
 
     options = RunOptions(
         "batch", list(command or []), hub, defer, duration, deadline, threshold, provider, at,
-        speedup, detach, migrate=migrate, interruptible=interruptible,
+        speedup, detach, migrate=migrate, interruptible=interruptible, objective=objective,
     )  # fmt: skip
     raise typer.Exit(_run(options, dry_run=dry_run, json_output=json_output))
 

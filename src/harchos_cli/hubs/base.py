@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from harchos_cli.errors import HubError
 
@@ -34,6 +34,9 @@ class Hub:
     gpu_type: str | None = None
     price_per_gpu_hour: float | None = None
     pue: float = 1.0
+    electricity_price_per_kwh: float | None = None  # what the hub pays for energy, if it does
+    currency: str | None = None  # of both prices; None: the `cost.currency` setting
+    cpu_tdp_w: float | None = None  # the meter's CPU estimate where RAPL is unreadable
     workdir: str = "~/harchos"  # where projects are synced to on the hub
     python: str = "python3"
     host_key_policy: HostKeyPolicy = "accept-new"
@@ -74,6 +77,9 @@ class LaunchSpec:
     # Names in `env` whose values are secrets: blanked in the hub's copy of the spec once the
     # workload started.
     secret_env: Sequence[str] = ()
+    # The hub's energy meter beside the job: `{"interval_s": float, "cpu_tdp_w": float | None}`
+    # (samples in the job's `meter.jsonl`); None or an `interval_s` of 0: no meter.
+    meter: Mapping[str, Any] | None = None
 
 
 class Transport(Protocol):
@@ -126,6 +132,11 @@ class RemoteJobs(Protocol):
 
     def read_log(self, job_id: str, offset: int) -> bytes:
         """Log bytes from `offset` on (empty when nothing new)."""
+        ...
+
+    def read_meter(self, job_id: str, offset: int) -> bytes:
+        """The meter's samples (`meter.jsonl`, one JSON object a line) from byte `offset` on
+        (empty when nothing new; may end in part of a line still being written)."""
         ...
 
     def signal(self, job_id: str, signum: int) -> bool:

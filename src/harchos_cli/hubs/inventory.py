@@ -129,6 +129,12 @@ def add(hub: Hub, db: sqlite3.Connection | None = None) -> Hub:
         raise UsageError(f"PUE {hub.pue:g} is below 1.0", hint="PUE is >= 1.0 (1.1-1.6 typical)")
     if hub.price_per_gpu_hour is not None and hub.price_per_gpu_hour < 0:
         raise UsageError("--price-per-gpu-hour must be >= 0")
+    if hub.electricity_price_per_kwh is not None and hub.electricity_price_per_kwh < 0:
+        raise UsageError("--electricity-price must be >= 0")
+    if hub.cpu_tdp_w is not None and hub.cpu_tdp_w <= 0:
+        raise UsageError("--cpu-tdp must be > 0 watts")
+    if hub.currency is not None and not re.fullmatch(r"[A-Z]{3}", hub.currency):
+        raise UsageError(f"invalid currency {hub.currency!r}", hint="an ISO 4217 code: EUR, USD")
     if not hub.workdir or not hub.python:
         raise UsageError("--workdir and --python must not be empty")
     row = asdict(hub)

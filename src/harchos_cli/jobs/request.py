@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from harchos_cli.carbon.types import Forecast, Point
 from harchos_cli.carbon.windows import check_threshold
-from harchos_cli.errors import UsageError
+from harchos_cli.errors import HarchosError, UsageError
 from harchos_cli.hubs.base import LOCAL, Hub
 from harchos_cli.jobs.clock import Clock, SimulatedClock
 from harchos_cli.jobs.spec import HubTable, Project, load_project
@@ -51,6 +51,7 @@ class RunOptions:
     hubs: str | None = None  # "a,b": one machine of a multi-node training on each, in rank order
     nodes: int | None = None
     main_address: str | None = None
+    objective: str | None = None  # carbon, cost or balanced; None: carbon
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Request:
     # and the address the others reach the main node at (None: its SSH host).
     nodes: list[str] | None = None
     main_address: str | None = None
+    objective: str = "carbon"
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -91,6 +93,7 @@ class Request:
             "shift": self.shift,
             "nodes": self.nodes,
             "main_address": self.main_address,
+            "objective": self.objective,
             # For display: which values `jobs show` masks (harchos_cli.secrets).
             "secret_env": list(self.project.spec.job.secret_env),
         }
@@ -113,6 +116,7 @@ class Request:
             shift=data.get("shift"),
             nodes=list(data["nodes"]) if data.get("nodes") else None,
             main_address=data.get("main_address"),
+            objective=str(data.get("objective") or "carbon"),
         )
 
 
@@ -161,7 +165,20 @@ def resolve(options: RunOptions) -> Request:
         shift=shift,
         nodes=nodes,
         main_address=options.main_address if nodes else None,
+        objective=_objective(options.objective),
     )
+
+
+def _objective(value: str | None) -> str:
+    from harchos_cli.plan.planner import OBJECTIVES
+
+    if value is None:
+        return "carbon"
+    if value not in OBJECTIVES:
+        raise UsageError(
+            f"unknown objective {value!r}", hint=f"choose one of: {', '.join(OBJECTIVES)}"
+        )
+    return value
 
 
 def node_hubs(options: RunOptions) -> list[str] | None:
@@ -279,6 +296,9 @@ def hub_from_table(name: str, table: HubTable) -> Hub:
         "gpu_type": table.gpu_type,
         "price_per_gpu_hour": table.price_per_gpu_hour,
         "pue": table.pue,
+        "electricity_price_per_kwh": table.electricity_price_per_kwh,
+        "currency": table.currency,
+        "cpu_tdp_w": table.cpu_tdp_w,
         "host_key_policy": table.host_key_policy,
     }
     if table.workdir:
@@ -310,6 +330,11 @@ def get_hub(name: str, project: Project) -> Hub:
             if hub.price_per_gpu_hour is not None
             else table.price_per_gpu_hour,
             pue=hub.pue if hub.pue != 1.0 else table.pue,
+            electricity_price_per_kwh=hub.electricity_price_per_kwh
+            if hub.electricity_price_per_kwh is not None
+            else table.electricity_price_per_kwh,
+            currency=hub.currency or table.currency,
+            cpu_tdp_w=hub.cpu_tdp_w or table.cpu_tdp_w,
         )  # fmt: skip
     return _with_region(hub, project)
 
@@ -394,8 +419,11 @@ def make_plan(request: Request, forecaster: Forecaster | None, now: datetime) ->
         main_address(request, every)  # refused now rather than when the job launches
     machines = len(request.nodes or [None])
     gpus = request.gpus * machines
+    power = expected_power(request, gpus)
     if not request.defer and len(hubs) == 1:
-        return planner.start_now(hubs[0], now=now, duration=request.duration, gpus=gpus)
+        return planner.start_now(
+            hubs[0], now=now, duration=request.duration, gpus=gpus, power=power
+        )
     assert forecaster is not None
     deadline = request.deadline or now + request.duration
     if request.nodes:
@@ -416,6 +444,9 @@ def make_plan(request: Request, forecaster: Forecaster | None, now: datetime) ->
         deadline=deadline,
         threshold=request.threshold,
         gpus=gpus,
+        objective=cast("planner.Objective", request.objective),
+        carbon_price=_carbon_price(request),
+        power=power,
     )
     plan.warnings[:0] = [w for w in forecaster.warnings if w not in plan.warnings]
     from harchos_cli.carbon.service import horizon_warning
@@ -427,6 +458,37 @@ def make_plan(request: Request, forecaster: Forecaster | None, now: datetime) ->
         # --hub auto without deferral: the greenest hub right now.
         plan.deadline = None
     return plan
+
+
+def expected_power(request: Request, gpus: int) -> planner.Power:
+    """The workload's measured average power from its last metered run (scaled to `gpus` when
+    that run had another count), else the flat estimate."""
+    from harchos_cli import state
+    from harchos_cli.meter.samples import SampleStore
+
+    try:
+        db = state.connect()
+    except HarchosError:
+        return planner.Power.flat(gpus)
+    try:
+        remembered = SampleStore(db).remembered_power(str(request.project.root), request.kind)
+    finally:
+        db.close()
+    if remembered is None:
+        return planner.Power.flat(gpus)
+    watts, measured_gpus, job_id = remembered
+    if measured_gpus and gpus and measured_gpus != gpus:
+        watts = planner.HOST_WATTS + (watts - planner.HOST_WATTS) * gpus / measured_gpus
+        return planner.Power(watts, f"measured on job {job_id} ({measured_gpus} GPU(s)), "
+                                    f"scaled to {gpus}")  # fmt: skip
+    return planner.Power(watts, f"measured: {watts:.0f} W average on job {job_id}")
+
+
+def _carbon_price(request: Request) -> float | None:
+    from harchos_cli.config import Config
+
+    value = Config.load({}, project_file=request.project.file).get("cost.carbon_price_per_tonne")
+    return None if value is None else float(value)
 
 
 def main_address(request: Request, hubs: Sequence[Hub]) -> str:

@@ -130,6 +130,9 @@ class HubTable(_Strict):
     gpu_type: str | None = None
     price_per_gpu_hour: float | None = Field(default=None, ge=0)
     pue: float = Field(default=1.0, ge=1.0)
+    electricity_price_per_kwh: float | None = Field(default=None, ge=0)
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    cpu_tdp_w: float | None = Field(default=None, gt=0)
     workdir: str | None = None
     python: str | None = None
     host_key_policy: Literal["accept-new", "strict"] = "accept-new"

@@ -71,6 +71,18 @@ SYNC_ATTEMPTS = 5
 NOTHING_RAN = "cancelled before it started; nothing ran"
 NODE_STOP_GRACE_S = 30.0  # the other machines of a failed multi-node attempt get this to exit
 MAX_NODE_RESTARTS = 3
+METER_READ_EVERY_S = 5.0  # real seconds between copies of the hubs' meter samples
+
+
+def meter_settings(request: Request, hub: Hub) -> dict[str, Any] | None:
+    """What the hub's meter samples, and how often (None: `meter.interval` 0, no meter)."""
+    from harchos_cli.config import Config
+
+    config = Config.load({}, project_file=request.project.file)
+    interval = float(config.get("meter.interval") or 0.0)
+    if interval <= 0:
+        return None
+    return {"interval_s": interval, "cpu_tdp_w": hub.cpu_tdp_w}
 
 
 class Reporter(Protocol):
@@ -329,16 +341,20 @@ class Supervisor:
             specs.append({
                 "argv": list(spec.argv), "cwd": spec.cwd, "env": dict(spec.env),
                 "secret_env": list(spec.secret_env), "hub": inventory.as_json(hub),
-                "hub_job_id": spec.job_id,
+                "hub_job_id": spec.job_id, "meter": spec.meter,
             })  # fmt: skip
         launch = {
             **specs[0], "nodes": specs[1:],
             "pause_exit_code": request.project.spec.job.pause_exit_code,
             "workers": autoshift.workers_of(request, job.request.get("workers")),
         }  # fmt: skip
+        request_now = self.store.get(job.id).request
+        # Every hub the job ran on, as it was then: the ledger prices and places each attempt.
+        used = {h["name"]: h for h in request_now.get("hubs_used") or []}
+        used.update({hub.name: inventory.as_json(hub) for hub in hubs})
         if self.store.advance(
             job.id, ["syncing"], "running", remote_dir=remotes[0],
-            request={**self.store.get(job.id).request, "launch": launch},
+            request={**request_now, "launch": launch, "hubs_used": list(used.values())},
         ):  # fmt: skip
             where = ", ".join(f"hub {hub.name}" for hub in hubs)
             self.reporter.stage(job, "running", f"on {where} in {remotes[0]}")
@@ -493,7 +509,8 @@ class Supervisor:
         hub_id = job.hub_job_id if not node or node.rank == 0 else f"{job.hub_job_id}-n{node.rank}"
         full = {**command.env, **env}
         secret = [name for name in full if is_secret(name, project.spec.job.secret_env)]
-        return LaunchSpec(hub_id, command.argv, job.remote_dir, full, secret)
+        meter = meter_settings(request, hub)
+        return LaunchSpec(hub_id, command.argv, job.remote_dir, full, secret, meter=meter)
 
     def _run(self, job: Job) -> None:
         from harchos_cli.hubs import inventory, jobs_for
@@ -522,6 +539,7 @@ class Supervisor:
         exited: dict[int, int | None] = {}  # machine rank: its exit code
         stopping_at: float | None = None  # when a machine failed and the others were stopped
         last_status = 0.0
+        last_meter = 0.0
         delay = 1.0
         while True:
             current = self.store.get(job.id)
@@ -563,6 +581,9 @@ class Supervisor:
                 ]  # fmt: skip
                 for node in nodes[1:]:
                     self._drain_node(job.id, node, node_logs, final=False)
+                if time.monotonic() - last_meter > METER_READ_EVERY_S:
+                    self._read_meters(job.id, nodes)
+                    last_meter = time.monotonic()
                 absent = [
                     n for n, s in zip(nodes, statuses, strict=True) if s and s.state == "absent"
                 ]
@@ -584,6 +605,7 @@ class Supervisor:
                     offset = self._drain(job.id, hub_id, remote_jobs, peek, offset)
                     for node in nodes[1:]:
                         self._drain_node(job.id, node, node_logs, final=True)
+                    self._read_meters(job.id, nodes)
                     self._all_exited(job, nodes, exited, pause_code)
                     return
                 failed = [rank for rank, code in exited.items() if code not in (0, pause_code)]
@@ -712,6 +734,21 @@ class Supervisor:
             self.store.update(job_id, local_log_size=size, request=request)
             self.reporter.output(text)
 
+    def _read_meters(self, job_id: str, nodes: list[_Node]) -> None:
+        """Copy the machines' new meter samples into the store (from where the store says the
+        last copy ended, so a restarted supervisor neither skips nor repeats one)."""
+        from harchos_cli.meter.samples import SampleStore
+
+        samples = SampleStore(self.store.db)
+        for node in nodes:
+            if not node.spec.meter:
+                continue
+            while True:
+                offset = samples.offset(job_id, node.hub_id)
+                data = node.jobs.read_meter(node.hub_id, offset)
+                if samples.ingest(job_id, node.hub_id, node.hub.name, offset, data) == offset:
+                    break
+
     def _stop_unlaunched(self, job: Job, stop: str) -> None:
         """A stop asked for before the attempt launched: nothing runs, nothing is lost."""
         if stop == "cancel":
@@ -825,6 +862,9 @@ class Supervisor:
             message=message, intent=None, request=request,
         ):  # fmt: skip
             self.reporter.stage(job, state, message or "exit code 0")
+            from harchos_cli.meter.ledger import remember_power
+
+            remember_power(self.store, job)
             if state == "done":
                 self._tidy_source(job)
 
@@ -905,7 +945,12 @@ class _Node:
     ) -> _Node:
         hub_id = str(saved.get("hub_job_id") or job_id)
         spec = LaunchSpec(
-            hub_id, saved["argv"], saved["cwd"], saved["env"], saved.get("secret_env") or ()
+            hub_id,
+            saved["argv"],
+            saved["cwd"],
+            saved["env"],
+            saved.get("secret_env") or (),
+            meter=saved.get("meter"),
         )
         return cls(rank, hub, hub_id, spec, jobs_for(hub))
 

@@ -10,8 +10,17 @@ returns a `Plan`. The rules, in order:
 3. Otherwise (or when no hub reaches the threshold before its latest start) a hub's start is its
    greenest window of the job's length (`carbon.windows.best_window`), and hubs rank by expected
    emissions = expected energy × PUE × mean intensity over the window.
-4. Cost (price per GPU-hour × GPUs × hours) breaks ties, then the earlier start, then the name.
-   Average and marginal signals are never ranked together: average ones come first.
+4. Cost (price per GPU-hour × GPUs × hours, plus expected energy × PUE × the hub's electricity
+   price) breaks ties, then the earlier start, then the name. Average and marginal signals are
+   never ranked together: average ones come first.
+
+The objective (`--objective`) changes rule 3's ranking of hubs, never the time found on each hub:
+`carbon` (the default) ranks by expected emissions as above; `cost` by cost, emissions breaking
+ties; `balanced` by cost + emissions × the carbon price per tonne. A hub with no price costs 0.
+The plan records which hub each objective would have chosen.
+
+Expected energy is the workload's measured average power from its last metered run when there
+is one (`Power`), else the flat estimate below; the plan says which.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from harchos_cli.carbon.types import Forecast, Point
 from harchos_cli.carbon.windows import Window, band_spread, best_window, rolling_means
@@ -32,6 +41,28 @@ from harchos_cli.timeparse import format_duration, iso
 # Estimated draw while a job runs, until the meter measures it: per GPU, and for the host.
 GPU_WATTS = 300.0
 HOST_WATTS = 100.0
+OBJECTIVES = ("carbon", "cost", "balanced")
+Objective = Literal["carbon", "cost", "balanced"]
+
+
+@dataclass(frozen=True)
+class Power:
+    """The draw a plan expects: measured on an earlier run of the workload, or the flat guess."""
+
+    watts: float
+    basis: str
+
+    @classmethod
+    def flat(cls, gpus: int) -> Power:
+        return cls(
+            gpus * GPU_WATTS + HOST_WATTS,
+            f"estimated: {GPU_WATTS:g} W/GPU + {HOST_WATTS:g} W host × duration",
+        )
+
+    def kwh(self, duration: timedelta) -> float:
+        return self.watts / 1000.0 * duration.total_seconds() / 3600.0
+
+
 # Emissions closer than this (relative) tie, so float noise never beats cost or the earlier start.
 TIE_RELATIVE = 1e-9
 
@@ -78,6 +109,9 @@ class Plan:
     alternatives: list[Choice]
     forecast: Forecast | None
     warnings: list[str] = field(default_factory=list)
+    objective: Objective = "carbon"
+    power_basis: str = ""
+    by_objective: dict[str, str | None] = field(default_factory=dict)
 
     def uncertainty(self) -> float | None:
         """The forecast's relative uncertainty (median half-width of its P10–P90 band) over the
@@ -118,9 +152,11 @@ class Plan:
             "uncertainty": self.uncertainty(),
             "energy_kwh": round(choice.energy_kwh, 4),
             "emissions_kg": _round(choice.emissions_kg, 6),
-            # No meter yet: say how the expected energy was estimated.
-            "energy_basis": f"estimated: {GPU_WATTS:g} W/GPU + {HOST_WATTS:g} W host × duration",
+            "energy_basis": self.power_basis or Power.flat(0).basis,
             "cost": _round(choice.cost, 4),
+            "objective": self.objective,
+            # The hub each objective would have chosen (None: it needs a carbon price).
+            "by_objective": self.by_objective,
             "alternatives": [
                 {
                     "hub": alt.hub,
@@ -140,14 +176,21 @@ def _round(value: float | None, digits: int) -> float | None:
 
 
 def energy_kwh(gpus: int, duration: timedelta) -> float:
-    """Expected energy of a run: estimated draw × duration (the meter replaces it later)."""
-    return (gpus * GPU_WATTS + HOST_WATTS) / 1000.0 * duration.total_seconds() / 3600.0
+    """Expected energy of a run at the flat estimated draw."""
+    return Power.flat(gpus).kwh(duration)
 
 
-def cost(hub: Hub, gpus: int, duration: timedelta) -> float | None:
-    if hub.price_per_gpu_hour is None:
+def cost(hub: Hub, gpus: int, duration: timedelta, energy: float | None = None) -> float | None:
+    """GPU-hours × price, plus `energy` (kWh) × PUE × electricity price; None: no price set."""
+    if hub.price_per_gpu_hour is None and hub.electricity_price_per_kwh is None:
         return None
-    return hub.price_per_gpu_hour * max(gpus, 1) * duration.total_seconds() / 3600.0
+    money = 0.0
+    if hub.price_per_gpu_hour is not None:
+        money += hub.price_per_gpu_hour * max(gpus, 1) * duration.total_seconds() / 3600.0
+    if hub.electricity_price_per_kwh is not None:
+        kwh = energy_kwh(gpus, duration) if energy is None else energy
+        money += kwh * hub.pue * hub.electricity_price_per_kwh
+    return money
 
 
 def latest_start(deadline: datetime, duration: timedelta) -> datetime:
@@ -164,13 +207,17 @@ def check_feasible(now: datetime, duration: timedelta, deadline: datetime) -> No
         )
 
 
-def start_now(hub: Hub, *, now: datetime, duration: timedelta, gpus: int) -> Plan:
+def start_now(
+    hub: Hub, *, now: datetime, duration: timedelta, gpus: int, power: Power | None = None
+) -> Plan:
     """The plan of a job that is not deferred: here, now, no forecast needed."""
+    power = power or Power.flat(gpus)
+    energy = power.kwh(duration)
     choice = Choice(
         hub.name, now, now + duration, "started at once", None, None,
-        energy_kwh(gpus, duration), None, cost(hub, gpus, duration),
+        energy, None, cost(hub, gpus, duration, energy),
     )  # fmt: skip
-    return Plan(now, duration, None, None, choice, [], None)
+    return Plan(now, duration, None, None, choice, [], None, power_basis=power.basis)
 
 
 def choose(
@@ -181,6 +228,9 @@ def choose(
     deadline: datetime,
     threshold: float | None,
     gpus: int,
+    objective: Objective = "carbon",
+    carbon_price: float | None = None,
+    power: Power | None = None,
 ) -> Plan:
     """Pick the hub and start time (see the module docstring for the rules).
 
@@ -192,10 +242,20 @@ def choose(
         threshold: gCO2eq/kWh at or under which to start at once; None waits for the greenest
             window.
         gpus: GPUs the job uses (for the energy and cost estimates).
+        objective: What ranks the hubs: carbon, cost, or balanced (cost + priced carbon).
+        carbon_price: Money per tonne of CO2eq; needed by `balanced`.
+        power: The draw expected (default: the flat estimate for `gpus`).
 
     Raises:
-        UsageError: No candidates, or the job cannot finish by the deadline.
+        UsageError: No candidates, the job cannot finish by the deadline, or `balanced`
+            without a carbon price.
     """
+    if objective == "balanced" and carbon_price is None:
+        raise UsageError(
+            "--objective balanced needs a carbon price",
+            hint="set cost.carbon_price_per_tonne (harchos config, or HARCHOS_CARBON_PRICE)",
+        )
+    power = power or Power.flat(gpus)
     if not candidates:
         raise UsageError("no hub to run on", hint="add one with: harchos hubs add")
     warnings: list[str] = []
@@ -203,9 +263,10 @@ def choose(
         # Past the latest start (a supervisor restarted late, say): go now, and say so.
         warnings.append(f"the deadline {iso(deadline)} can no longer be met; starting at once")
     options = [
-        _option(c, now=now, duration=duration, deadline=deadline, threshold=threshold, gpus=gpus)
+        _option(c, now=now, duration=duration, deadline=deadline, threshold=threshold, gpus=gpus,
+                power=power)
         for c in candidates
-    ]
+    ]  # fmt: skip
     signals = {o.signal for o in options if o.signal}
     if len(signals) > 1:
         warnings.append(
@@ -214,9 +275,13 @@ def choose(
         )
     met = [o for o in options if o.reason == "under threshold"]
     pool = met or options
-    ranked = sorted(pool, key=lambda o: _rank_key(o, by_start=bool(met)))
-    ranked = _break_ties(ranked, by_start=bool(met))
-    chosen = ranked[0]
+    by_objective: dict[str, str | None] = {}
+    for name in OBJECTIVES:
+        if name == "balanced" and carbon_price is None:
+            by_objective[name] = None
+            continue
+        by_objective[name] = _rank(pool, name, carbon_price, by_start=bool(met))[0].hub
+    chosen = _rank(pool, objective, carbon_price, by_start=bool(met))[0]
     by_hub = {c.hub.name: c for c in candidates}
     for option in options:
         forecast = by_hub[option.hub].forecast
@@ -231,7 +296,36 @@ def choose(
         [o for o in options if o is not chosen],
         by_hub[chosen.hub].forecast,
         warnings,
+        objective=objective,
+        power_basis=power.basis,
+        by_objective=by_objective,
     )
+
+
+def _rank(
+    pool: list[Choice], objective: str, carbon_price: float | None, *, by_start: bool
+) -> list[Choice]:
+    if objective == "carbon":
+        return _break_ties(sorted(pool, key=lambda o: _rank_key(o, by_start=by_start)),
+                           by_start=by_start)  # fmt: skip
+
+    def money(option: Choice) -> float:
+        value = option.cost or 0.0
+        if objective == "balanced":
+            if option.emissions_kg is None:
+                return math.inf
+            value += option.emissions_kg / 1000.0 * (carbon_price or 0.0)
+        return value
+
+    def emissions(option: Choice) -> float:
+        return option.emissions_kg if option.emissions_kg is not None else math.inf
+
+    def key(option: Choice) -> tuple[Any, ...]:
+        primary: tuple[Any, ...] = (option.start,) if by_start else ()
+        return (option.signal == "marginal", *primary, money(option), emissions(option),
+                option.start, option.hub)  # fmt: skip
+
+    return sorted(pool, key=key)
 
 
 def _rank_key(option: Choice, *, by_start: bool) -> tuple[Any, ...]:
@@ -265,10 +359,11 @@ def _option(
     deadline: datetime,
     threshold: float | None,
     gpus: int,
+    power: Power,
 ) -> Choice:
     hub = candidate.hub
-    energy = energy_kwh(gpus, duration)
-    price = cost(hub, gpus, duration)
+    energy = power.kwh(duration)
+    price = cost(hub, gpus, duration, energy)
     last = max(now, latest_start(deadline, duration))
     forecast = candidate.forecast
     if forecast is None or not forecast.points:

@@ -1,0 +1,226 @@
+"""The ledger: energy from meter samples, emissions at the replayed trace's hours, cost at the
+hubs' prices, the counterfactual of running at once on the submission hub, and the samples'
+journey from a hub's meter file into the store."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from clirunner import harchos
+
+from harchos_cli.hubs import inventory
+from harchos_cli.hubs.base import Hub
+from harchos_cli.jobs.store import Job, JobStore
+from harchos_cli.meter import ledger
+from harchos_cli.meter.samples import SampleStore
+
+DE_TRACE = "eco4cast/DE_2022_hourly.csv"
+T0 = datetime(2022, 3, 1, tzinfo=UTC)
+
+
+def trace_values(path: Path) -> dict[datetime, float]:
+    """The Electricity Maps export's lifecycle intensity by hour, read straight from the CSV."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    column = next(c for c in rows[0] if "LCA" in c)
+    return {
+        datetime.fromisoformat(row["Datetime (UTC)"]).replace(tzinfo=UTC): float(row[column])
+        for row in rows
+    }
+
+
+def line(t: float, cpu_j: float, gpu_j: float | None = None, **extra: object) -> bytes:
+    sample = {"t": t, "gpu_j": gpu_j, "cpu_j": cpu_j, "gpu_w": None, "cpu_w": 10.0,
+              "gpu_source": "nvml-energy" if gpu_j is not None else None,
+              "cpu_source": "tdp-estimate", "gpus": [0] if gpu_j is not None else [],
+              "gpu_names": ["H200"] if gpu_j is not None else [], "shared_gpu": False,
+              "cpu_tdp_w": 85.0, **extra}  # fmt: skip
+    return json.dumps(sample).encode() + b"\n"
+
+
+def hub_json(name: str, **values: object) -> dict[str, object]:
+    return inventory.as_json(Hub(name=name, transport="ssh", host="h", region="DE", **values))  # type: ignore[arg-type]
+
+
+def make_job(store: JobStore, trace: Path, *, hub: str = "a", **request: object) -> Job:
+    clock = {"origin": T0.isoformat(), "speedup": 1.0, "anchor": T0.timestamp()}
+    data = {"hub": hub, "gpus": 1, "provider": f"replay:{trace}", "clock": clock,
+            "hubs_used": [hub_json("a", price_per_gpu_hour=2.0, pue=1.5,
+                                   electricity_price_per_kwh=0.25, currency="EUR"),
+                          hub_json("b", price_per_gpu_hour=1.0, currency="EUR")],
+            **request}  # fmt: skip
+    job = Job(id="j1", kind="train", name="demo", project_dir="/p", state="done",
+              request=data, hub=hub, created_at="2026-11-30T00:00:00Z")  # fmt: skip
+    return store.create(job)
+
+
+def test_emissions_are_energy_times_the_hours_intensity_times_pue(traces: Path) -> None:
+    trace = traces / DE_TRACE
+    values = trace_values(trace)
+    store = JobStore()
+    job = make_job(store, trace)
+    samples = SampleStore(store.db)
+    # On hub a from 02:00 to 04:00 (clock speed 1): 2 intervals of 1 h, 1.8 and 3.6 MJ.
+    start = T0.timestamp() + 2 * 3600
+    data = (
+        line(start, 0.0, 0.0) + line(start + 3600, 0.3e6, 1.5e6) + line(start + 7200, 0.6e6, 4.8e6)
+    )
+    assert samples.ingest(job.id, "j1", "a", 0, data) == len(data)
+
+    result = ledger.build(store.get(job.id), store)
+
+    kwh = [0.5, 1.0]  # (0.3 + 1.5) MJ and (0.3 + 3.3) MJ
+    hours = [T0 + timedelta(hours=2), T0 + timedelta(hours=3)]
+    assert result.energy_kwh.value == pytest.approx(sum(kwh))
+    assert result.energy_kwh.source == "mixed"  # GPU measured, CPU estimated
+    expected = sum(k * values[h] * 1.5 / 1000 for k, h in zip(kwh, hours, strict=True))
+    assert result.emissions_kg.value == pytest.approx(expected)
+    assert result.emissions_kg.source == "replayed"
+    # 2 GPU-hours at 2.0, plus 1.5 kWh × PUE 1.5 × 0.25.
+    assert result.cost.value == pytest.approx(2 * 2.0 + 1.5 * 1.5 * 0.25)
+    assert result.currency == "EUR"
+    # Run at once: from 00:00 on hub a, the same two hours of energy.
+    before = [T0, T0 + timedelta(hours=1)]
+    counterfactual = sum(k * values[h] * 1.5 / 1000 for k, h in zip(kwh, before, strict=True))
+    assert result.counterfactual.emissions_kg.value == pytest.approx(counterfactual)
+    assert result.saving_emissions_kg.value == pytest.approx(counterfactual - expected)
+    assert result.saving_cost.value == pytest.approx(0.0)
+    assert [p.kind for p in result.periods] == ["waiting", "running"]
+    assert result.average_power_w.value == pytest.approx(1.5 * 3.6e6 / 7200)
+    data_json = result.as_json()
+    for key in ("energy_kwh", "emissions_kg", "cost"):
+        assert data_json[key]["source"]
+        assert data_json[key]["value"] is not None
+    assert data_json["counterfactual"]["emissions_kg"]["value"] == pytest.approx(counterfactual)
+    assert data_json["saving"]["percent"] == pytest.approx(
+        100 * (counterfactual - expected) / counterfactual, abs=0.01
+    )
+
+
+def test_a_move_makes_one_ledger_across_hubs_with_a_pause_between(traces: Path) -> None:
+    trace = traces / DE_TRACE
+    store = JobStore()
+    job = make_job(store, trace)
+    samples = SampleStore(store.db)
+    t = T0.timestamp()
+    first = line(t, 0.0) + line(t + 1800, 0.9e6)
+    second = line(t + 7200, 0.0) + line(t + 9000, 1.8e6)  # the counters start again on b
+    samples.ingest(job.id, "j1", "a", 0, first)
+    samples.ingest(job.id, "j1-a2", "b", 0, second)
+
+    result = ledger.build(store.get(job.id), store)
+
+    assert result.hubs == ("a", "b")
+    assert result.energy_kwh.value == pytest.approx(0.25 + 0.5)
+    assert [(p.kind, p.hub) for p in result.periods] == [
+        ("running", "a"), ("paused", "a"), ("running", "b"),
+    ]  # fmt: skip
+    # Half an hour on each: 1 GPU at 2.0 + 0.25 kWh × 1.5 × 0.25 on a, 1 GPU at 1.0 on b.
+    assert result.cost.value == pytest.approx(0.5 * 2.0 + 0.25 * 1.5 * 0.25 + 0.5 * 1.0)
+    assert set(result.intensity) == {"a", "b"}
+
+
+def test_samples_are_stored_once_and_a_half_written_line_waits(traces: Path) -> None:
+    store = JobStore()
+    job = make_job(store, traces / DE_TRACE)
+    samples = SampleStore(store.db)
+    whole = line(1.0, 0.0) + line(2.0, 5.0)
+    partial = line(3.0, 9.0)[:-10]
+    offset = samples.ingest(job.id, "j1", "a", 0, whole + partial)
+    assert offset == len(whole)
+    assert samples.offset(job.id, "j1") == len(whole)
+    # The same bytes again (a supervisor killed before it saw the commit) add nothing.
+    samples.ingest(job.id, "j1", "a", 0, whole)
+    assert [s.at for s in samples.samples(job.id)] == [1.0, 2.0]
+    rest = line(3.0, 9.0)
+    assert samples.ingest(job.id, "j1", "a", offset, rest) == offset + len(rest)
+    assert [s.cpu_j for s in samples.samples(job.id)] == [0.0, 5.0, 9.0]
+    assert samples.latest_power(job.id) == {"a": 10.0}
+
+
+def test_without_samples_energy_is_the_flat_estimate_and_says_so(traces: Path) -> None:
+    store = JobStore()
+    job = make_job(store, traces / DE_TRACE)
+    store.update(job.id, started_at="2026-11-30T00:00:00Z", finished_at="2026-11-30T00:30:00Z")
+
+    result = ledger.build(store.get(job.id), store)
+
+    assert result.energy_kwh.source == "estimated"
+    assert result.energy_kwh.value == pytest.approx((300 + 100) / 1000 * 0.5)
+    assert any("no meter samples" in w for w in result.warnings)
+
+
+def test_hubs_pricing_in_two_currencies_give_no_total_cost(traces: Path) -> None:
+    store = JobStore()
+    job = make_job(store, traces / DE_TRACE, hubs_used=[
+        hub_json("a", price_per_gpu_hour=2.0, currency="EUR"),
+        hub_json("b", price_per_gpu_hour=1.0, currency="USD"),
+    ])  # fmt: skip
+    samples = SampleStore(store.db)
+    samples.ingest(job.id, "j1", "a", 0, line(0.0, 0.0) + line(60.0, 1.0))
+    samples.ingest(job.id, "j1-a2", "b", 0, line(120.0, 0.0) + line(180.0, 1.0))
+
+    result = ledger.build(store.get(job.id), store)
+
+    assert result.cost.value is None
+    assert any("different currencies" in w for w in result.warnings)
+
+
+def test_a_metered_run_through_harchos_fills_the_ledger_and_the_next_plan(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, traces: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    project = tmp_path / "proj"
+    project.mkdir()
+    burn = "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass\n"
+    (project / "harchos.toml").write_text(
+        f'[job]\ncommand = ["python3", "-c", {json.dumps(burn)}]\n\n'
+        '[carbon]\nregion = "DE"\n\n'
+        '[hubs.local]\ntransport = "local"\nprice_per_gpu_hour = 2.0\n'
+        'electricity_price_per_kwh = 0.3\ncurrency = "EUR"\npue = 1.2\n'
+    )
+    os.chdir(project)
+    monkeypatch.setenv("HARCHOS_METER_INTERVAL", "0.2")
+    trace = traces / DE_TRACE
+    result = harchos(
+        capsys, "run", "batch", "--hub", "local", "--defer-until-green", "--duration", "1h",
+        "--deadline", "12h", "--provider", f"replay:{trace}", "--at", "2022-03-01T00:00:00Z",
+        "--speedup", "3600", "--json",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    job_id = json.loads(result.out)["job_id"]
+
+    (entry,) = ledger.ledgers([job_id])
+    assert entry.energy_kwh.source == "estimated"  # no RAPL, no GPU here: the TDP estimate
+    assert entry.energy_kwh.value
+    assert entry.energy_kwh.value > 0
+    assert len(entry.intervals) >= 3
+    values = trace_values(trace)
+    for interval in entry.intervals:
+        middle = interval.start + (interval.end - interval.start) / 2
+        hour = middle.replace(minute=0, second=0, microsecond=0)
+        assert interval.intensity == pytest.approx(values[hour])
+    assert entry.emissions_kg.source == "replayed"
+    assert entry.cost.source == "configured"
+    assert entry.currency == "EUR"
+    assert entry.counterfactual.hub == "local"
+    assert entry.saving_emissions_kg.value is not None
+
+    # The measured power is what the next plan of this workload expects.
+    again = harchos(
+        capsys, "run", "batch", "--hub", "local", "--defer-until-green", "--duration", "1h",
+        "--deadline", "12h", "--provider", f"replay:{trace}", "--at", "2022-03-01T00:00:00Z",
+        "--dry-run", "--json",
+    )  # fmt: skip
+    assert again.code == 0, again.err
+    plan = json.loads(again.out)
+    assert plan["energy_basis"].startswith("measured:"), plan["energy_basis"]
+    assert job_id in plan["energy_basis"]
+    watts = entry.average_power_w.value
+    assert watts is not None
+    assert plan["energy_kwh"] == pytest.approx(watts / 1000, rel=0.05)
