@@ -78,6 +78,49 @@ def test_answers_reach_the_config_and_the_alerts(
     assert "SUCCESS" in promtool(dest, "test", "rules", "rules/harchos.rules.test.yml")
 
 
+def test_the_compose_stack_is_wired(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    dest = tmp_path / "mon"
+    result = harchos(
+        capsys, "new", "monitoring", str(dest), "--defaults",
+        "--data", "harchos_target=localhost:9500",
+        "--data", "vllm_targets=127.0.0.1:8000, gpu-b:8001",
+        "--data", "alertmanager_target=alerts.example:9093",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    local = yaml.safe_load((dest / "prometheus.yml").read_text())
+    assert local["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
+        "alerts.example:9093"
+    ]
+    stack = yaml.safe_load((dest / "prometheus.compose.yml").read_text())
+    assert stack["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
+        "alertmanager:9093"
+    ]
+    jobs = {job["job_name"]: job for job in stack["scrape_configs"]}
+    assert jobs["harchos"]["static_configs"][0]["targets"] == ["host.docker.internal:9500"]
+    assert jobs["vllm"]["static_configs"][0]["targets"] == [
+        "host.docker.internal:8000", "gpu-b:8001",
+    ]  # fmt: skip
+    compose = yaml.safe_load((dest / "compose.yaml").read_text())
+    assert set(compose["services"]) == {"prometheus", "alertmanager", "grafana"}
+    for service in compose["services"].values():
+        for volume in service["volumes"]:
+            source = volume.split(":")[0]
+            assert not source.startswith(".") or (dest / source).exists(), volume
+    assert "SUCCESS: 1 rule files found" in promtool(
+        dest, "check", "config", "prometheus.compose.yml"
+    )
+    amtool = shutil.which("amtool")
+    assert amtool, "amtool is missing: apt-get install prometheus-alertmanager"
+    done = subprocess.run(
+        [amtool, "check-config", "alertmanager.yml"],
+        cwd=dest, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    readme = (dest / "README.md").read_text()
+    assert "docker compose up -d" in readme
+    assert "harchos metrics serve --host 0.0.0.0" in readme
+
+
 def test_a_bad_target_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     result = harchos(
         capsys, "new", "monitoring", str(tmp_path / "m"), "--defaults",
@@ -130,9 +173,21 @@ def test_the_manual_lists_the_catalogue() -> None:
     text = (REPO / "docs" / "blueprints.md").read_text(encoding="utf-8")
     section = text[text.index("<!-- monitoring:begin -->") : text.index("<!-- monitoring:end -->")]
     rows = {
-        cells[0].strip("` "): cells[1].strip()
+        cells[0].strip("` "): (cells[1].strip(), cells[2].strip())
         for line in section.splitlines()
         if line.startswith("| `")
         for cells in [line.strip("|").split("|")]
     }
-    assert rows == {m.name: m.type for m in metrics.METRICS}
+    assert {name: kind for name, (kind, _) in rows.items()} == {
+        m.name: m.type for m in metrics.METRICS
+    }
+    for metric in metrics.HARCHOS_METRICS:
+        labels = rows[metric.name][1]
+        assert labels == ", ".join(f"`{label}`" for label in metric.labels), metric.name
+
+
+def test_no_harchos_metric_has_a_job_label() -> None:
+    # Prometheus sets `job` (the scrape job) on every series it scrapes and renames a clashing
+    # label to `exported_job`: per-job queries and the budget alerts would then match nothing.
+    for metric in metrics.HARCHOS_METRICS:
+        assert not {"job", "instance"} & set(metric.labels), metric.name

@@ -48,6 +48,8 @@ PROFILE = settings.get_profile(f"harchos-cli-{os.environ.get('HARCHOS_FUZZ_PROFI
 SAFE_FLAGS: dict[tuple[str, ...], list[str]] = {
     ("run", "train"): ["--dry-run"],
     ("run", "batch"): ["--dry-run"],
+    # Without them it serves until Ctrl-C.
+    ("metrics", "serve"): ["--once", "--textfile", "harchos.prom"],
 }
 DOCUMENTED = {0, 1, 2, 3, 4}
 # The root's --debug shows tracebacks on purpose, and its --version is tested elsewhere.

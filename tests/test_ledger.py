@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from browser import inspect_page
 from clirunner import harchos
 
 from harchos_cli.hubs import inventory
@@ -96,7 +97,9 @@ def test_emissions_are_energy_times_the_hours_intensity_times_pue(traces: Path) 
     for key in ("energy_kwh", "emissions_kg", "cost"):
         assert data_json[key]["source"]
         assert data_json[key]["value"] is not None
-    assert data_json["counterfactual"]["emissions_kg"]["value"] == pytest.approx(counterfactual)
+    assert data_json["counterfactual"]["emissions_kg"]["value"] == pytest.approx(
+        counterfactual, rel=1e-5
+    )
     assert data_json["saving"]["percent"] == pytest.approx(
         100 * (counterfactual - expected) / counterfactual, abs=0.01
     )
@@ -210,6 +213,26 @@ def test_a_metered_run_through_harchos_fills_the_ledger_and_the_next_plan(
     assert entry.currency == "EUR"
     assert entry.counterfactual.hub == "local"
     assert entry.saving_emissions_kg.value is not None
+
+    # `harchos report` lists it, every figure with its source, and draws it in the HTML page.
+    page = tmp_path / "report.html"
+    report = harchos(capsys, "report", job_id, "--json", "--html", str(page))
+    assert report.code == 0, report.err
+    (listed,) = json.loads(report.out)["jobs"]
+    for key in ("energy_kwh", "emissions_kg", "cost"):
+        assert listed[key]["value"] == pytest.approx(getattr(entry, key).value, rel=1e-5)
+        assert listed[key]["source"] == getattr(entry, key).source
+    assert listed["counterfactual"]["emissions_kg"]["source"] == "replayed"
+    assert listed["saving"]["emissions_kg"]["value"] is not None
+    shown = inspect_page(page, {
+        "charts": "document.querySelectorAll('svg.chart').length",
+        "running": "document.querySelectorAll('rect.band.running').length",
+        "text": "document.body.innerText",
+    }, tmp_path / "report.png")  # fmt: skip
+    assert shown.errors == []
+    assert shown.values["charts"] >= 2
+    assert shown.values["running"] >= 1
+    assert job_id in shown.values["text"]
 
     # The measured power is what the next plan of this workload expects.
     again = harchos(

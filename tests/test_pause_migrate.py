@@ -215,6 +215,18 @@ def test_migrate_moves_a_running_job_and_it_ends_as_if_it_never_moved(
     assert "on hub h1" in log
     assert "on hub h2" in log
     assert "resumed from" in log
+    # One ledger across the move: metered on both hubs, with the stop between the two runs.
+    report = harchos(capsys, "report", job_id, "--json")
+    assert report.code == 0, report.err
+    (ledger,) = report.json()["jobs"]
+    assert ledger["hubs"] == ["h1", "h2"]
+    assert {i["hub"] for i in ledger["intervals"]} == {"h1", "h2"}
+    assert [(p["kind"], p["hub"]) for p in ledger["periods"]][-3:] == [
+        ("running", "h1"), ("paused", "h1"), ("running", "h2"),
+    ]  # fmt: skip
+    assert ledger["energy_kwh"]["value"] > 0
+    assert ledger["energy_kwh"]["source"] == "estimated"  # no GPU, no RAPL on these machines
+    assert ledger["emissions_kg"]["value"] > 0
 
 
 def test_a_move_whose_target_fails_goes_on_from_the_source(

@@ -1,18 +1,20 @@
 """The catalogue of Prometheus metrics: the ones harchos exports and the vLLM ones it relies on.
 
-This module is data only (no prometheus-client): the exporter that serves the `harchos_*` metrics
-arrives with the supervisor, meter and router, and builds its collectors from this table. Until then
-the table is the contract that the `monitoring` blueprint's dashboards and alert rules are checked
-against, and the serving test double takes its `vllm:*` help texts from it.
+This module is data only (no prometheus-client): the exporter (`harchos_cli.metrics_export`,
+`harchos metrics serve`) and the router build their collectors from this table, the `monitoring`
+blueprint's dashboards and alert rules are checked against it, and the serving test double takes
+its `vllm:*` help texts from it.
 
 Units follow DESIGN.md and appear in the names: gCO2eq/kWh for intensity, kWh for energy, kgCO2eq
 for emissions, seconds for durations. Average and marginal intensities carry a `signal` label so
 that a query never mixes them by accident.
 
 Label meanings: `hub` is a hub name from the project's harchos.toml, `zone` an Electricity Maps
-zone id, `provider` the carbon data provider (`embedded`, `electricitymaps`, ...), `job` a harchos
-job id, `replica` a serving replica id (`<hub>/<index>`), `model_name` the name vLLM serves (the
-first `--served-model-name`), `engine` vLLM's engine-core index (data parallelism; "0" otherwise).
+zone id, `provider` the carbon data provider (`embedded`, `electricitymaps`, ...), `job_id` a
+harchos job id, `replica` a serving replica id (`<hub>/<index>`), `model_name` the name vLLM
+serves (the first `--served-model-name`), `engine` vLLM's engine-core index (data parallelism; "0"
+otherwise). No harchos metric has a `job` label: Prometheus gives every scraped series its own
+`job` (the scrape job's name) and would rename a clashing one to `exported_job`.
 """
 
 from __future__ import annotations
@@ -65,6 +67,13 @@ def _v(name: str, type_: MetricType, help_: str, *labels: str) -> Metric:
 
 HARCHOS_METRICS: tuple[Metric, ...] = (
     _h("harchos_build_info", "gauge", "Always 1; the harchos version as a label.", "version"),
+    _h(
+        "harchos_exporter_errors_total",
+        "counter",
+        "Times a part of the exporter's scrape failed and was left out of it (jobs, ledger, "
+        "power, decisions, hubs, intensity).",
+        "part",
+    ),
     # Carbon signals, per hub.
     _h(
         "harchos_carbon_intensity_gco2_per_kwh",
@@ -107,60 +116,69 @@ HARCHOS_METRICS: tuple[Metric, ...] = (
     _h(
         "harchos_job_state",
         "gauge",
-        "1 for the job's current state (deferred, running, paused, migrating, done, failed).",
-        "job",
+        "1 for the job's current state, 0 for the others (waiting, syncing, running, paused, done, "
+        "failed, cancelled).",
+        "job_id",
         "hub",
         "state",
     ),
-    _h("harchos_job_power_watts", "gauge", "Power the job draws now, in watts.", "job", "hub"),
+    _h("harchos_job_power_watts", "gauge", "Power the job draws now, in watts.", "job_id", "hub"),
     _h(
         "harchos_job_energy_kwh_total",
         "counter",
-        "Energy the job used (measured or estimated), in kWh, PUE included.",
-        "job",
+        "Energy the job used at the plug (measured, or estimated without a meter), in kWh.",
+        "job_id",
         "hub",
     ),
     _h(
         "harchos_job_emissions_kgco2_total",
         "counter",
-        "Emissions of the job's energy at the hub's carbon intensity, in kgCO2eq.",
-        "job",
+        "Emissions of the job's energy at the hub's carbon intensity of each hour it ran, "
+        "PUE included, in kgCO2eq.",
+        "job_id",
         "hub",
     ),
     _h(
         "harchos_job_emissions_budget_kgco2",
         "gauge",
-        "The job's emissions budget from harchos.toml, in kgCO2eq.",
-        "job",
+        "The job's emissions budget, in kgCO2eq (for a job that has one).",
+        "job_id",
     ),
     _h(
         "harchos_job_cost_total",
         "counter",
-        "Money the job cost, in the hub's currency.",
-        "job",
-        "hub",
+        "Money the job cost, in its hubs' currency.",
+        "job_id",
         "currency",
     ),
     _h(
         "harchos_job_deferred_seconds_total",
         "counter",
         "Seconds the job waited for a greener window.",
-        "job",
+        "job_id",
     ),
     _h(
         "harchos_job_checkpoints_total",
         "counter",
         "Checkpoints the job saved on harchos's request (pause, migrate, rescale).",
-        "job",
+        "job_id",
         "hub",
     ),
     _h(
         "harchos_job_migrations_total",
         "counter",
         "Times the job moved from one hub to another.",
-        "job",
+        "job_id",
         "from_hub",
         "to_hub",
+    ),
+    _h(
+        "harchos_job_decisions_total",
+        "counter",
+        "Decisions harchos took about the job, by action (defer, start, pause, resume, migrate, "
+        "rescale, cancel, ...).",
+        "job_id",
+        "action",
     ),
     # Serving: replicas and the carbon-aware router.
     _h(

@@ -13,7 +13,19 @@ from typing import Any
 import typer
 
 from harchos_cli import __version__
-from harchos_cli.cli import config_cmd, forecast, hubs, jobs, new, output, plan, regions, serve
+from harchos_cli.cli import (
+    config_cmd,
+    forecast,
+    hubs,
+    jobs,
+    metrics,
+    new,
+    output,
+    plan,
+    regions,
+    report,
+    serve,
+)
 from harchos_cli.cli import run as run_cmd
 from harchos_cli.errors import ExitCode, HarchosError, UsageError
 
@@ -37,6 +49,8 @@ app.add_typer(jobs.app, name="jobs")
 app.add_typer(plan.app, name="plan")
 app.add_typer(serve.app, name="serve")
 app.add_typer(config_cmd.app, name="config")
+app.command("report")(report.report)
+app.add_typer(metrics.app, name="metrics")
 
 
 class Interrupted(BaseException):

@@ -23,6 +23,11 @@ FigureSource = Literal[
 PeriodKind = Literal["waiting", "running", "paused"]
 
 
+def _significant(value: float | None) -> float | None:
+    """Six significant digits: a small job's few millijoules keep their precision."""
+    return None if value is None else float(f"{value:.6g}")
+
+
 @dataclass(frozen=True)
 class Figure:
     """One number, where it came from, and how it was made (one line a person can read)."""
@@ -32,8 +37,7 @@ class Figure:
     detail: str = ""
 
     def as_json(self) -> dict[str, Any]:
-        value = None if self.value is None else round(self.value, 9)
-        return {"value": value, "source": self.source, "detail": self.detail}
+        return {"value": _significant(self.value), "source": self.source, "detail": self.detail}
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,8 @@ class Interval:
     def as_json(self) -> dict[str, Any]:
         return {
             "hub": self.hub, "start": iso(self.start), "end": iso(self.end),
-            "energy_kwh": round(self.energy_kwh, 9), "intensity": self.intensity,
-            "emissions_kg": None if self.emissions_kg is None else round(self.emissions_kg, 9),
+            "energy_kwh": _significant(self.energy_kwh), "intensity": self.intensity,
+            "emissions_kg": _significant(self.emissions_kg),
             "source": self.source,
         }  # fmt: skip
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,10 +24,82 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([exe, *args], cwd=ROOT, capture_output=True, text=True, check=False)
 
 
-def test_prometheus_config_is_valid() -> None:
-    done = promtool("check", "config", "prometheus.yml")
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus.compose.yml"])
+def test_prometheus_config_is_valid(config: str) -> None:
+    done = promtool("check", "config", config)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS: 1 rule files found" in done.stdout + done.stderr
+
+
+def test_alerts_go_to_alertmanager() -> None:
+    for name in ("prometheus.yml", "prometheus.compose.yml"):
+        config = yaml.safe_load((ROOT / name).read_text(encoding="utf-8"))
+        targets = [
+            target
+            for manager in config["alerting"]["alertmanagers"]
+            for static in manager["static_configs"]
+            for target in static["targets"]
+        ]
+        assert len(targets) == 1, name
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
+    host, port = targets[0].rsplit(":", 1)
+    assert host in compose["services"]
+    assert f"127.0.0.1:{port}:{port}" in compose["services"][host]["ports"]
+
+
+def test_alertmanager_config_is_valid() -> None:
+    exe = shutil.which("amtool")
+    if exe is None:
+        pytest.skip("amtool not found (Debian/Ubuntu: apt-get install prometheus-alertmanager)")
+    done = subprocess.run(
+        [exe, "check-config", "alertmanager.yml"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout + done.stderr
+
+
+def test_compose_stack_mounts_files_that_exist() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
+    assert set(compose["services"]) == {"prometheus", "alertmanager", "grafana"}
+    named = set(compose.get("volumes") or {})
+    for name, service in compose["services"].items():
+        assert service["image"].count(":") == 1, f"{name}: pin the image's version"
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if source.startswith("."):
+                assert (ROOT / source).exists(), f"{name} mounts {source}, which is missing"
+            else:
+                assert source in named, f"{name}: volume {source} is not declared"
+            assert target.startswith("/"), volume
+    # harchos runs on the host: Prometheus reaches it at host.docker.internal.
+    prometheus = compose["services"]["prometheus"]
+    assert "host.docker.internal:host-gateway" in prometheus["extra_hosts"]
+    config = yaml.safe_load((ROOT / "prometheus.compose.yml").read_text(encoding="utf-8"))
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    harchos = jobs["harchos"]["static_configs"][0]["targets"][0]
+    assert not harchos.startswith(("localhost:", "127.0.0.1:")), harchos
+    # The dashboards are where the provisioning says they are.
+    provider = yaml.safe_load(
+        (ROOT / "grafana" / "provisioning" / "dashboards" / "harchos.yml").read_text("utf-8")
+    )["providers"][0]
+    mounts = dict(v.split(":")[:2][::-1] for v in compose["services"]["grafana"]["volumes"])
+    assert mounts[provider["options"]["path"]] == "./grafana/dashboards"
+
+
+_JOB_LABEL = re.compile(
+    r"(?:\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\bjob\b[^()]*\))"
+    r"|(?:[{,]\s*job\s*(?:=|!=|=~|!~))|(?:\$labels\.job\b)|(?:\{\{\s*job\s*\}\})"
+)
+
+
+def test_no_query_reads_the_job_label_of_a_harchos_metric() -> None:
+    # Prometheus's own `job` label is the scrape job; harchos names a job `job_id`. A query on
+    # `job` would group every harchos job into one series, `harchos`.
+    texts = [path.read_text(encoding="utf-8") for path in DASHBOARDS]
+    texts.append((ROOT / "rules" / "harchos.rules.yml").read_text(encoding="utf-8"))
+    for text in texts:
+        assert not _JOB_LABEL.search(text), _JOB_LABEL.search(text)
 
 
 def test_scrape_jobs_for_harchos_and_vllm() -> None:
@@ -80,7 +153,7 @@ def test_the_check_catches_a_metric_nobody_exports(tmp_path: Path) -> None:
             {"vllm:e2e_request_latency_seconds_bucket"},
         ),
         (
-            "sum by (job) (a_total) > on (job) group_left (hub) 0.8 * b_kgco2 offset 1h",
+            "sum by (job_id) (a_total) > on (job_id) group_left (hub) 0.8 * b_kgco2 offset 1h",
             {"a_total", "b_kgco2"},
         ),
         ("sum(x) without (le) or y unless bool z and 1e3", {"x", "y", "z"}),
