@@ -44,8 +44,10 @@ def test_national_forecast_and_history(server: FakeServer, tmp_path: Path) -> No
     # The recorded answer starts with the 09:30 slot, which is before the current hour.
     slots = fixture("ukgrid/national_fw48h.json")["data"][1:]
     assert data.forecast is not None
-    assert [o.start for o in data.forecast] == [HOUR10 + timedelta(hours=h) for h in range(6)]
-    assert [o.intensity for o in data.forecast] == half_hour_pairs(slots, "forecast")
+    # The forecast keeps the API's half-hour slots; history is hourly.
+    half_hour = timedelta(minutes=30)
+    assert [o.start for o in data.forecast] == [HOUR10 + h * half_hour for h in range(12)]
+    assert [o.intensity for o in data.forecast] == [s["intensity"]["forecast"] for s in slots[:12]]
     assert data.source.provider == "ukgrid"
     assert data.source.signal == "average"
     assert data.source.method == "NESO forecast"
@@ -73,7 +75,7 @@ def test_regional_forecast_in_both_forms(server: FakeServer, tmp_path: Path, for
     data = provider(server, tmp_path).fetch(LONDON, NOW, 6)
     slots = fixture("ukgrid/regional_fw48h_13_object.json")["data"]["data"]
     assert data.forecast is not None
-    assert [o.intensity for o in data.forecast] == half_hour_pairs(slots, "forecast")
+    assert [o.intensity for o in data.forecast] == [s["intensity"]["forecast"] for s in slots[:12]]
     assert "region 13 (London)" in data.source.detail
     # Regional history comes from forecast values only: every hour is estimated.
     assert len(data.history) == 24
@@ -96,7 +98,7 @@ def test_list_form_picks_the_requested_region(server: FakeServer, tmp_path: Path
     server.route(LONDON_PT, Reply(200, fixture("ukgrid/regional_range_13.json")))
     data = provider(server, tmp_path).fetch(LONDON, NOW, 2)
     assert data.forecast is not None
-    assert [o.intensity for o in data.forecast] == [147.5, 137.5]
+    assert [o.intensity for o in data.forecast] == [150, 145, 140, 135]
 
 
 def test_error_body_becomes_provider_error(server: FakeServer, tmp_path: Path) -> None:

@@ -65,18 +65,19 @@ def provider(server: FakeServer, tmp_path: Path, **settings: Any) -> WattTime:
     return WattTime(config, cache, sleep=lambda _: None)
 
 
-def test_login_bearer_and_hourly_conversion(server: FakeServer, tmp_path: Path) -> None:
+def test_login_bearer_and_native_points(server: FakeServer, tmp_path: Path) -> None:
     routes(server)
     data = provider(server, tmp_path).fetch(NORTH, NOW, 24)
 
     assert data.forecast is not None
     start = datetime(2026, 5, 3, 10, tzinfo=UTC)
-    # Hour 10: twelve points of 412.5 lbs/MWh; hour 11: 400..455; hour 12: 300/500 alternating.
-    # The three points from 13:00 cover 15 minutes: too little for an hourly value.
-    assert [o.start for o in data.forecast] == [start + timedelta(hours=h) for h in range(3)]
+    # The forecast keeps WattTime's 5-minute points, converted from lbs/MWh: 10:00 to 13:10.
+    five = timedelta(minutes=5)
+    assert [o.start for o in data.forecast] == [start + i * five for i in range(39)]
+    assert all(o.end - o.start == five for o in data.forecast)
     assert round(data.forecast[0].intensity, 2) == 187.11
-    assert data.forecast[1].intensity == pytest.approx(427.5 * LB)
-    assert data.forecast[2].intensity == pytest.approx(400 * LB)
+    assert data.forecast[12].intensity == pytest.approx(400 * LB)
+    assert data.forecast[25].intensity == pytest.approx(500 * LB)
     assert data.source.provider == "watttime"
     assert data.source.signal == "marginal"
     assert data.source.method == "co2_moer"

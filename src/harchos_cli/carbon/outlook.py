@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
+
 from harchos_cli.carbon.service import ForecastService, horizon_warning
 from harchos_cli.carbon.types import Forecast, Point, Region
 from harchos_cli.carbon.windows import (
@@ -41,10 +43,38 @@ class RegionOutlook:
         return band_spread(self.forecast.points, (self.best.best, self.best.now))
 
     @property
+    def shown_points(self) -> list[Point]:
+        """The points of the first `--hours` hours at the provider's own resolution (the search
+        may have looked further): what JSON reports."""
+        points = sorted(self.forecast.points, key=lambda p: p.start)
+        if self.shown_hours is None or not points:
+            return points
+        until = floor_hour(points[0].start) + timedelta(hours=self.shown_hours)
+        return [p for p in points if p.start < until]
+
+    @property
     def shown(self) -> list[Point]:
-        """The points to show: `--hours` of them, though the search may have looked further."""
-        points = self.forecast.points
-        return points if self.shown_hours is None else points[: self.shown_hours]
+        """The shown points as hourly means, for the chart and the table only (one row or column
+        an hour whatever the provider's resolution); the numbers reported elsewhere and the
+        search use the points themselves."""
+        return hourly_display(self.shown_points)
+
+
+def hourly_display(points: Sequence[Point]) -> list[Point]:
+    """Time-weighted hourly means of sub-hourly points (hourly points unchanged); an hour is
+    labelled by the span its points cover."""
+    if all(p.end - p.start >= timedelta(hours=1) for p in points):
+        return list(points)
+    hours: dict[datetime, list[Point]] = {}
+    for point in points:
+        hours.setdefault(floor_hour(point.start), []).append(point)
+    shown = []
+    for group in hours.values():
+        weights = np.array([(p.end - p.start).total_seconds() for p in group])
+        columns = np.array([[p.intensity, p.low, p.high] for p in group])
+        intensity, low, high = (weights @ columns) / weights.sum()
+        shown.append(Point(group[0].start, group[-1].end, intensity, low, high))
+    return shown
 
 
 @dataclass
@@ -97,6 +127,12 @@ def build_outlook(
             if len(regions) == 1:
                 raise
             error = exc.message
+        if best is not None and not best.now_is_now:
+            forecast.warnings.append(
+                f"{region.name}: the forecast starts at {iso(best.now.start)}, after now "
+                f"({iso(now)}); 'now' figures compare against the first window that can run, "
+                f"{iso(best.now.start)}–{iso(best.now.end)}"
+            )
         below = periods_below(forecast.points, threshold) if threshold is not None else None
         outlooks.append(RegionOutlook(forecast, best, below, error, shown_hours=hours))
     if not any(item.best for item in outlooks):
@@ -184,7 +220,7 @@ def region_json(
         "now": iso(outlook.now),
         "duration": format_duration(outlook.duration),
         "deadline": iso(outlook.deadline),
-        "points": [_point_json(p) for p in item.shown],
+        "points": [_point_json(p) for p in item.shown_points],
         "best_window": None
         if best is None
         else {
@@ -192,6 +228,8 @@ def region_json(
             "saving_vs_now": round(best.saving_vs_now, 4),
             "saving_vs_median": round(best.saving_vs_median, 4),
             "now_intensity": round(best.now.mean_intensity, 2),
+            "now_start": iso(best.now.start),
+            "now_is_now": best.now_is_now,
             "median_intensity": round(best.median_intensity, 2),
             "candidates": best.candidates,
         },

@@ -211,7 +211,14 @@ def _compare(
     if not history or not used or not model.has_zone(region.zone):
         return None
     ours = {p.start: p.intensity for p in model.forecast(region.zone, now, hours, history=history)}
-    pairs = [(ours[p.start], p.intensity) for p in used if p.start in ours]
+    # The model is hourly; a finer provider forecast is compared by its hourly means.
+    sums: dict[datetime, list[float]] = {}
+    for point in used:
+        seconds = (point.end - point.start).total_seconds()
+        total = sums.setdefault(floor_hour(point.start), [0.0, 0.0])
+        total[0] += point.intensity * seconds
+        total[1] += seconds
+    pairs = [(ours[hour], area / seconds) for hour, (area, seconds) in sums.items() if hour in ours]
     if not pairs:
         return None
     mean_abs = sum(abs(a - b) for a, b in pairs) / len(pairs)

@@ -11,7 +11,9 @@ Accepted formats (detected from the header):
 - the wide file `datetime_utc,AT,AU-NSW,...`, one column per zone (a zone must be given).
 
 Sub-hourly values are averaged into the hour that contains them; gaps of up to `MAX_GAP_HOURS`
-hours are filled by linear interpolation, longer gaps are an error.
+hours are filled by linear interpolation, longer gaps are an error. A sub-hourly trace also keeps
+its own resolution (`Trace.slot_values`), which a replayed forecast serves: a timestamp given
+twice counts once, at the mean of its values.
 """
 
 from __future__ import annotations
@@ -51,13 +53,30 @@ _FORMAT_HINT = (
 
 @dataclass
 class Trace:
-    """An hourly carbon-intensity series (gCO2eq/kWh) starting at `start`, one value per hour."""
+    """An hourly carbon-intensity series (gCO2eq/kWh) starting at `start`, one value per hour,
+    and, for a sub-hourly file, its values at their own spacing (`step`, `slots`)."""
 
     zone: str | None
     start: datetime
     values: np.ndarray
     path: Path
     filled_hours: int = 0
+    #: The trace's own spacing when finer than an hour (it divides the hour), else one hour.
+    step: timedelta = timedelta(hours=1)
+    #: Sub-hourly traces only: slot numbers (epoch seconds // step) and each slot's value.
+    slots: np.ndarray | None = None
+    slot_values: np.ndarray | None = None
+
+    def value_at(self, moment: datetime) -> float:
+        """The value of the `step` slot holding `moment`: the trace's own figure where it has
+        one, else the hourly series' (a gap's interpolated hour)."""
+        aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        if self.slots is not None and self.slot_values is not None:
+            slot = int(aware.timestamp() // self.step.total_seconds())
+            index = int(np.searchsorted(self.slots, slot))
+            if index < len(self.slots) and self.slots[index] == slot:
+                return float(self.slot_values[index])
+        return float(self.values[self.index_at(aware)])
 
     def end(self) -> datetime:
         """The end of the last hour covered (exclusive)."""
@@ -121,7 +140,7 @@ def read_trace(path: Path, zone: str | None = None) -> Trace:
     times, values = _parse_rows(body, time_col, value_col, path)
     start, hourly, filled = _to_hourly(times, values, path)
     resolved = zone or file_zone or zone_from_filename(path)
-    return Trace(zone=resolved, start=start, values=hourly, path=path, filled_hours=filled)
+    return Trace(resolved, start, hourly, path, filled, *_sub_hourly(times, values))
 
 
 def _pick_columns(
@@ -248,6 +267,24 @@ def _to_hourly(
     return start, hourly, filled
 
 
+def _sub_hourly(
+    epoch_hours: np.ndarray, values: np.ndarray
+) -> tuple[timedelta, np.ndarray | None, np.ndarray | None]:
+    """The trace's own slots when its median spacing is finer than an hour and divides it:
+    (step, slot numbers, slot means); else (one hour, None, None)."""
+    known = ~np.isnan(values)
+    seconds = np.round(epoch_hours[known] * 3600.0).astype(np.int64)
+    distinct = np.unique(seconds)
+    gaps = np.diff(distinct)
+    step = int(np.median(gaps)) if len(gaps) else 3600
+    if step <= 0 or step >= 3600 or 3600 % step:
+        return timedelta(hours=1), None, None
+    slots, inverse = np.unique(seconds // step, return_inverse=True)
+    sums = np.bincount(inverse, weights=values[known], minlength=len(slots))
+    counts = np.bincount(inverse, minlength=len(slots))
+    return timedelta(seconds=step), slots, sums / counts
+
+
 def _check_gaps(missing: np.ndarray, first: int, path: Path) -> None:
     padded = np.concatenate(([0], missing.astype(np.int8), [0]))
     edges = np.flatnonzero(np.diff(padded))
@@ -290,5 +327,5 @@ def read_wide_traces(path: Path) -> list[Trace]:
                 hint="intensity values must be numbers in gCO2eq/kWh",
             ) from None
         start, hourly, filled = _to_hourly(hours, values, path)
-        traces.append(Trace(zone=zone, start=start, values=hourly, path=path, filled_hours=filled))
+        traces.append(Trace(zone, start, hourly, path, filled, *_sub_hourly(hours, values)))
     return traces

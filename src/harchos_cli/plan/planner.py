@@ -33,7 +33,13 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from harchos_cli.carbon.types import Forecast, Point
-from harchos_cli.carbon.windows import Window, band_spread, best_window, rolling_means
+from harchos_cli.carbon.windows import (
+    Window,
+    band_spread,
+    best_window,
+    candidate_windows,
+    ordered_points,
+)
 from harchos_cli.errors import HarchosError, UsageError
 from harchos_cli.hubs.base import Hub
 from harchos_cli.timeparse import format_duration, iso
@@ -369,7 +375,7 @@ def _option(
     if forecast is None or not forecast.points:
         return Choice(hub.name, now, now + duration, "no carbon data: starting at once", None,
                       None, energy, None, price)  # fmt: skip
-    points = sorted(forecast.points, key=lambda p: p.start)
+    points = ordered_points(forecast.points)
     signal = forecast.source.signal
     now_intensity = _mean(points, now, duration)
 
@@ -393,7 +399,7 @@ def _option(
     except HarchosError:
         # The forecast does not reach a whole window before the deadline: the greenest window it
         # does cover, and failing that, now.
-        covered = [w for w in rolling_means(points, duration) if now <= w.start <= last]
+        covered = candidate_windows(points, duration, earliest=now, latest_start=last)
         if not covered:
             return make(now, "forecast too short: starting at once")
         window = min(covered, key=lambda w: (w.mean_intensity, w.start))

@@ -3,8 +3,9 @@
 Every provider request goes through `ProviderHttp`. It retries HTTP 408, 429, 5xx and transport
 errors with capped exponential backoff (honouring a capped `Retry-After`), turns every failure into
 `ProviderError`, and stores successful bodies in the `ResponseCache` for the current half hour.
-The module also holds the small series helpers the clients share (spacing inference and hourly
-means), so every provider aggregates the same way.
+The module also holds the small series helpers the clients share (spacing inference, the native
+series a forecast keeps, and the hourly means history is given in), so every provider treats its
+data the same way.
 """
 
 from __future__ import annotations
@@ -404,6 +405,22 @@ def hourly_means(samples: Iterable[Sample]) -> list[Observation]:
         Observation(hour, hour + HOUR, total / seconds, flags[hour])
         for hour, (total, seconds) in sorted(sums.items())
         if seconds >= MIN_HOUR_COVERAGE * HOUR.total_seconds()
+    ]
+
+
+def native_series(samples: Iterable[Sample]) -> list[Observation]:
+    """Samples at the provider's own resolution, in time order, under one rule for repeats: of
+    samples starting at the same moment the last given wins, and a sample that runs past the next
+    one's start ends there. Non-finite values and empty periods are dropped."""
+    by_start: dict[datetime, Sample] = {}
+    for sample in samples:
+        if sample.end > sample.start and math.isfinite(sample.value):
+            by_start[sample.start] = sample
+    ordered = [by_start[start] for start in sorted(by_start)]
+    ends = [s.start for s in ordered[1:]] + [ordered[-1].end] if ordered else []
+    return [
+        Observation(s.start, min(s.end, end), s.value, s.estimated)
+        for s, end in zip(ordered, ends, strict=True)
     ]
 
 

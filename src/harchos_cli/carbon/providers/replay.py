@@ -31,7 +31,8 @@ class ReplayProvider:
         return self.trace.start + min(WARM_UP, (self.trace.end() - self.trace.start) / 2)
 
     def window(self, now: datetime, hours: int) -> tuple[list[Observation], list[Point], Source]:
-        """History before `now` (up to 14 days) and `hours` hours from the hour of `now`."""
+        """History before `now` (up to 14 days, hourly) and `hours` hours from the hour of `now`,
+        at the trace's own resolution."""
         now = as_utc(now)
         trace = self.trace
         if now < trace.start or now >= trace.end():
@@ -43,16 +44,16 @@ class ReplayProvider:
         first = trace.index_at(floor_hour(now))
         last = min(first + hours, len(trace.values))
         hour = timedelta(hours=1)
-        points = [
-            Point(
-                trace.start + i * hour,
-                trace.start + (i + 1) * hour,
-                float(trace.values[i]),
-                float(trace.values[i]),
-                float(trace.values[i]),
-            )
-            for i in range(first, last)
-        ]
+        # The forecast keeps the trace's own resolution; history stays hourly (the embedded
+        # model conditions on hours).
+        step = trace.step
+        begin, stop = trace.start + first * hour, trace.start + last * hour
+        points = []
+        moment = begin
+        while moment < stop:
+            value = trace.value_at(moment)
+            points.append(Point(moment, moment + step, value, value, value))
+            moment += step
         history = [
             Observation(
                 trace.start + i * hour, trace.start + (i + 1) * hour, float(trace.values[i])

@@ -3,7 +3,8 @@
 National: `/intensity/{from}/fw48h` (forecast) and `/intensity/{from}/pt24h` (history, `actual`
 where published else the forecast value, marked estimated). Regional: the API publishes forecast
 values only, so history for a region is `/regional/intensity/{from-24h}/{to}/regionid/{id}`,
-every hour marked estimated. Half-hour slots become hourly means.
+every hour marked estimated. The forecast keeps the API's half-hour slots (the window search
+uses them as they are); history becomes hourly means, which the embedded model conditions on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from harchos_cli.carbon.providers.http import (
     Sample,
     Sleep,
     hourly_means,
+    native_series,
     number,
     parse_time,
     window,
@@ -114,7 +116,7 @@ class UkGrid:
         self.http.close()
 
     def fetch(self, region: Region, now: datetime, hours: int) -> ProviderData:
-        """The NESO 48 h forecast (hourly means) and the last 24 h for GB or one GB region.
+        """The NESO 48 h forecast (half-hour slots) and the last 24 h for GB or one GB region.
 
         Raises:
             ProviderError: The forecast could not be had (network, HTTP, an error body).
@@ -135,7 +137,7 @@ class UkGrid:
             label = f"region {rid} ({REGIONS[rid]})"
         payload, cached = self._get(path, "intensity/fw48h", rid, now)
         samples = [s for s in self._samples(payload, rid) if s.end > start]
-        forecast = window(hourly_means(samples), start, start + hours * HOUR)
+        forecast = window(native_series(samples), start, start + hours * HOUR)
         if not forecast:
             raise ProviderError(NAME, f"the forecast does not cover the next {hours} h")
         history: list[Observation] = []

@@ -25,6 +25,7 @@ from harchos_cli.carbon.providers.http import (
     Sleep,
     cache_key,
     hourly_means,
+    native_series,
     number,
     parse_time,
     window,
@@ -120,7 +121,7 @@ class WattTime:
         self.http.close()
 
     def fetch(self, region: Region, now: datetime, hours: int) -> ProviderData:
-        """The forecast (hourly means of 5-minute points) and the last 24 h for the region.
+        """The forecast (its own 5-minute points) and the last 24 h (hourly means) for the region.
 
         Raises:
             ProviderError: No credentials, login refused, region outside the subscription, or
@@ -141,7 +142,7 @@ class WattTime:
             now,
         )
         start = floor_hour(now)
-        forecast = window(self._series(data, warnings), start, start + hours * HOUR)
+        forecast = window(native_series(self._samples(data, warnings)), start, start + hours * HOUR)
         if not forecast:
             raise ProviderError(NAME, f"the forecast for {ba} does not cover the next {hours} h")
         history: list[Observation] = []
@@ -158,7 +159,7 @@ class WattTime:
                 now,
                 key=f"v3/historical?region={ba}&signal_type={self.signal_type}",
             )
-            history = [o for o in self._series(past, warnings) if o.start < now]
+            history = [o for o in hourly_means(self._samples(past, warnings)) if o.start < now]
         except ProviderError as exc:
             warnings.append(f"{exc}; continuing without WattTime history")
         detail = f"v3/forecast?region={ba}&signal_type={self.signal_type}" + (
@@ -240,7 +241,7 @@ class WattTime:
         self.http.store(ba, cache_id, now, body)
         return data, False
 
-    def _series(self, data: dict[str, Any], warnings: list[str]) -> list[Observation]:
+    def _samples(self, data: dict[str, Any], warnings: list[str]) -> list[Sample]:
         meta = data.get("meta")
         points = data.get("data")
         if not isinstance(meta, dict) or not isinstance(points, list):
@@ -251,10 +252,9 @@ class WattTime:
             text = note.get("message") if isinstance(note, dict) else note
             if text and f"{NAME}: {text}" not in warnings:
                 warnings.append(f"{NAME}: {text}")
-        samples = [
+        return [
             Sample(start, start + period, number(p["value"], NAME) * factor)
             for p in points
             if isinstance(p, dict) and p.get("value") is not None
             for start in (parse_time(p.get("point_time"), NAME),)
         ]
-        return hourly_means(samples)
