@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from httpfake import FakeServer
+from slurm import slurm_cluster_fixture  # noqa: F401  (offers `slurm_cluster`)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,8 +8,11 @@ interruption: same seed, same settings, final weights bit for bit.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -70,13 +73,22 @@ def project(capsys: pytest.CaptureFixture[str], where: Path, processes: int) -> 
     return root
 
 
+_STRAIGHT: dict[int, Path] = {}  # processes: the weights of an uninterrupted run (per worker)
+
+
 def straight_run(capsys: pytest.CaptureFixture[str], where: Path, processes: int) -> Path:
-    """The same job, never interrupted: its final weights."""
-    root = project(capsys, where, processes)
-    os.chdir(root)
-    result = harchos(capsys, "run", "train", "--json", *SETTINGS)
-    assert result.code == 0, result.err
-    return root / "outputs" / "model.pt"
+    """The same job, never interrupted: its final weights. Run once per process count in
+    each test process: the seed and settings are fixed, so every run gives the same weights."""
+    if processes not in _STRAIGHT:
+        root = project(capsys, where, processes)
+        os.chdir(root)
+        result = harchos(capsys, "run", "train", "--json", *SETTINGS)
+        assert result.code == 0, result.err
+        kept = Path(tempfile.mkdtemp(prefix="harchos-straight-")) / "model.pt"
+        atexit.register(shutil.rmtree, kept.parent, True)
+        shutil.copyfile(root / "outputs" / "model.pt", kept)
+        _STRAIGHT[processes] = kept
+    return _STRAIGHT[processes]
 
 
 def same_weights(a: Path, b: Path) -> bool:

@@ -218,6 +218,13 @@ def _m006_metering(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE hubs ADD COLUMN cpu_tdp_w REAL")
 
 
+@migration
+def _m007_slurm_hubs(db: sqlite3.Connection) -> None:
+    """Slurm clusters as hubs: where their jobs are submitted."""
+    for column in ("partition", "account", "qos"):
+        db.execute(f"ALTER TABLE hubs ADD COLUMN {column} TEXT")
+
+
 def connect(path: Path | None = None) -> sqlite3.Connection:
     """Open (creating and migrating as needed) the state database.
 

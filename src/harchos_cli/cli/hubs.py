@@ -26,16 +26,29 @@ def _parse_gpus(value: str) -> int | None:
 @app.command()
 def add(
     name: str = typer.Argument(..., help="A name for the hub: letters, digits, '-', '_', '.'."),
-    ssh: str = typer.Option(
-        ..., "--ssh", help="[USER@]HOST[:PORT]; HOST may be an alias from ~/.ssh/config."
+    ssh: str | None = typer.Option(
+        None, "--ssh", help="[USER@]HOST[:PORT]; HOST may be an alias from ~/.ssh/config."
     ),
+    slurm: str | None = typer.Option(
+        None,
+        "--slurm",
+        help="A Slurm cluster: its login node as [USER@]HOST[:PORT], or `local` on the login "
+        "node itself.",
+    ),
+    partition: str | None = typer.Option(
+        None, "--partition", help="Slurm partition the jobs are submitted to (with --slurm)."
+    ),
+    account: str | None = typer.Option(None, "--account", help="Slurm account (with --slurm)."),
+    qos: str | None = typer.Option(None, "--qos", help="Slurm QOS (with --slurm)."),
     identity: str | None = typer.Option(
         None, "--identity", "-i", help="Private key file (default: your ssh config and agent)."
     ),
     region: str | None = typer.Option(
         None, "--region", help="Where the hub is (eu-west, aws:eu-central-1, DE, ...)."
     ),
-    gpus: str = typer.Option("auto", "--gpus", help="How many GPUs, or auto (nvidia-smi)."),
+    gpus: str = typer.Option(
+        "auto", "--gpus", "--gpus-per-node", help="How many GPUs (a Slurm hub: per node), or auto."
+    ),
     gpu_type: str | None = typer.Option(None, "--gpu-type", help="e.g. A100-80GB (informative)."),
     price: float | None = typer.Option(
         None, "--price-per-gpu-hour", help="Cost of one GPU for one hour, in your currency."
@@ -61,12 +74,14 @@ def add(
     ),
     json_: bool = typer.Option(False, "--json", help="Print the stored hub as JSON."),
 ) -> None:
-    """Add a GPU box reached over SSH."""
+    """Add a GPU box reached over SSH, or a Slurm cluster."""
     from harchos_cli.cli import output
     from harchos_cli.hubs import inventory
     from harchos_cli.hubs.base import Hub
 
-    user, host, port = inventory.parse_ssh_target(ssh)
+    transport, target = inventory.kind_of(ssh=ssh, slurm=slurm, partition=partition,
+                                          account=account, qos=qos)  # fmt: skip
+    user, host, port = inventory.parse_ssh_target(target) if target else (None, None, None)
     _finite("--pue", pue)
     _finite("--price-per-gpu-hour", price)
     _finite("--electricity-price", electricity_price)
@@ -74,7 +89,7 @@ def add(
     hub = inventory.add(
         Hub(
             name=name,
-            transport="ssh",
+            transport=transport,
             host=host,
             user=user,
             port=port,
@@ -90,6 +105,9 @@ def add(
             workdir=workdir,
             python=python,
             host_key_policy="strict" if strict_host_key else "accept-new",
+            partition=partition,
+            account=account,
+            qos=qos,
         )
     )
     if json_:
@@ -128,6 +146,9 @@ def _where(hub: Any) -> str:
     user = f"{hub.user}@" if hub.user else ""
     port = f":{hub.port}" if hub.port else ""
     host = f"[{hub.host}]" if ":" in (hub.host or "") and port else hub.host
+    if hub.transport == "slurm":
+        login = f"{user}{host}{port}" if hub.host else "this login node"
+        return f"slurm partition {hub.partition} via {login}"
     return f"ssh {user}{host}{port}"
 
 
@@ -217,6 +238,13 @@ def check(
                 print(
                     f"{r.hub}: ok{key}, Python {r.python}, GPUs: {gpus}, {r.free_disk_gb:g} GB free"
                 )
+                if r.slurm:
+                    states = ", ".join(
+                        f"{n} {s}" for s, n in sorted(r.slurm["node_states"].items())
+                    )
+                    print(f"{r.hub}: Slurm partition {r.slurm['partition']} "
+                          f"({r.slurm['state']}): {r.slurm['nodes']} node(s) ({states}), "
+                          f"{r.slurm['cpus']} CPUs, {r.slurm['gpus']} GPUs")  # fmt: skip
             else:
                 print(f"{r.hub}: FAILED: {r.error}")
             for warning in r.warnings:

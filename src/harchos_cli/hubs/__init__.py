@@ -1,4 +1,5 @@
-"""Hubs: this machine or GPU boxes reached over SSH, and the processes harchos runs on them.
+"""Hubs: this machine, GPU boxes reached over SSH, or Slurm clusters, and the processes harchos
+runs on them.
 
 The small public API the job layer uses:
 
@@ -15,15 +16,16 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harchos_cli.hubs.base import LOCAL, Hub, Transport
+from harchos_cli.hubs.base import SLURM, Hub, Transport, in_place
 
 if TYPE_CHECKING:
     from harchos_cli.hubs.processes import HubJobs
 
 
 def transport_for(hub: Hub) -> Transport:
-    """The transport that reaches `hub`: a local one for `local`, else the system ssh/rsync."""
-    if hub.transport == LOCAL:
+    """The transport that reaches `hub`: a local one for `local` (and a Slurm cluster whose login
+    node this is), else the system ssh/rsync."""
+    if in_place(hub):
         from harchos_cli.hubs.local import LocalTransport
 
         return LocalTransport(hub)
@@ -33,9 +35,14 @@ def transport_for(hub: Hub) -> Transport:
 
 
 def jobs_for(hub: Hub) -> HubJobs:
-    """Detached jobs on `hub` (job directories under `~/.harchos/jobs/<id>/` there)."""
+    """Detached jobs on `hub` (job directories under `~/.harchos/jobs/<id>/` there; on a Slurm
+    hub, on its shared filesystem, the jobs submitted with `sbatch`)."""
     from harchos_cli.hubs.processes import HubJobs
 
+    if hub.transport == SLURM:
+        from harchos_cli.hubs.slurm import SlurmJobs
+
+        return SlurmJobs(transport_for(hub))
     return HubJobs(transport_for(hub))
 
 

@@ -19,6 +19,9 @@ Job directory `<root>/<job_id>/`:
                  {"t", "gpu_j", "cpu_j", "gpu_w", "cpu_w", "gpu_source", "cpu_source", "gpus",
                  "gpu_names", "shared_gpu", "cpu_tdp_w"}, energies cumulative since the start
                  (the first line: zeros), or, once, {"t", "error"} when sampling broke and stopped
+    slurm_job_id the Slurm job running this job (a Slurm hub: the job dir is on the cluster's
+                 shared filesystem, and `sbatch` runs the monitor on a compute node)
+    job.sh       the batch script Slurm runs: `exec PYTHON runner.py monitor JOB_DIR`
     control/     the workload's `$HARCHOS_CONTROL_DIR` (training contract): each worker of the
                  launch creates `control/workers/<pid>` once its signal handlers are in place,
                  and `control/workers/<pid>.paused` (JSON) after it saved its state on a pause
@@ -46,6 +49,15 @@ Commands (each prints one JSON object on stdout unless noted):
                                    the folder that would hold it) is writable, and whether
                                    accelerate and rsync are there
     monitor JOB_DIR                (internal) run the workload and record its exit code
+
+A spec with a `slurm` key (`{"sbatch": [argv...], "job_name": NAME}`) is submitted with that
+`sbatch` command instead of started here; the monitor then runs as the batch script on a compute
+node. There, Slurm's `--signal=B:USR1@N` before the time limit reaches the monitor, which passes
+it to the workers (they save and exit 85) and requeues the job (`scontrol requeue`) unless harchos
+asked for the stop itself (`control/stop_requested`, written by the `signal` command); the requeued
+job runs the monitor again, which resumes from the checkpoint. `status` asks `squeue` while no
+exit code is recorded; `signal` reaches the monitor with `scancel --batch --signal`, and SIGKILL,
+or any signal before the job started, is `scancel` itself.
 
 The meter uses `pynvml` (nvidia-ml-py) and `psutil` when the hub's Python can import them, and
 falls back to `nvidia-smi` and /proc otherwise. `HARCHOS_POWERCAP_ROOT` (tests only) replaces
@@ -141,6 +153,9 @@ def _status(job_dir: str) -> dict[str, object]:
         log_size = os.path.getsize(os.path.join(job_dir, "log"))
     except OSError:
         log_size = 0
+    slurm_id = _read(os.path.join(job_dir, "slurm_job_id"))
+    if slurm_id:
+        return _slurm_status(job_dir, slurm_id, log_size)
     code = _read(os.path.join(job_dir, "exit_code"))
     pid_text = _read(os.path.join(job_dir, "pid"))
     pid = int(pid_text.split()[0]) if pid_text else None
@@ -164,7 +179,7 @@ def _status(job_dir: str) -> dict[str, object]:
 
 def _abandoned(job_dir: str) -> bool:
     """Whether `job_dir` has no workload, no exit code and no monitor, and is not new."""
-    for name in ("pid", "exit_code"):
+    for name in ("pid", "exit_code", "slurm_job_id"):
         if os.path.exists(os.path.join(job_dir, name)):
             return False
     if _alive(os.path.join(job_dir, "monitor.pid")) is not None:
@@ -209,7 +224,9 @@ def _launch(root: str, job_id: str, spec_json: str) -> None:
         except OSError:
             shutil.rmtree(staging, ignore_errors=True)
             owner = False
-        if owner:
+        if owner and spec.get("slurm"):
+            _submit(job_dir, spec["slurm"])
+        elif owner:
             subprocess.Popen(
                 [sys.executable, os.path.join(job_dir, "runner.py"), "monitor", job_dir],
                 stdin=subprocess.DEVNULL,
@@ -221,12 +238,121 @@ def _launch(root: str, job_id: str, spec_json: str) -> None:
             )
     deadline = time.monotonic() + _LAUNCH_WAIT_S
     while time.monotonic() < deadline:
-        if os.path.exists(os.path.join(job_dir, "pid")) or os.path.exists(
-            os.path.join(job_dir, "exit_code")
+        if any(
+            os.path.exists(os.path.join(job_dir, name))
+            for name in ("pid", "exit_code", "slurm_job_id")
         ):
             break
         time.sleep(0.01)
     _print(_status(job_dir))
+
+
+_SLURM_ACTIVE = frozenset({
+    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
+    "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD",
+})  # fmt: skip
+
+
+def _slurm_run(argv: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """A Slurm command; in UTC, since Slurm reads and prints times in its client's time zone."""
+    try:
+        return subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+            check=False, env={**os.environ, "TZ": "UTC"},
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as exc:
+        return subprocess.CompletedProcess(argv, 127, "", str(exc))
+
+
+def _submit(job_dir: str, slurm: dict[str, object]) -> None:
+    """Hand the job to Slurm: the batch script runs the monitor. A job of this name that Slurm
+    already has (a launcher killed between `sbatch` and recording its id) is adopted."""
+    import shlex
+
+    name = str(slurm.get("job_name") or os.path.basename(job_dir))
+    known = _slurm_run(["squeue", "-h", "-n", name, "-o", "%i"])
+    ids = known.stdout.split() if known.returncode == 0 else []
+    if ids:
+        _write_atomic(os.path.join(job_dir, "slurm_job_id"), ids[0])
+        return
+    script = os.path.join(job_dir, "job.sh")
+    runner = os.path.join(job_dir, "runner.py")
+    with open(script, "w") as handle:
+        handle.write(
+            "#!/bin/sh\n# harchos: the job's monitor runs the workload (see runner.py)\n"
+            f"exec {shlex.quote(sys.executable)} {shlex.quote(runner)} monitor "
+            f"{shlex.quote(job_dir)}\n"
+        )
+    os.chmod(script, 0o700)
+    argv = [str(arg) for arg in slurm["sbatch"]]  # type: ignore[attr-defined]
+    argv += [f"--job-name={name}", f"--output={os.path.join(job_dir, 'slurm.out')}", script]
+    result = _slurm_run(argv)
+    job_id = result.stdout.strip().split(";")[0] if result.returncode == 0 else ""
+    if not job_id.isdigit() and not re.match(r"^\d+(_\d+)?$", job_id):
+        # Nothing was queued: remove the folder so that a retry submits afresh.
+        shutil.rmtree(job_dir, ignore_errors=True)
+        reason = (result.stderr.strip().splitlines() or ["no job id"])[-1]
+        _fail(f"sbatch refused the job: {reason}")
+    _write_atomic(os.path.join(job_dir, "slurm_job_id"), job_id)
+
+
+def _squeue(slurm_id: str) -> tuple[str, str, str] | None:
+    """Slurm's (state, reason, start) of the job; None when Slurm no longer knows it."""
+    result = _slurm_run(["squeue", "-h", "-t", "all", "-j", slurm_id, "-o", "%T|%r|%S"])
+    if result.returncode != 0:
+        if "Invalid job id" in result.stderr:
+            return None
+        _fail(f"squeue failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    if not lines:
+        return None
+    state, reason, start = [*lines[0].split("|"), "", ""][:3]
+    return state.strip(), reason.strip(), start.strip()
+
+
+def _slurm_status(job_dir: str, slurm_id: str, log_size: int) -> dict[str, object]:
+    code = _read(os.path.join(job_dir, "exit_code"))
+    if code:
+        return {"state": "exited", "pid": None, "exit_code": int(code), "log_size": log_size}
+    queued = _squeue(slurm_id)
+    if queued is not None and queued[0] in _SLURM_ACTIVE:
+        state, reason, start = queued
+        begin = start if start not in ("", "N/A", "Unknown") else None
+        return {"state": "running", "pid": None, "exit_code": None, "log_size": log_size,
+                "queue": {"job_id": slurm_id, "state": state, "reason": reason,
+                          "start": begin}}  # fmt: skip
+    # Ended: the monitor wrote its exit code before the job ended, unless the job never ran
+    # (cancelled while pending, a node failure) or the shared filesystem is behind.
+    for _ in range(20):
+        code = _read(os.path.join(job_dir, "exit_code"))
+        if code:
+            return {"state": "exited", "pid": None, "exit_code": int(code), "log_size": log_size}
+        time.sleep(0.05)
+    return {"state": "exited", "pid": None, "exit_code": None, "log_size": log_size,
+            "queue": {"job_id": slurm_id, "state": queued[0] if queued else "GONE",
+                      "reason": queued[1] if queued else "", "start": None}}  # fmt: skip
+
+
+def _slurm_signal(job_dir: str, slurm_id: str, number: int) -> None:
+    if os.path.exists(os.path.join(job_dir, "exit_code")):
+        _print({"sent": False, "to": None})
+        return
+    queued = _squeue(slurm_id)
+    if queued is None or queued[0] not in _SLURM_ACTIVE:
+        _print({"sent": False, "to": None})
+        return
+    started = queued[0] not in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING")
+    if number == signal.SIGKILL or not started:
+        # Nothing to save before it started; SIGKILL ends the allocation and all in it.
+        result = _slurm_run(["scancel", slurm_id])
+        _print({"sent": result.returncode == 0, "to": "slurm"})
+        return
+    # harchos asked for this stop: the monitor must not requeue as after a time-limit signal.
+    os.makedirs(os.path.join(job_dir, "control"), mode=0o700, exist_ok=True)
+    _write_atomic(os.path.join(job_dir, "control", "stop_requested"), str(number))
+    name = signal.Signals(number).name[3:]  # SIGUSR1 -> USR1
+    result = _slurm_run(["scancel", "--batch", f"--signal={name}", slurm_id])
+    _print({"sent": result.returncode == 0, "to": "batch"})
 
 
 def _own_source() -> str:
@@ -241,6 +367,12 @@ def _monitor(job_dir: str) -> None:
     # the monitor alive to record the exit code whatever reaches its own group.
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(signum, lambda *_: None)
+    slurm_id = _read(os.path.join(job_dir, "slurm_job_id"))
+    received: list[int] = []  # Slurm's signals to the batch script, for the workers
+    if slurm_id:
+        _fresh_run(job_dir)
+        for signum in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(signum, lambda number, _frame: received.append(number))
     _write_atomic(os.path.join(job_dir, "monitor.pid"), str(os.getpid()))
     with open(os.path.join(job_dir, "spec.json")) as handle:
         spec = json.load(handle)
@@ -279,20 +411,72 @@ def _monitor(job_dir: str) -> None:
         spec["env"] = {k: ("" if k in secret else v) for k, v in (spec.get("env") or {}).items()}
         _write_atomic(os.path.join(job_dir, "spec.json"), json.dumps(spec))
     finish_meter = _start_meter(job_dir, spec, env)
+    delivered = 0
     while True:
         try:
-            code = process.wait()
+            code = process.wait(timeout=0.2 if slurm_id else None)
             break
         except InterruptedError:
             continue
+        except subprocess.TimeoutExpired:
+            delivered = _deliver(job_dir, process.pid, received, delivered)
     _stop_leftovers()
     finish_meter()
-    log.close()
     code = 128 - code if code < 0 else code
     recorded = _outcome(job_dir, code)
+    if slurm_id and _time_limit_stop(job_dir, recorded, received):
+        log.write(b"harchos: Slurm's time limit is near: the job saved a checkpoint; requeued to "
+                  b"resume from it\n")  # fmt: skip
+        log.flush()
+        requeued = _slurm_run(["scontrol", "requeue", slurm_id])
+        if requeued.returncode == 0:
+            log.close()
+            return  # no exit code: the requeued job runs this monitor again
+        log.write(f"harchos: scontrol requeue failed ({requeued.stderr.strip()}); recorded as "
+                  "paused\n".encode())  # fmt: skip
+    log.close()
     if recorded != code:
         _write_atomic(os.path.join(job_dir, "launcher_exit_code"), str(code))
     _write_atomic(os.path.join(job_dir, "exit_code"), str(recorded))
+
+
+def _fresh_run(job_dir: str) -> None:
+    """A requeued Slurm job runs its monitor again in the same folder: forget the last run's
+    workload, workers and stop request (the log and the meter's samples go on)."""
+    control = os.path.join(job_dir, "control")
+    for path in (os.path.join(job_dir, "pid"), os.path.join(job_dir, "launcher_exit_code"),
+                 os.path.join(control, "stop_requested")):  # fmt: skip
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    workers = _workers_dir(job_dir)
+    for name in os.listdir(workers) if os.path.isdir(workers) else []:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(workers, name))
+
+
+def _deliver(job_dir: str, pid: int, received: list[int], delivered: int) -> int:
+    """Pass the signals Slurm sent the batch script on to the workload's workers (a SIGUSR1
+    waits until the workers registered, as the `signal` command does); how many are done."""
+    while delivered < len(received):
+        number = received[delivered]
+        if number == signal.SIGUSR1 and not _workers(job_dir) and _age(job_dir) < _REGISTER_GRACE_S:
+            return delivered
+        workers, groups = _targets(job_dir, pid, number)
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                os.kill(worker, number)
+        for group in groups:
+            with contextlib.suppress(OSError):
+                os.killpg(group, number)
+        delivered += 1
+    return delivered
+
+
+def _time_limit_stop(job_dir: str, code: int, received: list[int]) -> bool:
+    """Whether the workload saved and exited because Slurm's time limit is near (its USR1),
+    rather than because harchos asked (which writes `control/stop_requested` first)."""
+    asked = os.path.exists(os.path.join(job_dir, "control", "stop_requested"))
+    return code == _PAUSED_EXIT_CODE and signal.SIGUSR1 in received and not asked
 
 
 def _become_subreaper() -> None:
@@ -748,6 +932,10 @@ def _meter(root: str, job_id: str, offset: str, limit: str) -> None:
 
 def _signal(root: str, job_id: str, signum: str) -> None:
     job_dir = _job_dir(root, job_id)
+    slurm_id = _read(os.path.join(job_dir, "slurm_job_id"))
+    if slurm_id:
+        _slurm_signal(job_dir, slurm_id, int(signum))
+        return
     if os.path.exists(os.path.join(job_dir, "exit_code")):
         _print({"sent": False, "to": None})
         return

@@ -15,16 +15,18 @@ from typing import Any, Literal, Protocol
 from harchos_cli.errors import HubError
 
 LOCAL = "local"
+SLURM = "slurm"
 HostKeyPolicy = Literal["accept-new", "strict"]
 JobState = Literal["absent", "running", "exited"]
 
 
 @dataclass(frozen=True)
 class Hub:
-    """A place jobs run. `local` (this machine) always exists; others are reached over SSH."""
+    """A place jobs run. `local` (this machine) always exists; others are reached over SSH, or
+    are Slurm clusters (`transport` slurm: `host` is the login node, None for this machine)."""
 
     name: str
-    transport: Literal["local", "ssh"]
+    transport: Literal["local", "ssh", "slurm"]
     host: str | None = None
     user: str | None = None
     port: int | None = None
@@ -37,9 +39,18 @@ class Hub:
     electricity_price_per_kwh: float | None = None  # what the hub pays for energy, if it does
     currency: str | None = None  # of both prices; None: the `cost.currency` setting
     cpu_tdp_w: float | None = None  # the meter's CPU estimate where RAPL is unreadable
+    partition: str | None = None  # Slurm: where jobs are submitted, and as whom
+    account: str | None = None
+    qos: str | None = None
     workdir: str = "~/harchos"  # where projects are synced to on the hub
     python: str = "python3"
     host_key_policy: HostKeyPolicy = "accept-new"
+
+
+def in_place(hub: Hub) -> bool:
+    """Whether jobs run in the project's own folder here (no copy): this machine, or a Slurm
+    cluster whose login node it is (its home is on the cluster's shared filesystem)."""
+    return hub.transport == LOCAL or (hub.transport == SLURM and not hub.host)
 
 
 class HubUnreachableError(HubError):
@@ -64,6 +75,22 @@ class JobStatus:
     pid: int | None = None
     exit_code: int | None = None
     log_size: int = 0
+    queue: SlurmQueue | None = None  # a Slurm hub's job: what `squeue` says of it
+
+
+@dataclass(frozen=True)
+class SlurmQueue:
+    """A Slurm job as `squeue` shows it: id, state (PENDING, RUNNING, ...), reason, and the
+    (expected) start as Slurm prints it, in the cluster's local time."""
+
+    job_id: str
+    state: str
+    reason: str = ""
+    start: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING")
 
 
 @dataclass(frozen=True)
@@ -80,6 +107,9 @@ class LaunchSpec:
     # The hub's energy meter beside the job: `{"interval_s": float, "cpu_tdp_w": float | None}`
     # (samples in the job's `meter.jsonl`); None or an `interval_s` of 0: no meter.
     meter: Mapping[str, Any] | None = None
+    # A Slurm hub: `{"sbatch": [argv without the script], "job_name": NAME}`; the runner submits
+    # the job with it (the monitor is the batch script) instead of starting it here.
+    slurm: Mapping[str, Any] | None = None
 
 
 class Transport(Protocol):

@@ -8,7 +8,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from harchos_cli.errors import HubError
-from harchos_cli.hubs.base import LOCAL, HostKeyError, Hub, HubUnreachableError, Transport
+from harchos_cli.hubs.base import (
+    HostKeyError,
+    Hub,
+    HubUnreachableError,
+    Transport,
+    in_place,
+)
 
 HostKeyState = Literal["pinned", "new", "changed", "unpinned"]
 # Per hub: up to 3 connection attempts of 2 s each with 0.5 s and 1 s backoff, a 9 s cap on any
@@ -35,6 +41,9 @@ class HubCheck:
     workdir_writable: bool | None = None
     accelerate: bool | None = None  # whether the hub's Python finds it (training needs it)
     rsync: bool | None = None
+    # A Slurm hub: its partition as `sinfo`/`scontrol` describe it
+    # ({"partition", "state", "nodes", "cpus", "gpus", "node_states"}).
+    slurm: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -57,13 +66,13 @@ def check_hub(hub: Hub) -> HubCheck:
     """Check one hub; never raises for a hub-side problem (it goes in `error`)."""
     from harchos_cli.hubs import transport_for
 
-    if hub.transport == LOCAL:
+    if in_place(hub):
         transport = transport_for(hub)
         try:
             info = _probe(transport, hub)
         except HubError as exc:
             return HubCheck(hub.name, reachable=True, error=str(exc))
-        return _found(hub, info, reachable=True, host_key=None)
+        return _with_partition(_found(hub, info, reachable=True, host_key=None), hub, transport)
 
     from harchos_cli.hubs.ssh import SshTransport
 
@@ -88,7 +97,31 @@ def check_hub(hub: Hub) -> HubCheck:
         reached = "refused the login" not in exc.message
         state = "pinned" if pinned else ("new" if ssh.host_key_pinned() else "unpinned")
         return HubCheck(hub.name, reachable=reached, host_key=state, error=str(exc))
-    return _found(hub, info, reachable=True, host_key="pinned" if pinned else "new")
+    found = _found(hub, info, reachable=True, host_key="pinned" if pinned else "new")
+    return _with_partition(found, hub, ssh)
+
+
+def _with_partition(found: HubCheck, hub: Hub, transport: Transport) -> HubCheck:
+    """A Slurm hub's check adds its partition: nodes, CPUs, GPUs (from `Gres`) and states."""
+    if hub.transport != "slurm":
+        return found
+    from harchos_cli.hubs.slurm_cli import partition_info
+
+    try:
+        partition = partition_info(transport.run, hub.partition or "")
+    except HubError as exc:
+        found.error = found.error or str(exc)
+        return found
+    states: dict[str, int] = {}
+    for node in partition.nodes:
+        states[node.state] = states.get(node.state, 0) + 1
+    found.slurm = {
+        "partition": partition.name, "state": partition.state, "nodes": len(partition.nodes),
+        "cpus": partition.cpus, "gpus": partition.gpus, "node_states": states,
+    }  # fmt: skip
+    if not partition.nodes:
+        found.error = found.error or f"Slurm partition {partition.name!r} has no nodes"
+    return found
 
 
 def _found(
@@ -115,7 +148,7 @@ def _found(
             f"{hub.python} there cannot import accelerate: training needs it (pip install "
             "'accelerate>=1.0' there, or a [job] setup that installs it)"
         )
-    if found.rsync is False and hub.transport != LOCAL:
+    if found.rsync is False and not in_place(hub):
         found.error = found.error or "rsync is not installed on the hub; harchos syncs with it"
     return found
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from harchos_cli import state
 from harchos_cli.errors import UsageError
@@ -20,6 +20,7 @@ from harchos_cli.hubs.base import LOCAL, Hub
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 RESERVED = frozenset({LOCAL, "auto", "all"})
+SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _COLUMNS = tuple(f.name for f in fields(Hub))
 
 
@@ -99,6 +100,26 @@ def parse_ssh_target(target: str) -> tuple[str | None, str, int | None]:
     return (user or None), host, port
 
 
+def kind_of(
+    *, ssh: str | None, slurm: str | None, partition: str | None, account: str | None,
+    qos: str | None,
+) -> tuple[Literal["ssh", "slurm"], str | None]:  # fmt: skip
+    """The transport `hubs add` was asked for, and its SSH target (None: this machine)."""
+    if (ssh is None) == (slurm is None):
+        raise UsageError(
+            "give one of --ssh and --slurm",
+            hint="--ssh [USER@]HOST for a GPU box, --slurm [USER@]LOGIN (or local) for a cluster",
+        )
+    if ssh is not None:
+        given = [flag for flag, value in (("--partition", partition), ("--account", account),
+                                          ("--qos", qos)) if value is not None]  # fmt: skip
+        if given:
+            raise UsageError(f"{given[0]} applies to a Slurm hub", hint="use --slurm instead")
+        return "ssh", ssh
+    assert slurm is not None
+    return "slurm", None if slurm.strip() == LOCAL else slurm
+
+
 def _from_row(row: sqlite3.Row) -> Hub:
     data: dict[str, Any] = {key: row[key] for key in _COLUMNS}
     data["identity"] = Path(data["identity"]) if data["identity"] else None
@@ -114,8 +135,17 @@ def add(hub: Hub, db: sqlite3.Connection | None = None) -> Hub:
     from harchos_cli.carbon import regions
 
     check_name(hub.name)
-    if hub.transport != "ssh" or not hub.host:
-        raise UsageError("only SSH hubs are stored", hint="give --ssh [USER@]HOST[:PORT]")
+    if hub.transport == "slurm":
+        for flag, value in (("--partition", hub.partition), ("--account", hub.account),
+                            ("--qos", hub.qos)):  # fmt: skip
+            if value is not None and not SLURM_NAME.match(value):
+                raise UsageError(f"invalid {flag} {value!r}",
+                                 hint="letters, digits, '-', '_' and '.'")  # fmt: skip
+        if not hub.partition:
+            raise UsageError("a Slurm hub needs --partition",
+                             hint="sinfo on the login node lists the partitions")  # fmt: skip
+    elif hub.transport != "ssh" or not hub.host:
+        raise UsageError("only SSH and Slurm hubs are stored", hint="give --ssh [USER@]HOST[:PORT]")
     if hub.region is not None:
         hub = _replace(hub, region=regions.resolve(hub.region).name)
     if hub.identity is not None:

@@ -19,12 +19,13 @@ from typing import Any
 from harchos_cli import paths
 from harchos_cli.errors import HubError, UsageError
 from harchos_cli.hubs.base import (
-    LOCAL,
     Hub,
     HubUnreachableError,
     JobStatus,
     LaunchSpec,
+    SlurmQueue,
     Transport,
+    in_place,
 )
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -49,7 +50,7 @@ def jobs_root(hub: Hub) -> str:
 
     On the local hub, `HARCHOS_HOME` (which moves all user state) moves it to `$HARCHOS_HOME/jobs`.
     """
-    if hub.transport == LOCAL and os.environ.get("HARCHOS_HOME"):
+    if in_place(hub) and os.environ.get("HARCHOS_HOME"):
         return str(paths.data_dir() / "jobs")
     return DEFAULT_JOBS_ROOT
 
@@ -118,12 +119,15 @@ class HubJobs:
 
     def _status(self, raw: bytes) -> JobStatus:
         data = json.loads(raw.decode().strip().splitlines()[-1])
+        queue = data.get("queue")
         return JobStatus(
             state=data["state"],
             pid=data["pid"],
             exit_code=data["exit_code"],
             log_size=int(data["log_size"]),
-        )
+            queue=SlurmQueue(str(queue["job_id"]), str(queue["state"]), str(queue["reason"]),
+                             queue.get("start")) if queue else None,
+        )  # fmt: skip
 
     def job_dir(self, job_id: str) -> str:
         """The job's directory on the hub, absolute."""
@@ -140,6 +144,8 @@ class HubJobs:
         }  # fmt: skip
         if spec.meter is not None:
             fields["meter"] = dict(spec.meter)
+        if spec.slurm is not None:
+            fields["slurm"] = dict(spec.slurm)
         body = json.dumps(fields)
         if not spec.argv:
             raise UsageError("nothing to launch: the command is empty")

@@ -141,7 +141,7 @@ class SshTransport:
         sleep: Callable[[float], None] = time.sleep,
         budget_s: float | None = None,
     ) -> None:
-        if hub.transport != "ssh" or not hub.host:
+        if hub.transport not in ("ssh", "slurm") or not hub.host:
             raise HubError(f"hub {hub.name!r} is not an SSH hub")
         self.hub = hub
         self.connect_timeout_s = connect_timeout_s

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from harchos_cli.errors import UsageError
-from harchos_cli.hubs.base import LOCAL, Hub
+from harchos_cli.hubs.base import Hub, in_place
 from harchos_cli.jobs.spec import JobTable, Project
 
 DEFAULT_TRAIN_COMMAND = "accelerate launch train.py"
@@ -39,7 +39,7 @@ class Command:
 
 def hub_python(hub: Hub, project_root: Path) -> str:
     """The Python to run the workload with: on this machine a project's own `.venv` wins."""
-    if hub.transport == LOCAL:
+    if in_place(hub):
         venv = project_root / ".venv" / "bin" / "python"
         if venv.is_file() and os.access(venv, os.X_OK):
             return str(venv)
@@ -138,7 +138,7 @@ def missing_launcher(project: Project, hub: Hub) -> str | None:
     wraps = argv[:2] == ["accelerate", "launch"] or (
         Path(argv[0]).name.startswith("python") and len(argv) > 1 and argv[1].endswith(".py")
     )
-    if not wraps or (job.setup and hub.transport != LOCAL):
+    if not wraps or (job.setup and not in_place(hub)):
         return None
     from harchos_cli.hubs import transport_for
 

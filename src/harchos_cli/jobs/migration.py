@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harchos_cli.errors import HubError
-from harchos_cli.hubs.base import LOCAL, Hub
+from harchos_cli.hubs.base import Hub, in_place
 from harchos_cli.jobs import launchers
 from harchos_cli.jobs.spec import Project
 
@@ -36,7 +36,7 @@ def project_dir_on(hub: Hub, project: Project) -> str:
     """Where `project` lives on `hub` (in place on this machine)."""
     from harchos_cli.hubs import remote_project_dir
 
-    return str(project.root) if hub.transport == LOCAL else remote_project_dir(hub, project.root)
+    return str(project.root) if in_place(hub) else remote_project_dir(hub, project.root)
 
 
 def run_checkpoint_dir(hub: Hub, project: Project, run_id: str) -> str:
@@ -61,7 +61,7 @@ def copy_run_checkpoints(
     expected = source_jobs.digest(source_dir)
     if not expected:
         raise HubError(f"hub {source.name!r} holds no checkpoint of this run in {source_dir}")
-    same_place = source.transport == LOCAL and target.transport == LOCAL
+    same_place = in_place(source) and in_place(target)
     if not same_place:
         staging.mkdir(parents=True, exist_ok=True, mode=0o700)
         transport_for(source).sync_down(source_dir, staging)
@@ -111,7 +111,7 @@ def pull(project: Project, run_id: str, hub: Hub, remote_project: str, dest: Pat
         if not exists:
             continue
         target = dest / name
-        if hub.transport == LOCAL and Path(source).resolve() == target.resolve():
+        if in_place(hub) and Path(source).resolve() == target.resolve():
             continue
         transport.sync_down(source, target)
         copied.append(name)

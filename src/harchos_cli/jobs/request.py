@@ -76,6 +76,7 @@ class Request:
     nodes: list[str] | None = None
     main_address: str | None = None
     objective: str = "carbon"
+    emissions_budget_kg: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -91,6 +92,7 @@ class Request:
             "clock": self.clock,
             "project_file": str(self.project.file) if self.project.file else None,
             "shift": self.shift,
+            "emissions_budget_kg": self.emissions_budget_kg,
             "nodes": self.nodes,
             "main_address": self.main_address,
             "objective": self.objective,
@@ -114,6 +116,7 @@ class Request:
             gpus=int(data.get("gpus") or 0),
             clock=data.get("clock"),
             shift=data.get("shift"),
+            emissions_budget_kg=data.get("emissions_budget_kg"),
             nodes=list(data["nodes"]) if data.get("nodes") else None,
             main_address=data.get("main_address"),
             objective=str(data.get("objective") or "carbon"),
@@ -163,6 +166,7 @@ def resolve(options: RunOptions) -> Request:
         clock=None,
         deadline_text=options.deadline or spec.carbon.deadline or DEFAULT_DEADLINE,
         shift=shift,
+        emissions_budget_kg=spec.carbon.emissions_budget_kg,
         nodes=nodes,
         main_address=options.main_address if nodes else None,
         objective=_objective(options.objective),
@@ -284,6 +288,11 @@ def hub_from_table(name: str, table: HubTable) -> Hub:
             f"hub {name!r} in harchos.toml has no host",
             hint=f'add host = "..." under [hubs.{name}], or: harchos hubs add {name} --ssh HOST',
         )
+    if table.transport == "slurm" and not table.partition:
+        raise UsageError(
+            f"Slurm hub {name!r} in harchos.toml has no partition",
+            hint=f'add partition = "..." under [hubs.{name}] (sinfo lists them)',
+        )
     values: dict[str, Any] = {
         "name": name,
         "transport": table.transport,
@@ -299,6 +308,9 @@ def hub_from_table(name: str, table: HubTable) -> Hub:
         "electricity_price_per_kwh": table.electricity_price_per_kwh,
         "currency": table.currency,
         "cpu_tdp_w": table.cpu_tdp_w,
+        "partition": table.partition,
+        "account": table.account,
+        "qos": table.qos,
         "host_key_policy": table.host_key_policy,
     }
     if table.workdir:
@@ -415,6 +427,13 @@ def make_plan(request: Request, forecaster: Forecaster | None, now: datetime) ->
     """Plan the job at `now`: start at once unless deferred; with `--hub auto`, choose the hub."""
     hubs = candidate_hubs(request)
     every = [get_hub(name, request.project) for name in request.nodes or []]
+    clusters = [hub.name for hub in every if hub.transport == "slurm"]
+    if clusters:
+        raise UsageError(
+            f"--hubs names the Slurm hub {clusters[0]!r}: harchos does not spread one training "
+            "over a cluster and other hubs",
+            hint="run it on the cluster alone (--hub), where Slurm places its machines",
+        )
     if every:
         main_address(request, every)  # refused now rather than when the job launches
     machines = len(request.nodes or [None])

@@ -99,6 +99,9 @@ class CarbonTable(_Strict):
     # the hub it left, or delete them there.
     tidy_source: Literal["keep", "delete"] = "keep"
     allow_rescale: bool = False
+    # The emissions a run may cause, in kgCO2eq: exported with the job's metrics, where the
+    # monitoring blueprint's alerts compare the job's emissions with it.
+    emissions_budget_kg: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
     _check_duration = field_validator("min_time_between_moves")(_duration)
 
@@ -120,7 +123,7 @@ class CarbonTable(_Strict):
 class HubTable(_Strict):
     """`[hubs.NAME]`: a hub this project may run on (`harchos hubs add` keeps the others)."""
 
-    transport: Literal["local", "ssh"] = "ssh"
+    transport: Literal["local", "ssh", "slurm"] = "ssh"
     host: str | None = None
     user: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
@@ -133,6 +136,9 @@ class HubTable(_Strict):
     electricity_price_per_kwh: float | None = Field(default=None, ge=0)
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
     cpu_tdp_w: float | None = Field(default=None, gt=0)
+    partition: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    account: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    qos: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     workdir: str | None = None
     python: str | None = None
     host_key_policy: Literal["accept-new", "strict"] = "accept-new"

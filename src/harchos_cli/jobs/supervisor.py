@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from harchos_cli.errors import HarchosError, HubError
-from harchos_cli.hubs.base import LOCAL, Hub, HubUnreachableError, LaunchSpec
+from harchos_cli.hubs.base import (
+    LOCAL,
+    SLURM,
+    Hub,
+    HubUnreachableError,
+    LaunchSpec,
+    SlurmQueue,
+    in_place,
+)
 from harchos_cli.jobs import autoshift, launchers
 from harchos_cli.jobs.clock import from_json
 from harchos_cli.jobs.liveness import (
@@ -72,6 +80,44 @@ NOTHING_RAN = "cancelled before it started; nothing ran"
 NODE_STOP_GRACE_S = 30.0  # the other machines of a failed multi-node attempt get this to exit
 MAX_NODE_RESTARTS = 3
 METER_READ_EVERY_S = 5.0  # real seconds between copies of the hubs' meter samples
+
+
+def _queues_in_slurm(job: Job, request: Request) -> bool:
+    """Whether the deferred job waits in a Slurm queue: its hub is a cluster chosen for good
+    (with `--hub auto` the choice may still change, so harchos waits until it is final)."""
+    if request.hub == "auto" or not job.hub:
+        return False
+    try:
+        return get_hub(job.hub, request.project).transport == SLURM
+    except HarchosError:
+        return False
+
+
+def slurm_options(job: Job, request: Request, hub: Hub, hub_job_id: str) -> dict[str, Any]:
+    """The `sbatch` command for this attempt on a Slurm hub: begins at the planned start (the
+    job's clock mapped to the wall clock), ends by the deadline, asks for the job's GPUs."""
+    from harchos_cli.hubs.slurm import sbatch_options
+
+    clock = from_json(request.clock)
+    now = clock.now()
+    planned = parse_instant(job.planned_start) if job.planned_start else None
+    begin = None
+    if request.defer and planned is not None and planned > now:
+        begin = utcnow() + timedelta(seconds=clock.real_seconds((planned - now).total_seconds()))
+    deadline = (job.plan or {}).get("deadline")
+    limit = None
+    if deadline:
+        left = parse_instant(deadline) - max(planned or now, now)
+        limit = timedelta(seconds=clock.real_seconds(max(left.total_seconds(), 60.0)))
+    gpus = request.gpus if request.kind == "train" else 0
+    workers = job.request.get("workers")
+    if gpus and workers:
+        gpus = int(workers)
+    assert job.remote_dir is not None
+    return sbatch_options(
+        hub, job_name=f"harchos-{hub_job_id}", cwd=job.remote_dir, gpus=gpus, begin=begin,
+        time_limit=limit,
+    )  # fmt: skip
 
 
 def meter_settings(request: Request, hub: Hub) -> dict[str, Any] | None:
@@ -245,7 +291,8 @@ class Supervisor:
     def _wait(self, job: Job) -> None:
         request = Request.from_json(job.request, job.project_dir)
         clock = from_json(request.clock)
-        if not request.defer or job.planned_start is None:
+        if not request.defer or job.planned_start is None or _queues_in_slurm(job, request):
+            # A Slurm hub waits in its own queue (`sbatch --begin`), not in this process.
             self.store.advance(job.id, ["waiting"], "syncing")
             return
         forecaster: Forecaster | None = None
@@ -341,7 +388,7 @@ class Supervisor:
             specs.append({
                 "argv": list(spec.argv), "cwd": spec.cwd, "env": dict(spec.env),
                 "secret_env": list(spec.secret_env), "hub": inventory.as_json(hub),
-                "hub_job_id": spec.job_id, "meter": spec.meter,
+                "hub_job_id": spec.job_id, "meter": spec.meter, "slurm": spec.slurm,
             })  # fmt: skip
         launch = {
             **specs[0], "nodes": specs[1:],
@@ -426,7 +473,12 @@ class Supervisor:
         need = request.gpus if request.kind == "train" else 0
         if need and workers:
             need = int(workers)
-        wants = {hub.name: (hub.gpus, need) for hub in hubs if need and hub.gpus is not None}
+        # Slurm allocates a cluster's GPUs itself (`--gres`); harchos claims only its boxes'.
+        wants = {
+            hub.name: (hub.gpus, need)
+            for hub in hubs
+            if need and hub.gpus is not None and hub.transport != SLURM
+        }
         if not wants:
             return {}
         queued = False
@@ -510,7 +562,10 @@ class Supervisor:
         full = {**command.env, **env}
         secret = [name for name in full if is_secret(name, project.spec.job.secret_env)]
         meter = meter_settings(request, hub)
-        return LaunchSpec(hub_id, command.argv, job.remote_dir, full, secret, meter=meter)
+        slurm = slurm_options(job, request, hub, hub_id) if hub.transport == SLURM else None
+        return LaunchSpec(
+            hub_id, command.argv, job.remote_dir, full, secret, meter=meter, slurm=slurm
+        )
 
     def _run(self, job: Job) -> None:
         from harchos_cli.hubs import inventory, jobs_for
@@ -523,7 +578,7 @@ class Supervisor:
         main = nodes[0]
         hub, hub_id, remote_jobs = main.hub, main.hub_id, main.jobs
         pause_code = int(saved.get("pause_exit_code") or 85)
-        peek = _LocalPeek(remote_jobs, hub_id) if hub.transport == LOCAL else None
+        peek = _LocalPeek(remote_jobs, hub_id) if in_place(hub) else None
         # A supervisor killed between appending to the local log and recording it would
         # append the same bytes again: cut the log back to what the store says it holds.
         _truncate_log(job.id, job.local_log_size)
@@ -540,6 +595,7 @@ class Supervisor:
         stopping_at: float | None = None  # when a machine failed and the others were stopped
         last_status = 0.0
         last_meter = 0.0
+        queue_hour = floor_hour(clock.now())  # a job pending in Slurm is re-planned hourly
         delay = 1.0
         while True:
             current = self.store.get(job.id)
@@ -570,6 +626,8 @@ class Supervisor:
                 if peek is None or peek.exited() or time.monotonic() - last_status > STATUS_EVERY_S:
                     status = remote_jobs.status(hub_id)
                     last_status = time.monotonic()
+                if status is not None and status.queue is not None:
+                    queue_hour = self._follow_queue(job, status.queue, remote_jobs, queue_hour)
                 if delay > 1.0:
                     self.reporter.notice(f"reconnected to hub {hub.name}")
                     self.store.update(job.id, message=None)
@@ -733,6 +791,41 @@ class Supervisor:
             request = {**self.store.get(job_id).request, "node_logs": dict(offsets)}
             self.store.update(job_id, local_log_size=size, request=request)
             self.reporter.output(text)
+
+    def _follow_queue(
+        self, job: Job, queue: SlurmQueue, remote_jobs: Any, considered: datetime
+    ) -> datetime:
+        """A job in a Slurm queue: say where it stands, and while it waits for its begin time,
+        re-plan it each new hour and move the begin time when the plan moves. The hour last
+        considered."""
+        current = self.store.get(job.id)
+        message = f"running in Slurm as job {queue.job_id} ({queue.state})"
+        if queue.pending:
+            message = f"queued in Slurm as job {queue.job_id}: {queue.state}"
+            if queue.reason not in ("", "None"):
+                message += f" ({queue.reason})"
+            if queue.start:
+                message += f", starts {queue.start} UTC"
+        if current.message != message:
+            self.store.update(job.id, message=message)
+        request = Request.from_json(current.request, current.project_dir)
+        clock = from_json(request.clock)
+        now = clock.now()
+        if not (queue.pending and queue.reason == "BeginTime" and request.defer):
+            return considered
+        if floor_hour(now) <= considered or current.planned_start is None:
+            return considered
+        planned = parse_instant(current.planned_start)
+        forecaster = Forecaster(request.provider, request.project)
+        new_start = self._replan(current, request, forecaster, now, planned)
+        if new_start != planned and new_start > now:
+            wait = clock.real_seconds((new_start - now).total_seconds())
+            remote_jobs.set_begin(queue.job_id, utcnow() + timedelta(seconds=wait))
+            self.store.decide(job.id, "replan", current.hub, f"the forecast moved: Slurm job "
+                              f"{queue.job_id} now begins at {iso(new_start)}",
+                              planned_start=iso(new_start))  # fmt: skip
+            self.reporter.notice(f"re-planned: Slurm job {queue.job_id} begins at {iso(new_start)}")
+        return floor_hour(now)
 
     def _read_meters(self, job_id: str, nodes: list[_Node]) -> None:
         """Copy the machines' new meter samples into the store (from where the store says the
@@ -951,6 +1044,7 @@ class _Node:
             saved["env"],
             saved.get("secret_env") or (),
             meter=saved.get("meter"),
+            slurm=saved.get("slurm"),
         )
         return cls(rank, hub, hub_id, spec, jobs_for(hub))
 
@@ -1064,7 +1158,7 @@ def dry_run(prepared: Prepared, run_id: str | None = None) -> dict[str, Any]:
     request, plan = prepared.request, prepared.plan
     hub = get_hub(plan.choice.hub, request.project)
     root = request.project.root
-    remote = str(root) if hub.transport == LOCAL else remote_project_dir(hub, root)
+    remote = str(root) if in_place(hub) else remote_project_dir(hub, root)
     job = Job(
         id=new_id(), kind=request.kind, name=request.project.name, project_dir=str(root),
         state="waiting", request=request.as_json(), hub=hub.name, remote_dir=remote,
@@ -1077,7 +1171,7 @@ def dry_run(prepared: Prepared, run_id: str | None = None) -> dict[str, Any]:
         if len(hubs) > 1:
             # The port is one free on the main hub at launch; 0 stands for it here.
             node = launchers.NodeRank(len(hubs), rank, main_address(request, hubs), 0)
-        folder = str(root) if each.transport == LOCAL else remote_project_dir(each, root)
+        folder = str(root) if in_place(each) else remote_project_dir(each, root)
         spec = Supervisor.launch_spec(replace(job, remote_dir=folder), request, each, node)
         machines.append({
             "hub": each.name, "argv": list(spec.argv), "cwd": spec.cwd, "env": dict(spec.env),
@@ -1090,7 +1184,7 @@ def dry_run(prepared: Prepared, run_id: str | None = None) -> dict[str, Any]:
         "dry_run": True,
         **plan.as_json(),
         "sync": None
-        if hub.transport == LOCAL
+        if in_place(hub)
         else {"from": str(root), "to": f"{hub.name}:{remote}", "never": [".git"]},
         "setup": None if not setup else {"command": launchers.setup_argv(remote, setup)},
         "launch": {"argv": main["argv"], "cwd": main["cwd"], "env": main["env"]},

@@ -1,0 +1,241 @@
+"""A real single-node Slurm cluster (MUNGE, slurmctld, slurmd) in a private folder, for tests.
+
+Everything lives under the cluster's folder: MUNGE key and socket, slurm.conf, state, spool, pid
+and log files. Daemons listen on free loopback ports, so a cluster started here does not touch a
+system Slurm. Clients reach it through `SLURM_CONF` (`cluster.env`). Measured facts behind the
+settings: /work/shared/reference/slurm.md.
+
+Fixture: `slurm_cluster` (session-scoped; conftest imports it). It fails, never skips, when the
+Slurm packages are missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+INSTALL = "apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge"
+PROGRAMS = ("slurmctld", "slurmd", "sinfo", "sbatch", "squeue", "scontrol", "scancel",
+            "munged", "mungekey", "munge", "unmunge")  # fmt: skip
+
+
+def missing_programs() -> list[str]:
+    """The Slurm and MUNGE programs not installed here."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    return [name for name in PROGRAMS if shutil.which(name, path=search) is None]
+
+
+def _program(name: str) -> str:
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    return shutil.which(name, path=search) or name
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class SlurmCluster:
+    """One node (this machine, `hostname -s`) in one default partition, `partition`."""
+
+    def __init__(self, base: Path, partition: str = "debug") -> None:
+        self.base = base
+        self.partition = partition
+        self.conf = base / "slurm.conf"
+        self.munge_socket = base / "munge" / "munge.socket"
+        self.env: dict[str, str] = {"SLURM_CONF": str(self.conf)}
+        self._daemons: list[subprocess.Popen[bytes]] = []
+        self._names: dict[int, str] = {}
+
+    def _write_config(self) -> None:
+        munge_dir = self.munge_socket.parent
+        munge_dir.mkdir(parents=True, exist_ok=True)
+        # munged refuses a socket folder that others cannot search.
+        munge_dir.chmod(0o755)
+        for name in ("state", "spool", "log"):
+            (self.base / name).mkdir(exist_ok=True)
+        # The node line as slurmd sees this machine (its first line; the second is UpTime).
+        node = subprocess.run(
+            [_program("slurmd"), "-C"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()[0]
+        node_name = node.split()[0].removeprefix("NodeName=")
+        log = self.base / "log"
+        lines = [
+            "ClusterName=harchos-test",
+            f"SlurmctldHost={node_name}(127.0.0.1)",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            f"SlurmctldPort={_free_port()}",
+            f"SlurmdPort={_free_port()}",
+            f"AuthInfo=socket={self.munge_socket},cred_expire=10",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core",
+            "AccountingStorageType=accounting_storage/none",
+            "JobAcctGatherType=jobacct_gather/none",
+            "JobCompType=jobcomp/none",
+            "MpiDefault=none",
+            "ReturnToService=2",
+            "SchedulerParameters=sched_interval=2,bf_interval=2",
+            "MinJobAge=300",
+            # Seconds between SIGTERM and SIGKILL on cancel or time limit (default 30).
+            "KillWait=2",
+            f"StateSaveLocation={self.base / 'state'}",
+            f"SlurmdSpoolDir={self.base / 'spool'}",
+            f"SlurmctldPidFile={self.base / 'slurmctld.pid'}",
+            f"SlurmdPidFile={self.base / 'slurmd.pid'}",
+            f"SlurmctldLogFile={log / 'slurmctld.log'}",
+            f"SlurmdLogFile={log / 'slurmd.log'}",
+            "SlurmctldDebug=info",
+            "SlurmdDebug=info",
+            f"{node} NodeAddr=127.0.0.1 State=UNKNOWN",
+            f"PartitionName={self.partition} Nodes={node_name} Default=YES MaxTime=INFINITE "
+            "State=UP",
+            "",
+        ]
+        self.conf.write_text("\n".join(lines))
+
+    def _start(self, argv: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        with (self.base / "log" / log_name).open("ab") as log:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
+        self._daemons.append(process)
+        self._names[process.pid] = Path(argv[0]).name
+        return process
+
+    def start(self) -> SlurmCluster:
+        """Write the configuration, start munged, slurmctld and slurmd, and wait until the node
+        is idle."""
+        missing = missing_programs()
+        if missing:
+            raise RuntimeError(f"Slurm is not installed (missing {', '.join(missing)}): {INSTALL}")
+        self.base.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        key = self.base / "munge" / "munge.key"
+        subprocess.run([_program("mungekey"), "-c", "-f", "-k", str(key)], check=True,
+                       capture_output=True)  # fmt: skip
+        key.chmod(0o600)
+        self._start(
+            [_program("munged"), "-F", "--force", "-S", str(self.munge_socket),
+             f"--key-file={key}", f"--pid-file={self.base / 'munge' / 'munged.pid'}",
+             f"--log-file={self.base / 'log' / 'munged.log'}",
+             f"--seed-file={self.base / 'munge' / 'munged.seed'}"],
+            "munged.out",
+        )  # fmt: skip
+        self._wait(self._munge_works, "munged", 10)
+        conf = str(self.conf)
+        self._start([_program("slurmctld"), "-D", "-i", "-f", conf], "slurmctld.out")
+        self._start([_program("slurmd"), "-D", "-f", conf], "slurmd.out")
+        self._wait(self._node_idle, "the node to be idle", 30)
+        return self
+
+    def _munge_works(self) -> bool:
+        socket_arg = ["-S", str(self.munge_socket)]
+        encoded = subprocess.run([_program("munge"), *socket_arg, "-n"], capture_output=True,
+                                 check=False)  # fmt: skip
+        if encoded.returncode != 0:
+            return False
+        decoded = subprocess.run([_program("unmunge"), *socket_arg], input=encoded.stdout,
+                                 capture_output=True, check=False)  # fmt: skip
+        return decoded.returncode == 0
+
+    def _node_idle(self) -> bool:
+        result = self.client(["sinfo", "-h", "-p", self.partition, "-o", "%t"])
+        return result.returncode == 0 and result.stdout.strip() == "idle"
+
+    def _wait(self, ready: Callable[[], bool], what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for daemon in self._daemons:
+                if daemon.poll() is not None:
+                    name = self._names[daemon.pid]
+                    raise RuntimeError(
+                        f"{name} exited ({daemon.returncode}) while waiting for {what}:\n"
+                        f"{self.logs()}"
+                    )
+            if ready():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"timed out waiting for {what}:\n{self.logs()}")
+
+    def client(self, argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run a Slurm client command against this cluster."""
+        return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout,
+                              env={**os.environ, **self.env})  # fmt: skip
+
+    def logs(self) -> str:
+        """The tail of every daemon log, for failure messages."""
+        parts = []
+        for path in sorted((self.base / "log").glob("*")):
+            lines = path.read_text(errors="replace").splitlines()[-20:]
+            parts.append(f"--- {path.name}\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        """Cancel every job, stop the daemons, and kill whatever is left of this cluster: job
+        steps (slurmstepd) and their processes carry `SLURM_CONF` in their environment."""
+        if any(daemon.poll() is None for daemon in self._daemons):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.client(["scancel", "--full", "--user", str(os.getuid())], timeout=10)
+        for daemon in reversed(self._daemons):
+            if daemon.poll() is None:
+                daemon.terminate()
+                try:
+                    daemon.wait(10)
+                except subprocess.TimeoutExpired:
+                    daemon.kill()
+                    daemon.wait(10)
+        self._daemons.clear()
+        kill_processes_with_env(f"SLURM_CONF={self.conf}".encode())
+
+
+def kill_processes_with_env(marker: bytes) -> int:
+    """SIGKILL every process (but this one) whose environment holds `marker` exactly; how many."""
+    killed = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+    return killed
+
+
+@pytest.fixture(name="slurm_cluster", scope="session")
+def slurm_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A running single-node cluster (partition `debug`) for the whole session."""
+    missing = missing_programs()
+    if missing:
+        pytest.fail(f"Slurm is not installed (missing {', '.join(missing)}); install it with: "
+                    f"{INSTALL}", pytrace=False)  # fmt: skip
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,0 +1,258 @@
+"""A Slurm cluster as a hub, against a real single-node Slurm (slurmctld, slurmd and MUNGE started
+by the `slurm_cluster` fixture): deferral in Slurm's queue (`--begin`) and its re-planning, the
+time-limit signal that checkpoints, requeues and resumes, cancel, literal arguments, and a move
+from the cluster to an SSH box. The harchos commands are the ones a user types."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clirunner import harchos
+from polling import job, wait_until
+from sshd import Sshd, client_key_fixture, sshd_factory_fixture
+from test_pause_migrate import (
+    SETTINGS,
+    actions,
+    add_hub,
+    on_hub,
+    project,
+    same_weights,
+    settled,
+    straight_run,
+)
+
+from harchos_cli.jobs.store import log_path
+
+__all__ = ["client_key_fixture", "sshd_factory_fixture"]
+
+DE_TRACE = "eco4cast/DE_2022_hourly.csv"
+CLUSTER = "cluster"
+AT = "2022-03-01T00:00:00Z"
+
+
+@pytest.fixture
+def cluster(
+    slurm_cluster: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Any:
+    """The real cluster, added as hub `cluster` on its own login node (this machine)."""
+    for name, value in slurm_cluster.env.items():
+        monkeypatch.setenv(name, value)
+    added = harchos(
+        capsys, "hubs", "add", CLUSTER, "--slurm", "local", "--partition",
+        slurm_cluster.partition, "--region", "DE", "--python", sys.executable,
+    )  # fmt: skip
+    assert added.code == 0, added.err
+    return slurm_cluster
+
+
+def squeue(cluster: Any, slurm_id: str) -> tuple[str, str, str] | None:
+    """(state, reason, start) as Slurm itself shows the job; None once it left the queue."""
+    out = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", slurm_id, "-o", "%T|%r|%S"],
+        env={**os.environ, **cluster.env, "TZ": "UTC"}, capture_output=True, text=True,
+        check=False,
+    ).stdout.strip()  # fmt: skip
+    if not out:
+        return None
+    state, reason, start = out.splitlines()[0].split("|")
+    return state, reason, start
+
+
+def slurm_id_of(job_id: str) -> str:
+    message = job(job_id).message or ""
+    assert "Slurm as job " in message, message
+    return message.split("Slurm as job ", 1)[1].split()[0].rstrip(":")
+
+
+def batch_project(where: Path, command: list[str]) -> Path:
+    where.mkdir(parents=True)
+    (where / "harchos.toml").write_text(f"[job]\ncommand = {json.dumps(command)}\n")
+    return where
+
+
+def local_time(text: str) -> datetime:
+    """A time as Slurm prints it for a client in UTC (see `squeue`), as aware UTC."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def test_hubs_add_and_check_a_cluster(capsys: pytest.CaptureFixture[str], cluster: Any) -> None:
+    listed = harchos(capsys, "hubs", "list")
+    assert f"slurm partition {cluster.partition} via this login node" in listed.out
+    checked = harchos(capsys, "hubs", "check", CLUSTER, "--json")
+    assert checked.code == 0, checked.err + checked.out
+    found = checked.json()
+    assert found["reachable"] is True
+    assert found["slurm"]["partition"] == cluster.partition
+    assert found["slurm"]["nodes"] >= 1
+    assert found["slurm"]["cpus"] >= 1
+    bad = harchos(capsys, "hubs", "add", "c2", "--slurm", "local", "--region", "DE")
+    assert bad.code == 2
+    assert "--partition" in bad.err
+
+
+def test_a_deferred_job_waits_in_slurms_queue_then_runs_and_a_replan_moves_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, traces: Path, cluster: Any
+) -> None:
+    # A copy of the trace the test can change while the job waits, as a provider's forecast
+    # changes: a later update makes an earlier hour the greenest.
+    trace = tmp_path / "DE.csv"
+    trace.write_bytes((traces / DE_TRACE).read_bytes())
+    root = batch_project(tmp_path / "p", ["python3", "-c", "open('ran', 'w').write('yes')"])
+    os.chdir(root)
+    started = harchos(
+        capsys, "run", "batch", "--hub", CLUSTER, "--defer-until-green", "--duration", "1h",
+        "--deadline", "20h", "--provider", f"replay:{trace}", "--at", AT, "--speedup", "1200",
+        "--detach", "--json",
+    )  # fmt: skip
+    assert started.code == 0, started.err
+    job_id = started.json()["job_id"]
+    planned = datetime.fromisoformat(started.json()["planned_start"].replace("Z", "+00:00"))
+    hours_ahead = (planned - datetime.fromisoformat(AT.replace("Z", "+00:00"))) / timedelta(hours=1)
+    assert hours_ahead >= 3, "the trace's greenest hour must lie ahead for this test"
+    wait_until(lambda: "queued in Slurm" in (job(job_id).message or ""), timeout=60)
+    slurm_id = slurm_id_of(job_id)
+    state, reason, start = squeue(cluster, slurm_id) or ("", "", "")
+    assert (state, reason) == ("PENDING", "BeginTime")
+    first_begin = local_time(start)
+    # The planned hour on the job's clock, on the wall clock: within the second Slurm keeps.
+    expected = job_created_wall(job_id) + timedelta(seconds=hours_ahead * 3600 / 1200)
+    assert abs((first_begin - expected).total_seconds()) <= 3
+
+    # The forecast moves: the hour after next becomes by far the greenest.
+    make_hour_greenest(trace, datetime(2022, 3, 1, 2, tzinfo=UTC))
+    wait_until(lambda: any(d["action"] == "replan" for d in actions(capsys, job_id)), timeout=60)
+    # Slurm shows the new start once its scheduler has looked again (every 2 s here).
+    moved = wait_until(lambda: next((q for q in [squeue(cluster, slurm_id)] if q and q[2] != "N/A"),
+                                    None), timeout=30)  # fmt: skip
+    assert local_time(moved[2]) < first_begin
+    assert job(job_id).planned_start == "2022-03-01T02:00:00Z"
+
+    final = settled(job_id)
+    assert (final.state, final.exit_code) == ("done", 0), final.message
+    assert (root / "ran").read_text() == "yes"
+    assert squeue(cluster, slurm_id) in (None, ("COMPLETED", "None", moved[2]))
+
+
+def job_created_wall(job_id: str) -> datetime:
+    created = job(job_id).request["clock"]["anchor"]
+    return datetime.fromtimestamp(float(created), UTC)
+
+
+def make_hour_greenest(trace: Path, hour: datetime) -> None:
+    with trace.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    columns = list(rows[0])
+    stamp = hour.strftime("%Y-%m-%d %H:%M:%S")
+    for row in rows:
+        if row["Datetime (UTC)"] == stamp:
+            for column in columns:
+                if "gCO" in column:
+                    row[column] = "1.0"
+    tmp = trace.with_suffix(".tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(trace)
+
+
+def test_cancel_leaves_nothing_in_the_queue(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, traces: Path, cluster: Any
+) -> None:
+    root = batch_project(tmp_path / "p", ["python3", "-c", "import time; time.sleep(60)"])
+    os.chdir(root)
+    waiting = harchos(
+        capsys, "run", "batch", "--hub", CLUSTER, "--defer-until-green", "--duration", "1h",
+        "--deadline", "20h", "--provider", f"replay:{traces / DE_TRACE}", "--at", AT,
+        "--speedup", "60", "--detach", "--json",
+    )  # fmt: skip
+    assert waiting.code == 0, waiting.err
+    pending_id = waiting.json()["job_id"]
+    running = harchos(capsys, "run", "batch", "--hub", CLUSTER, "--detach", "--json")
+    assert running.code == 0, running.err
+    running_id = running.json()["job_id"]
+    wait_until(lambda: "queued in Slurm" in (job(pending_id).message or ""), timeout=60)
+    wait_until(lambda: "running in Slurm" in (job(running_id).message or ""), timeout=60)
+    ids = [slurm_id_of(pending_id), slurm_id_of(running_id)]
+
+    for job_id in (pending_id, running_id):
+        cancelled = harchos(capsys, "jobs", "cancel", job_id)
+        assert cancelled.code == 0, cancelled.err
+    for job_id in (pending_id, running_id):
+        assert settled(job_id).state == "cancelled"
+    for slurm_id in ids:
+        wait_until(lambda s=slurm_id: squeue(cluster, s) is None
+                   or squeue(cluster, s)[0] not in ("PENDING", "RUNNING", "COMPLETING"),  # type: ignore[index]
+                   timeout=30)  # fmt: skip
+
+
+def test_hostile_arguments_reach_the_job_literally(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cluster: Any
+) -> None:
+    hostile = ["a b", "$(touch pwned)", "`id`", "quote'\"", "new\nline", "--partition=x", "*"]
+    write_argv = "import json, sys; open('argv.json', 'w').write(json.dumps(sys.argv[1:]))"
+    root = batch_project(tmp_path / "p", ["true"])
+    os.chdir(root)
+    result = harchos(capsys, "run", "batch", "--hub", CLUSTER, "--json", "--",
+                     "python3", "-c", write_argv, *hostile)  # fmt: skip
+    assert result.code == 0, result.err
+    assert json.loads((root / "argv.json").read_text()) == hostile
+    assert not (root / "pwned").exists()
+
+
+def test_the_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_weights(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cluster: Any
+) -> None:
+    expected = straight_run(capsys, tmp_path / "straight", processes=1)
+    root = project(capsys, tmp_path / "requeued", processes=1)
+    os.chdir(root)
+    started = harchos(capsys, "run", "train", "--hub", CLUSTER, "--detach", "--json", *SETTINGS)
+    assert started.code == 0, started.err
+    job_id = started.json()["job_id"]
+    wait_until(lambda: log_path(job_id).is_file() and b"step 20/" in log_path(job_id).read_bytes())
+    slurm_id = slurm_id_of(job_id)
+    # What Slurm does `--signal=B:USR1@N` before the time limit: USR1 to the batch script.
+    subprocess.run(["scancel", "--batch", "--signal=USR1", slurm_id],
+                   env={**os.environ, **cluster.env}, check=True)  # fmt: skip
+
+    final = settled(job_id)
+    assert (final.state, final.exit_code) == ("done", 0), final.message
+    log = log_path(job_id).read_text()
+    assert "requeued to resume from it" in log
+    assert "resumed from" in log
+    assert same_weights(expected, root / "outputs" / "model.pt")
+    assert final.attempt == 1  # one harchos attempt: Slurm requeued its own job
+
+
+def test_a_job_moves_from_the_cluster_to_an_ssh_box(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cluster: Any,
+    sshd_factory: Callable[[str], Sshd],
+) -> None:  # fmt: skip
+    expected = straight_run(capsys, tmp_path / "straight", processes=1)
+    box = sshd_factory("box")
+    root = project(capsys, tmp_path / "moved", processes=1)
+    add_hub(capsys, box, "FR")
+    os.chdir(root)
+    started = harchos(capsys, "run", "train", "--hub", CLUSTER, "--detach", "--json", *SETTINGS)
+    assert started.code == 0, started.err
+    job_id = started.json()["job_id"]
+    wait_until(lambda: log_path(job_id).is_file() and b"step 20/" in log_path(job_id).read_bytes())
+    slurm_id = slurm_id_of(job_id)
+
+    moved = harchos(capsys, "jobs", "migrate", job_id, "--to", "box")
+    assert moved.code == 0, moved.err
+    final = settled(job_id)
+    assert (final.state, final.hub, final.attempt) == ("done", "box", 2), final.message
+    assert same_weights(expected, on_hub(box, root, "outputs", "model.pt"))
+    # harchos asked for that stop: Slurm's job ended, it was not requeued.
+    assert squeue(cluster, slurm_id) in (None,) or squeue(cluster, slurm_id)[0] == "COMPLETED"  # type: ignore[index]
+    assert "requeued" not in log_path(job_id).read_text()
