@@ -132,7 +132,9 @@ def test_uk_region_uses_the_uk_api_without_a_key(
     data = result.json()
     assert data["provider"] == "ukgrid", data["warnings"]
     assert data["zone"] == "GB"
-    assert len(data["points"]) == 6
+    # The UK API's own half-hour periods, six hours of them.
+    assert len(data["points"]) == 12
+    assert {p["end"][14:16] for p in data["points"]} <= {"00", "30"}
 
 
 def test_explicit_provider_that_does_not_cover_the_region_is_exit_2(

@@ -151,8 +151,9 @@ def test_check_local_reports_python_gpus_and_disk(capsys: pytest.CaptureFixture[
     assert data["warnings"] == []
     assert set(data) == {
         "hub", "reachable", "host_key", "python", "gpus", "free_disk_gb", "workdir_writable",
-        "accelerate", "rsync", "warnings", "error",
+        "accelerate", "rsync", "slurm", "warnings", "error",
     }  # fmt: skip
+    assert data["slurm"] is None  # not a Slurm hub
 
 
 def test_check_unreachable_hub_exits_4_and_says_why(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +38,7 @@ __all__ = ["client_key_fixture", "sshd_factory_fixture"]
 DE_TRACE = "eco4cast/DE_2022_hourly.csv"
 CLUSTER = "cluster"
 AT = "2022-03-01T00:00:00Z"
+SPEEDUP = 600  # a simulated hour is 6 s: time for the supervisor to re-plan within it
 
 
 @pytest.fixture
@@ -110,7 +112,7 @@ def test_a_deferred_job_waits_in_slurms_queue_then_runs_and_a_replan_moves_it(
     os.chdir(root)
     started = harchos(
         capsys, "run", "batch", "--hub", CLUSTER, "--defer-until-green", "--duration", "1h",
-        "--deadline", "20h", "--provider", f"replay:{trace}", "--at", AT, "--speedup", "1200",
+        "--deadline", "20h", "--provider", f"replay:{trace}", "--at", AT, "--speedup", str(SPEEDUP),
         "--detach", "--json",
     )  # fmt: skip
     assert started.code == 0, started.err
@@ -124,22 +126,31 @@ def test_a_deferred_job_waits_in_slurms_queue_then_runs_and_a_replan_moves_it(
     assert (state, reason) == ("PENDING", "BeginTime")
     first_begin = local_time(start)
     # The planned hour on the job's clock, on the wall clock: within the second Slurm keeps.
-    expected = job_created_wall(job_id) + timedelta(seconds=hours_ahead * 3600 / 1200)
+    expected = job_created_wall(job_id) + timedelta(seconds=hours_ahead * 3600 / SPEEDUP)
     assert abs((first_begin - expected).total_seconds()) <= 3
 
-    # The forecast moves: the hour after next becomes by far the greenest.
-    make_hour_greenest(trace, datetime(2022, 3, 1, 2, tzinfo=UTC))
+    # The forecast moves: the hour after next (on the job's clock) becomes by far the greenest.
+    greener = job_clock_now(job_id).replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
+    assert greener < planned
+    make_hour_greenest(trace, greener)
     wait_until(lambda: any(d["action"] == "replan" for d in actions(capsys, job_id)), timeout=60)
     # Slurm shows the new start once its scheduler has looked again (every 2 s here).
     moved = wait_until(lambda: next((q for q in [squeue(cluster, slurm_id)] if q and q[2] != "N/A"),
                                     None), timeout=30)  # fmt: skip
     assert local_time(moved[2]) < first_begin
-    assert job(job_id).planned_start == "2022-03-01T02:00:00Z"
+    assert job(job_id).planned_start == greener.strftime("%Y-%m-%dT%H:%M:%SZ")
 
     final = settled(job_id)
     assert (final.state, final.exit_code) == ("done", 0), final.message
     assert (root / "ran").read_text() == "yes"
     assert squeue(cluster, slurm_id) in (None, ("COMPLETED", "None", moved[2]))
+
+
+def job_clock_now(job_id: str) -> datetime:
+    """Now on the job's simulated clock (`--at`, `--speedup`)."""
+    clock = job(job_id).request["clock"]
+    origin = datetime.fromisoformat(clock["origin"])
+    return origin + timedelta(seconds=(time.time() - float(clock["anchor"])) * clock["speedup"])
 
 
 def job_created_wall(job_id: str) -> datetime:
