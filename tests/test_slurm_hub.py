@@ -75,6 +75,15 @@ def slurm_id_of(job_id: str) -> str:
     return message.split("Slurm as job ", 1)[1].split()[0].rstrip(":")
 
 
+def train_on_the_cluster(capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    """Start the project's training on the cluster; its job id and Slurm id once it trains."""
+    started = harchos(capsys, "run", "train", "--hub", CLUSTER, "--detach", "--json", *SETTINGS)
+    assert started.code == 0, started.err
+    job_id = str(started.json()["job_id"])
+    wait_until(lambda: log_path(job_id).is_file() and b"step 20/" in log_path(job_id).read_bytes())
+    return job_id, slurm_id_of(job_id)
+
+
 def batch_project(where: Path, command: list[str]) -> Path:
     where.mkdir(parents=True)
     (where / "harchos.toml").write_text(f"[job]\ncommand = {json.dumps(command)}\n")
@@ -226,11 +235,7 @@ def test_the_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_weig
     expected = straight_run(capsys, tmp_path / "straight", processes=1)
     root = project(capsys, tmp_path / "requeued", processes=1)
     os.chdir(root)
-    started = harchos(capsys, "run", "train", "--hub", CLUSTER, "--detach", "--json", *SETTINGS)
-    assert started.code == 0, started.err
-    job_id = started.json()["job_id"]
-    wait_until(lambda: log_path(job_id).is_file() and b"step 20/" in log_path(job_id).read_bytes())
-    slurm_id = slurm_id_of(job_id)
+    job_id, slurm_id = train_on_the_cluster(capsys)
     # What Slurm does `--signal=B:USR1@N` before the time limit: USR1 to the batch script.
     subprocess.run(["scancel", "--batch", "--signal=USR1", slurm_id],
                    env={**os.environ, **cluster.env}, check=True)  # fmt: skip
@@ -253,11 +258,7 @@ def test_a_job_moves_from_the_cluster_to_an_ssh_box(
     root = project(capsys, tmp_path / "moved", processes=1)
     add_hub(capsys, box, "FR")
     os.chdir(root)
-    started = harchos(capsys, "run", "train", "--hub", CLUSTER, "--detach", "--json", *SETTINGS)
-    assert started.code == 0, started.err
-    job_id = started.json()["job_id"]
-    wait_until(lambda: log_path(job_id).is_file() and b"step 20/" in log_path(job_id).read_bytes())
-    slurm_id = slurm_id_of(job_id)
+    job_id, slurm_id = train_on_the_cluster(capsys)
 
     moved = harchos(capsys, "jobs", "migrate", job_id, "--to", "box")
     assert moved.code == 0, moved.err

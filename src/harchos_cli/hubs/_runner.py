@@ -745,25 +745,16 @@ class _Meter:
                 self.gpus, self.gpu_names = [], []
 
     def _smi(self, fields: str) -> list[list[str]]:
-        smi = shutil.which("nvidia-smi")
-        if smi is None:
-            return []
         before = os.times()
         try:
-            out = subprocess.run(
-                [smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                timeout=5,
-                check=True,
-            ).stdout.decode()
-        except (OSError, subprocess.SubprocessError):
-            return []
+            out = _smi_query(fields)
         finally:
             after = os.times()
             self.smi_children_s += (after.children_user + after.children_system) - (
                 before.children_user + before.children_system
             )
+        if out is None:
+            return []
         return [[part.strip() for part in line.split(",")] for line in out.splitlines() if line]
 
     def _smi_watts(self) -> float | None:
@@ -1045,19 +1036,26 @@ def _port(start: str) -> None:
     _fail(f"no free port from {first} to {first + 999}")
 
 
-def _gpus() -> list[dict[str, object]]:
+def _smi_query(fields: str) -> str | None:
+    """`nvidia-smi --query-gpu=FIELDS` as CSV rows; None without nvidia-smi or when it fails."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        return []
+        return None
     try:
-        out = subprocess.run(
-            [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+        return subprocess.run(
+            [smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             timeout=5,
             check=True,
         ).stdout.decode()
     except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _gpus() -> list[dict[str, object]]:
+    out = _smi_query("name,memory.total")
+    if out is None:
         return []
     gpus: list[dict[str, object]] = []
     for line in out.splitlines():
