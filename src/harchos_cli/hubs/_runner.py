@@ -248,8 +248,8 @@ def _launch(root: str, job_id: str, spec_json: str) -> None:
 
 
 _SLURM_ACTIVE = frozenset({
-    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
-    "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD",
+    "UNKNOWN", "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
+    "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD",
 })  # fmt: skip
 
 
@@ -297,12 +297,14 @@ def _submit(job_dir: str, slurm: dict[str, object]) -> None:
 
 
 def _squeue(slurm_id: str) -> tuple[str, str, str] | None:
-    """Slurm's (state, reason, start) of the job; None when Slurm no longer knows it."""
+    """Slurm's (state, reason, start) of the job; None when Slurm no longer knows it. When
+    `squeue` itself fails (the controller is restarting), the state is UNKNOWN: the job is taken
+    as still there, and asked about again at the next poll."""
     result = _slurm_run(["squeue", "-h", "-t", "all", "-j", slurm_id, "-o", "%T|%r|%S"])
     if result.returncode != 0:
         if "Invalid job id" in result.stderr:
             return None
-        _fail(f"squeue failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+        return "UNKNOWN", (result.stderr.strip().splitlines() or ["squeue failed"])[-1], ""
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     if not lines:
         return None

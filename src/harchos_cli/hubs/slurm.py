@@ -53,7 +53,7 @@ def sbatch_options(
         signal_before = min(SIGNAL_BEFORE_S, max(10, minutes * 60 // 4))
     argv = sbatch_argv(
         script="",
-        job_name=job_name,
+        job_name="",  # the runner names the job (it looks the name up before submitting)
         partition=hub.partition,
         account=hub.account,
         qos=hub.qos,

@@ -808,13 +808,12 @@ class Supervisor:
                 message += f", starts {queue.start} UTC"
         if current.message != message:
             self.store.update(job.id, message=message)
-        request = Request.from_json(current.request, current.project_dir)
-        clock = from_json(request.clock)
+        waiting = queue.pending and queue.reason == "BeginTime" and current.request.get("defer")
+        clock = from_json(current.request.get("clock"))
         now = clock.now()
-        if not (queue.pending and queue.reason == "BeginTime" and request.defer):
+        if not waiting or floor_hour(now) <= considered or current.planned_start is None:
             return considered
-        if floor_hour(now) <= considered or current.planned_start is None:
-            return considered
+        request = Request.from_json(current.request, current.project_dir)
         planned = parse_instant(current.planned_start)
         forecaster = Forecaster(request.provider, request.project)
         new_start = self._replan(current, request, forecaster, now, planned)
