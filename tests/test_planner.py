@@ -203,3 +203,10 @@ def test_electricity_price_and_measured_power_enter_the_plan() -> None:
     assert plan.choice.energy_kwh == pytest.approx(2.0)
     assert plan.choice.cost == pytest.approx(2.0 * 1.2 * 0.5)
     assert plan.as_json()["energy_basis"] == power.basis
+
+
+def test_no_run_now_figure_when_the_forecast_begins_later() -> None:
+    plan = choose([100.0] * 13, now=T0 - 2 * HOUR, deadline=T0 + 12 * HOUR)
+    assert plan.choice.start == T0
+    assert plan.choice.now_intensity is None
+    assert plan.choice.saving_vs_now is None

@@ -377,7 +377,9 @@ def _option(
                       None, energy, None, price)  # fmt: skip
     points = ordered_points(forecast.points)
     signal = forecast.source.signal
-    now_intensity = _mean(points, now, duration)
+    # "Now" means now: when the data begin later, there is no run-now figure to compare with
+    # (rather than the mean of a later window passed off as now's).
+    now_intensity = _mean(points, now, duration) if points and points[0].start <= now else None
 
     def make(start: datetime, reason: str) -> Choice:
         expected = _mean(points, start, duration)
