@@ -111,6 +111,13 @@ SETTINGS: tuple[Setting, ...] = (
         "float",
         "Money per tonne of CO2eq, for --objective balanced (money plus priced carbon).",
     ),
+    Setting(
+        "jobs.retention",
+        None,
+        "HARCHOS_JOBS_RETENTION",
+        "str",
+        "Forget finished jobs older than this (30d), at most hourly from harchos jobs list.",
+    ),
     Setting("watttime.username", None, "WATTTIME_USER", "str", "WattTime user name."),
     Setting(
         "watttime.password", None, "WATTTIME_PASSWORD", "str", "WattTime password.", secret=True

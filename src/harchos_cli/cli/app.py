@@ -49,8 +49,10 @@ app.add_typer(jobs.app, name="jobs")
 app.add_typer(plan.app, name="plan")
 app.add_typer(serve.app, name="serve")
 app.add_typer(config_cmd.app, name="config")
-app.command("report")(report.report)
-app.add_typer(metrics.app, name="metrics")
+app.command("report", short_help="Energy, emissions, cost and saving per job, and in total.")(
+    report.report
+)
+app.add_typer(metrics.app, name="metrics", short_help="Export harchos's Prometheus metrics.")
 
 
 class Interrupted(BaseException):
@@ -97,10 +99,24 @@ def _error_line(exc: HarchosError) -> str:
     return f"{line}\n  hint: {exc.hint}" if exc.hint else line
 
 
+class _PlainArgument(typer.core.TyperArgument):
+    """An argument as click shows it: `NAME` (optional: `[NAME]`, several: `NAME...`), without
+    typer's braces and Python type (`{NAME}`, `NAME <list[str]>`)."""
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+        return f"{name}..." if self.nargs != 1 else name
+
+    def display_type_rich(self, ctx: Any) -> str | None:  # noqa: ARG002 (typer's signature)
+        return None
+
+
 def _tidy_help(command: Any) -> None:
     """Name every value in help and errors after what it is (`--hub HUB`, `TRACE`) rather than
     its Python type (`<str>`), for every command, present and future."""
     for param in command.params:
+        if isinstance(param, typer.core.TyperArgument):
+            param.__class__ = _PlainArgument
         if param.metavar is not None or not param.name:
             continue
         if param.param_type_name == "argument" or not (param.is_flag or param.count):

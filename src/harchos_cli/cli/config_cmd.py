@@ -7,7 +7,7 @@ import typer
 app = typer.Typer(help="Show the configuration and where it lives.", rich_markup_mode=None)
 
 
-@app.command()
+@app.command(short_help="Every setting, its value and where it came from.")
 def show(json_: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Every setting, its value (secrets masked) and where the value came from."""
     from harchos_cli.cli import output
@@ -29,7 +29,7 @@ def show(json_: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
         render.print_config(config)
 
 
-@app.command()
+@app.command(short_help="Where the user configuration file is.")
 def path(json_: bool = typer.Option(False, "--json", help="Print JSON with every path.")) -> None:
     """The user configuration file (with --json: also the state database and project file)."""
     from harchos_cli import paths

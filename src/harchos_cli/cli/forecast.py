@@ -6,8 +6,11 @@ from pathlib import Path
 
 import typer
 
+from harchos_cli.cli import completion
+
 app = typer.Typer(
     help="Carbon intensity ahead, the greenest window for a job, and how sure it is.",
+    short_help="Carbon intensity ahead and the greenest window.",
     invoke_without_command=True,
     rich_markup_mode=None,
     # It runs on its own; `backtest` is the one subcommand.
@@ -19,7 +22,11 @@ app = typer.Typer(
 def forecast(
     ctx: typer.Context,
     region: str | None = typer.Option(
-        None, "--region", "-r", help="Region(s), comma-separated: eu-west, aws:eu-west-1, DE, …"
+        None,
+        "--region",
+        "-r",
+        help="Region(s), comma-separated: eu-west, aws:eu-west-1, DE, …",
+        autocompletion=completion.regions,
     ),
     hours: int = typer.Option(48, "--hours", min=1, max=168, help="Hours ahead to show."),
     duration: str = typer.Option("1h", "--duration", help="Job length: 90m, 6h, PT6H."),
@@ -74,7 +81,7 @@ def forecast(
         render.print_outlook(outlook, plot=plot, explain=explain)
 
 
-@app.command()
+@app.command(short_help="Score the forecaster on a recorded trace.")
 def backtest(
     trace: Path = typer.Argument(
         ..., help="Hourly trace: Electricity Maps export or datetime,carbon_intensity."

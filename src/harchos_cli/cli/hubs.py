@@ -7,8 +7,11 @@ from typing import Any
 
 import typer
 
+from harchos_cli.cli import completion
+
 app = typer.Typer(
     help="Add, list, check and remove hubs (this machine, or GPU boxes over SSH).",
+    short_help="Add, list, check and remove hubs.",
     rich_markup_mode=None,
 )
 
@@ -44,7 +47,10 @@ def add(
         None, "--identity", "-i", help="Private key file (default: your ssh config and agent)."
     ),
     region: str | None = typer.Option(
-        None, "--region", help="Where the hub is (eu-west, aws:eu-central-1, DE, ...)."
+        None,
+        "--region",
+        help="Where the hub is (eu-west, aws:eu-central-1, DE, ...).",
+        autocompletion=completion.regions,
     ),
     gpus: str = typer.Option(
         "auto", "--gpus", "--gpus-per-node", help="How many GPUs (a Slurm hub: per node), or auto."
@@ -183,7 +189,7 @@ def list_(json_: bool = typer.Option(False, "--json", help="Print JSON.")) -> No
 
 @app.command()
 def show(
-    name: str = typer.Argument(..., help="The hub's name."),
+    name: str = typer.Argument(..., help="The hub's name.", autocompletion=completion.hubs),
     json_: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """One hub's settings, and where harchos keeps its files for it."""
@@ -204,7 +210,9 @@ def show(
 
 
 @app.command()
-def remove(name: str = typer.Argument(..., help="The hub's name.")) -> None:
+def remove(
+    name: str = typer.Argument(..., help="The hub's name.", autocompletion=completion.hubs),
+) -> None:
     """Forget a hub (nothing on the machine is touched)."""
     from harchos_cli.hubs import inventory
 
@@ -212,9 +220,11 @@ def remove(name: str = typer.Argument(..., help="The hub's name.")) -> None:
     print(f"removed hub {name}")
 
 
-@app.command()
+@app.command(short_help="Check that hubs can run jobs.")
 def check(
-    names: list[str] | None = typer.Argument(None, help="Hubs to check (default: all)."),
+    names: list[str] | None = typer.Argument(
+        None, help="Hubs to check (default: all).", autocompletion=completion.hubs
+    ),
     json_: bool = typer.Option(False, "--json", help="Print JSON (one object for one hub)."),
 ) -> None:
     """Reachability, host key, Python, GPUs and free disk; hubs are checked concurrently.

@@ -7,17 +7,21 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from harchos_cli.cli import completion
+
 if TYPE_CHECKING:
     from harchos_cli.jobs.store import Job, JobStore
 
 app = typer.Typer(
     help="List, inspect, follow, pause, resume, move, rescale and cancel jobs.",
+    short_help="List, follow, pause, move and cancel jobs.",
     rich_markup_mode=None,
     no_args_is_help=True,
 )
 
 _JSON = typer.Option(False, "--json", help="Print JSON (docs/run.md) on stdout.")
-_ID = typer.Argument(..., metavar="JOB_ID", help="A job id, or a unique prefix of one.")
+_ID = typer.Argument(..., metavar="JOB_ID", help="A job id, or a unique prefix of one.",
+                     autocompletion=completion.job_ids)  # fmt: skip
 
 
 def _store() -> JobStore:
@@ -27,9 +31,24 @@ def _store() -> JobStore:
     from harchos_cli.jobs.store import JobStore
 
     store = JobStore()
-    for job_id in revive(store):
+    # Only the process whose supervisor kept the lock says so (others start one that yields).
+    for job_id in revive(store, confirm=5.0):
         warn(f"restarted the supervisor of job {job_id}")
     return store
+
+
+def _clean_when_due() -> None:
+    """With `jobs.retention` set, forget what is older, in the background, at most hourly."""
+    from harchos_cli.config import Config
+    from harchos_cli.errors import HarchosError
+    from harchos_cli.jobs import clean as cleaning
+
+    try:
+        age = cleaning.retention(Config.load().get("jobs.retention"))
+    except HarchosError:  # a broken setting is for `harchos jobs clean` to report, not `list`
+        return
+    if age is not None and cleaning.due():
+        cleaning.clean_in_background(age)
 
 
 @app.command("list")
@@ -42,6 +61,7 @@ def list_jobs(
 
     store = _store()
     try:
+        _clean_when_due()
         jobs = store.list(limit=None if all_jobs else 20)
     finally:
         store.close()
@@ -65,7 +85,64 @@ def list_jobs(
     Console().print(table)
 
 
-@app.command("show")
+@app.command("clean", short_help="Forget finished jobs and their folders on hubs.")
+def clean(
+    older_than: str = typer.Option(
+        None,
+        "--older-than",
+        metavar="AGE",
+        help="Finished more than this long ago (default: the jobs.retention setting, else 7d).",
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would go; remove nothing."),
+    force: bool = typer.Option(
+        False, "--force", help="Forget a job here even when a hub holding its folders is down."
+    ),
+    json_output: bool = _JSON,
+) -> None:
+    """Forget finished jobs (done, failed, cancelled): their records, their local folder, and
+    their job folders on the hubs, once each hub says their process has exited.
+
+    A folder whose process still runs is never removed, nor a project's checkpoints. A job with
+    folders on a hub that cannot be reached is kept for a later clean unless --force."""
+    from harchos_cli.cli.output import print_json
+    from harchos_cli.config import Config
+    from harchos_cli.jobs import clean as cleaning
+    from harchos_cli.timeparse import parse_duration
+
+    age = (
+        parse_duration(older_than)
+        if older_than is not None
+        else cleaning.retention(Config.load().get("jobs.retention"))
+        or parse_duration(cleaning.DEFAULT_AGE)
+    )
+    store = _store()
+    try:
+        outcomes = cleaning.clean(store, age, dry_run=dry_run, force=force)
+    finally:
+        store.close()
+    if json_output:
+        print_json({"dry_run": dry_run, "jobs": [outcome.as_json() for outcome in outcomes]})
+        return
+    if not outcomes:
+        typer.echo("no finished job is that old: nothing to clean")
+        return
+    verb = "would forget" if dry_run else "forgot"
+    for outcome in outcomes:
+        if outcome.forgotten:
+            where = f", {len(outcome.removed)} folder(s) on hubs" if outcome.removed else ""
+            typer.echo(
+                f"{verb} job {outcome.job_id} ({outcome.state} {outcome.finished_at}{where})"
+            )
+        else:
+            typer.echo(f"kept job {outcome.job_id}: {'; '.join(outcome.kept)}")
+        for folder in outcome.removed if dry_run else ():
+            typer.echo(f"  would remove {folder}")
+    if any(outcome.unreachable and not outcome.forgotten for outcome in outcomes):
+        typer.echo("run harchos jobs clean again once the hub is back, or add --force to forget "
+                   "those jobs here (their folders stay on the hub)", err=True)  # fmt: skip
+
+
+@app.command("show", short_help="One job: its plan, state and decisions.")
 def show(job_id: str = _ID, json_output: bool = _JSON) -> None:
     """One job: its plan, stage, supervisor, outcome, and every decision taken about it."""
     from harchos_cli.cli.output import print_json
@@ -110,7 +187,7 @@ def _masked_launch(launch: Any, marked: Sequence[str]) -> Any:
     return shown
 
 
-@app.command("logs")
+@app.command("logs", short_help="The job's output.")
 def logs(
     job_id: str = _ID,
     follow: bool = typer.Option(
@@ -162,7 +239,7 @@ def logs(
         raise typer.Exit(exit_code(job))
 
 
-@app.command("cancel")
+@app.command("cancel", short_help="Cancel a job.")
 def cancel(
     job_id: str = _ID,
     wait: float = typer.Option(
@@ -215,7 +292,7 @@ def _ask(job_id: str, json_output: bool, act: Callable[[JobStore, str], Job], do
         typer.echo(f"job {job.id}: {done}")
 
 
-@app.command("pause")
+@app.command("pause", short_help="Pause a running job at a checkpoint.")
 def pause(job_id: str = _ID, json_output: bool = _JSON) -> None:
     """Pause a running job: every worker saves a checkpoint and exits, freeing its GPUs; the
     job waits as `paused` until `harchos jobs resume`."""
@@ -225,7 +302,7 @@ def pause(job_id: str = _ID, json_output: bool = _JSON) -> None:
     _ask(job_id, json_output, request_pause, done)
 
 
-@app.command("resume")
+@app.command("resume", short_help="Resume a paused job.")
 def resume(job_id: str = _ID, json_output: bool = _JSON) -> None:
     """Resume a paused job from its newest checkpoint, on the hub it paused on."""
     from harchos_cli.jobs.control import request_resume
@@ -234,10 +311,12 @@ def resume(job_id: str = _ID, json_output: bool = _JSON) -> None:
          "resuming from its newest checkpoint (harchos jobs logs -f)")  # fmt: skip
 
 
-@app.command("migrate")
+@app.command("migrate", short_help="Move a job to another hub.")
 def migrate(
     job_id: str = _ID,
-    to: str = typer.Option(..., "--to", help="The hub to move the job to."),
+    to: str = typer.Option(
+        ..., "--to", help="The hub to move the job to.", autocompletion=completion.hubs
+    ),
     json_output: bool = _JSON,
 ) -> None:
     """Move a running or paused job to another hub: pause at a checkpoint, copy the checkpoints
@@ -248,7 +327,7 @@ def migrate(
          f"moving to hub {to} (harchos jobs show follows the steps)")  # fmt: skip
 
 
-@app.command("scale")
+@app.command("scale", short_help="Restart training on more or fewer workers.")
 def scale(
     job_id: str = _ID,
     gpus: int = typer.Option(None, "--gpus", help="GPUs to run on (a GPU job)."),
@@ -269,7 +348,7 @@ def scale(
          f"restarting on {workers} worker(s) from its next checkpoint")  # fmt: skip
 
 
-@app.command("pull")
+@app.command("pull", short_help="Copy a job's outputs and checkpoints back.")
 def pull(
     job_id: str = _ID,
     to: str = typer.Option(None, "--to", help="Copy here instead of into the project."),

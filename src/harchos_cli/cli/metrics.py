@@ -14,7 +14,7 @@ app = typer.Typer(
 )
 
 
-@app.command("serve")
+@app.command("serve", short_help="Serve the metrics over HTTP, or write them for node_exporter.")
 def serve(
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for a Prometheus in Docker)."

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from harchos_cli.cli import completion
+
 
 def _print_json(data: object) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
@@ -23,7 +25,9 @@ def _shown(dest: Path) -> str:
 
 def new(
     blueprint: str | None = typer.Argument(
-        None, help="A built-in blueprint (see --list), a local path or a git URL."
+        None,
+        help="A built-in blueprint (see --list), a local path or a git URL.",
+        autocompletion=completion.blueprints,
     ),
     dest: Path | None = typer.Argument(
         None, help="The project folder to create (default: the blueprint's name)."
@@ -116,7 +120,9 @@ def update(
     ),
     json_: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Apply the newest version of a project's blueprint, keeping your edits."""
+    """Update a project to its blueprint's newest version.
+
+    Your edits and answers are kept."""
     from harchos_cli import blueprints
 
     before = blueprints.answers(dest).get("_commit")

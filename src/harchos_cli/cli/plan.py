@@ -11,7 +11,7 @@ app = typer.Typer(
 )
 
 
-@app.command()
+@app.command(short_help="Savings of carbon-aware scheduling on a trace.")
 def evaluate(
     trace: Path = typer.Argument(
         ..., help="Hourly trace: Electricity Maps export or datetime,carbon_intensity."

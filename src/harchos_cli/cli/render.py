@@ -6,6 +6,7 @@ Imported only inside command bodies, so rich never loads for `--help`.
 from __future__ import annotations
 
 import csv
+import math
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -64,18 +65,83 @@ def print_region(region: Region) -> None:
     stdout.print(table)
 
 
+def _kg(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g} kg"
+
+
+def _money(value: float | None) -> str:
+    return "no price" if value is None else f"{value:.2f}"
+
+
+def plan_choice_lines(plan: dict[str, Any]) -> list[str]:
+    """Why the plan's hub won, and the other hubs' best options (`--hub auto`; empty when there
+    was one hub to choose from): the text form of the plan's `alternatives`."""
+    alternatives = plan.get("alternatives") or []
+    if not alternatives:
+        return []
+    hub, objective = plan.get("hub"), plan.get("objective") or "carbon"
+    if plan.get("reason") == "under threshold":
+        why = f"hub {hub} won: the earliest start under the threshold"
+    elif objective == "cost":
+        nearest = min(
+            alternatives, key=lambda alt: math.inf if alt["cost"] is None else alt["cost"]
+        )
+        why = (f"hub {hub} won on cost: {_money(plan.get('cost'))}, against "
+               f"{_money(nearest['cost'])} on hub {nearest['hub']}")  # fmt: skip
+    elif objective == "balanced":
+        why = f"hub {hub} won on cost plus priced carbon ({_kg(plan.get('emissions_kg'))}, cost " \
+              f"{_money(plan.get('cost'))})"  # fmt: skip
+    else:
+
+        def emitted(alt: dict[str, Any]) -> float:
+            return math.inf if alt["emissions_kg"] is None else float(alt["emissions_kg"])
+
+        nearest = min(alternatives, key=emitted)
+        why = (f"hub {hub} won on carbon: {_kg(plan.get('emissions_kg'))} CO2eq expected, "
+               f"against {_kg(nearest['emissions_kg'])} on hub {nearest['hub']}")  # fmt: skip
+    others = sorted({f"{name} would choose hub {choice}"
+                     for name, choice in (plan.get("by_objective") or {}).items()
+                     if choice and choice != hub and name != objective})  # fmt: skip
+    if others:
+        why += f" ({'; '.join(others)})"
+    lines = [f"why: {why}", "other hubs (best start on each):"]
+    width = max(len(str(alt["hub"])) for alt in alternatives)
+    for alt in alternatives:
+        intensity = alt.get("expected_intensity")
+        shown = "no data" if intensity is None else f"{intensity:g} gCO2eq/kWh"
+        lines.append(f"  {alt['hub']:<{width}}  start {alt['start']}, {shown}, "
+                     f"{_kg(alt['emissions_kg'])}, cost {_money(alt['cost'])}")  # fmt: skip
+    return lines
+
+
 def print_config(config: Config) -> None:
     for message in config.warnings:
         warn(message)
     stdout.print(f"user config: {config.user_file}")
     stdout.print(f"project file: {config.project_file or '(none)'}")
-    table = Table(box=None, header_style="bold")
-    for column in ("setting", "value", "from", "environment variable"):
-        table.add_column(column)
-    for row in config.describe():
-        value = "" if row["value"] is None else str(row["value"])
-        table.add_row(row["key"], value, row["origin"], row["env"])
-    stdout.print(table)
+    columns = ("setting", "value", "from", "environment variable")
+    rows = [
+        (row["key"], "" if row["value"] is None else str(row["value"]), row["origin"], row["env"])
+        for row in config.describe()
+    ]
+    needed = sum(max(len(cell) for cell in column) for column in zip(columns, *rows, strict=True))
+    needed += 2 * (len(columns) - 1)
+    # Keys and variable names are copied from here: never cut them. Piped output is read by
+    # programs (as wide as it needs); a terminal too narrow for the table gets one setting a
+    # block, its variable on the line under it.
+    if stdout.is_terminal and stdout.width < needed:
+        for key, value, origin, env in rows:
+            shown = f" = {value}" if value else " (unset)"
+            stdout.print(Text.assemble((key, "bold"), f"{shown}  ({origin})"))
+            stdout.print(Text(f"  {env}", style="dim"), no_wrap=True, crop=False)
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column, no_wrap=column != "value")
+    for row_cells in rows:
+        table.add_row(*row_cells)
+    console = stdout if stdout.is_terminal else Console(highlight=False, width=max(needed, 20))
+    console.print(table)
 
 
 def _chart(
@@ -185,8 +251,13 @@ def _print_region_outlook(outlook: Outlook, item: RegionOutlook, *, plot: bool) 
                 f"{local(outlook.deadline)}: ",
                 (f"{local(best.best.start)} → {local(best.best.end, '%H:%M')}", "bold green"),
                 f", mean {best.best.mean_intensity:.0f} {UNIT}\n"
-                f"  {saving_text(best.saving_vs_now, item.spread)} less than starting now "
-                f"({best.now.mean_intensity:.0f}), "
+                f"  {saving_text(best.saving_vs_now, item.spread)} less than "
+                + (
+                    "starting now"
+                    if best.now_is_now
+                    else f"the first window the data allow, at {local(best.now.start)},"
+                )
+                + f" ({best.now.mean_intensity:.0f}), "
                 f"{saving_text(best.saving_vs_median, item.spread)} less than the "
                 f"median window ({best.median_intensity:.0f})",
             )
@@ -261,7 +332,7 @@ def print_outlook_csv(outlook: Outlook) -> None:
     )
     for item in outlook.regions:
         source = item.forecast.source
-        for p in item.shown:
+        for p in item.shown_points:  # the data at its own resolution, as --json gives it
             writer.writerow(
                 [
                     item.forecast.region.name,

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from harchos_cli.cli import completion
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
@@ -14,6 +16,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     help="Run training or any command on a hub, deferred until the grid is green.",
+    short_help="Run training or a command when the grid is green.",
     rich_markup_mode=None,
     no_args_is_help=True,
 )
@@ -21,6 +24,7 @@ app = typer.Typer(
 _HUB = typer.Option(
     None, "--hub", help="Hub to run on (see `harchos hubs list`), or `auto`: the greenest hub "
     "with enough GPUs. Default: the only hub in harchos.toml, else local.", show_default=False,
+    autocompletion=completion.hubs_or_auto,
 )  # fmt: skip
 _DEFER = typer.Option(
     False, "--defer-until-green", help="Wait for the greenest window before the deadline."
@@ -83,6 +87,7 @@ _JSON = typer.Option(False, "--json", help="Print one JSON object (docs/run.md) 
 
 @app.command(
     "train",
+    short_help="Run the project's training on a hub.",
     context_settings={"allow_interspersed_args": False},
 )
 def train(
@@ -117,6 +122,7 @@ def train(
         "--hubs",
         metavar="A,B,...",
         help="Multi-node: one machine on each hub, in rank order (the first is the main node).",
+        autocompletion=completion.hub_list,
     ),
     nodes: int = typer.Option(
         None, "--nodes", help="How many machines (the number of hubs in --hubs).", min=1
@@ -144,7 +150,11 @@ def train(
     raise typer.Exit(_run(options, dry_run=dry_run, json_output=json_output))
 
 
-@app.command("batch", context_settings={"allow_interspersed_args": False})
+@app.command(
+    "batch",
+    short_help="Run any command on a hub.",
+    context_settings={"allow_interspersed_args": False},
+)
 def batch(
     command: list[str] = typer.Argument(
         None,
@@ -177,7 +187,7 @@ def batch(
     raise typer.Exit(_run(options, dry_run=dry_run, json_output=json_output))
 
 
-@app.command("serve")
+@app.command("serve", short_help="Serve the model on the greenest hubs.")
 def serve(
     hubs: str = typer.Option(
         None,
@@ -185,6 +195,7 @@ def serve(
         metavar="A,B,...",
         help="Hubs the replicas may use (default [serve] hubs, else [carbon] hubs, else the "
         "project's hub).",
+        autocompletion=completion.hub_list,
     ),
     replicas: int = typer.Option(
         None, "--replicas", min=1, help="How many replicas (default [serve] replicas, else 1)."
@@ -457,13 +468,21 @@ def plan_line(plan: dict[str, Any]) -> str:
 
 
 def _print_plan(prepared: Prepared, job_id: str) -> None:
-    typer.echo(f"job {job_id}: {plan_line(prepared.plan.as_json())}", err=True)
+    from harchos_cli.cli.render import plan_choice_lines
+
+    plan = prepared.plan.as_json()
+    typer.echo(f"job {job_id}: {plan_line(plan)}", err=True)
+    for line in plan_choice_lines(plan):
+        typer.echo(line, err=True)
 
 
 def _print_dry_run(plan: dict[str, Any]) -> None:
+    from harchos_cli.cli.render import plan_choice_lines
     from harchos_cli.jobs.launchers import render
 
     typer.echo(f"plan: {plan_line(plan)}")
+    for line in plan_choice_lines(plan):
+        typer.echo(line)
     typer.echo("commands (nothing is run):")
     if plan["sync"]:
         typer.echo(f"  sync   {plan['sync']['from']} -> {plan['sync']['to']} (never .git)")

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     help="Status, logs and stop of `harchos run serve` deployments; the router on its own.",
+    short_help="Status, logs and stop of serving deployments.",
     rich_markup_mode=None,
     no_args_is_help=True,
 )
@@ -36,7 +37,7 @@ def _store() -> ServeStore:
     return store
 
 
-@app.command("status")
+@app.command("status", short_help="Replicas: state, region, intensity and load.")
 def status(deployment_id: str = _DEPLOYMENT, json_output: bool = _JSON) -> None:
     """Replicas with state, region, current intensity, load and share of traffic."""
     from harchos_cli.cli.output import print_json
@@ -84,7 +85,7 @@ def _print_status(data: dict[str, Any]) -> None:
         console.print(f"  {decision['at']}  {decision['action']}: {decision['reason']}")
 
 
-@app.command("stop")
+@app.command("stop", short_help="Drain and stop a deployment.")
 def stop(
     deployment_id: str = _DEPLOYMENT,
     wait: float = typer.Option(
@@ -131,7 +132,7 @@ def logs(
     sys.stdout.flush()
 
 
-@app.command("router")
+@app.command("router", short_help="Run only the carbon-aware router.")
 def router(
     replica: list[str] = typer.Option(
         ...,

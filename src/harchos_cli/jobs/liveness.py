@@ -12,6 +12,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 from harchos_cli.jobs.store import ACTIVE, JobStore, ensure_job_dir, job_dir
@@ -57,10 +58,14 @@ def is_supervised(job_id: str) -> bool:
 def spawn(job_id: str, module: str = "harchos_cli.jobs.supervisor") -> int:
     """Start `python -m MODULE JOB_ID` (a job's supervisor, or a deployment's controller)
     detached in its own session, its errors in `supervisor.err`; return its pid."""
+    return _start(job_id, module).pid
+
+
+def _start(job_id: str, module: str) -> subprocess.Popen[bytes]:
     folder = ensure_job_dir(job_id)
     err_fd = os.open(folder / "supervisor.err", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
     with os.fdopen(err_fd, "ab") as err:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", module, job_id],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -68,25 +73,52 @@ def spawn(job_id: str, module: str = "harchos_cli.jobs.supervisor") -> int:
             start_new_session=True,
             close_fds=True,
         )
-    return process.pid
 
 
-def revive(store: JobStore | None = None) -> list[str]:
+def _lock_holder(job_id: str) -> int | None:
+    """The pid the lock's holder wrote into `supervisor.lock` (it stays after the holder ends)."""
+    try:
+        text = (job_dir(job_id) / "supervisor.lock").read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _kept_lock(job_id: str, child: subprocess.Popen[bytes], wait: float) -> bool:
+    """Whether `child` became the job's supervisor: it wrote its pid into the lock, rather than
+    ending (another process's child took the lock first). Undecided after `wait` seconds while
+    it still runs counts as kept: it has not lost the race yet."""
+    deadline = time.monotonic() + wait
+    while True:
+        if _lock_holder(job_id) == child.pid:
+            return True
+        if child.poll() is not None:
+            return False
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.05)
+
+
+def revive(store: JobStore | None = None, *, confirm: float = 0.0) -> list[str]:
     """Restart the supervisor of every active job that has none; return their ids.
 
+    Several `harchos` started at once each start one, and only one keeps the lock. With
+    `confirm` > 0, wait up to that many seconds per job and return only the jobs whose
+    supervisor this process started and that kept the lock, so that one process says so.
     Cheap when nothing is active: one indexed query, no import beyond the store.
     """
     own = store is None
     store = store or JobStore()
     try:
-        revived = []
+        started: list[tuple[str, subprocess.Popen[bytes]]] = []
         # A job the policy paused waits, supervised, for its planned hour.
         waiting = [j for j in store.list(states=["paused"]) if j.request.get("resume_at")]
         for job in [*store.list(states=ACTIVE), *waiting]:
             if not is_supervised(job.id):
-                spawn(job.id)
-                revived.append(job.id)
-        return revived
+                started.append((job.id, _start(job.id, "harchos_cli.jobs.supervisor")))
+        if confirm <= 0:
+            return [job_id for job_id, _ in started]
+        return [job_id for job_id, child in started if _kept_lock(job_id, child, confirm)]
     finally:
         if own:
             store.close()

@@ -338,6 +338,24 @@ class JobStore:
             self.db.execute("ROLLBACK")
             raise
 
+    def forget(self, job_id: str) -> bool:
+        """Delete a finished job's rows (the job, its decisions, its energy samples and their
+        offsets) in one transaction; False when the job is not finished (or not here)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            gone = self.db.execute(
+                f"DELETE FROM jobs WHERE id = ? AND state IN ({', '.join('?' for _ in FINISHED)})",
+                (job_id, *FINISHED),
+            ).rowcount == 1  # fmt: skip
+            if gone:
+                for table in ("job_decisions", "energy_samples", "energy_offsets"):
+                    self.db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
+            self.db.execute("COMMIT")
+            return gone
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
     def advance(
         self, job_id: str, expected: Sequence[str], new: JobStateName, **values: Any
     ) -> bool:
