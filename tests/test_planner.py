@@ -169,18 +169,21 @@ def test_objectives_rank_hubs_by_emissions_money_or_money_plus_priced_carbon() -
     # a: green and dear; b: dirty and cheap. One GPU-hour at the flat 400 W is 0.4 kWh.
     green = Candidate(hub("a", price_per_gpu_hour=4.0), forecast([100.0] * 13))
     cheap = Candidate(hub("b", price_per_gpu_hour=1.0), forecast([500.0] * 13))
-    kwargs = {"now": T0, "duration": HOUR, "deadline": T0 + 12 * HOUR, "threshold": None}
-    carbon = planner.choose([green, cheap], gpus=1, **kwargs)  # type: ignore[arg-type]
+
+    def rank(objective: planner.Objective = "carbon", price: float | None = None) -> planner.Plan:
+        return planner.choose([green, cheap], now=T0, duration=HOUR, deadline=T0 + 12 * HOUR,
+                              threshold=None, gpus=1, objective=objective,
+                              carbon_price=price)  # fmt: skip
+
+    carbon = rank()
     assert carbon.choice.hub == "a"
-    assert planner.choose([green, cheap], gpus=1, objective="cost", **kwargs).choice.hub == "b"  # type: ignore[arg-type]
+    assert rank("cost").choice.hub == "b"
     # b emits 0.16 kg more for 3.0 less: carbon must cost over 3.0 / 0.00016 per tonne.
     energy = planner.energy_kwh(1, HOUR)
     extra_tonnes = energy * (500 - 100) / 1000 / 1000
     breakeven = 3.0 / extra_tonnes
-    below = planner.choose([green, cheap], gpus=1, objective="balanced",  # type: ignore[arg-type]
-                           carbon_price=breakeven * 0.9, **kwargs)  # fmt: skip
-    above = planner.choose([green, cheap], gpus=1, objective="balanced",  # type: ignore[arg-type]
-                           carbon_price=breakeven * 1.1, **kwargs)  # fmt: skip
+    below = rank("balanced", breakeven * 0.9)
+    above = rank("balanced", breakeven * 1.1)
     assert (below.choice.hub, above.choice.hub) == ("b", "a")
     data = above.as_json()
     assert data["objective"] == "balanced"

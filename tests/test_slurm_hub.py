@@ -6,6 +6,7 @@ from the cluster to an SSH box. The harchos commands are the ones a user types."
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import subprocess
@@ -67,6 +68,11 @@ def squeue(cluster: Any, slurm_id: str) -> tuple[str, str, str] | None:
         return None
     state, reason, start = out.splitlines()[0].split("|")
     return state, reason, start
+
+
+def left_the_queue(cluster: Any, slurm_id: str) -> bool:
+    queued = squeue(cluster, slurm_id)
+    return queued is None or queued[0] not in ("PENDING", "RUNNING", "COMPLETING")
 
 
 def slurm_id_of(job_id: str) -> str:
@@ -210,9 +216,7 @@ def test_cancel_leaves_nothing_in_the_queue(
     for job_id in (pending_id, running_id):
         assert settled(job_id).state == "cancelled"
     for slurm_id in ids:
-        wait_until(lambda s=slurm_id: squeue(cluster, s) is None
-                   or squeue(cluster, s)[0] not in ("PENDING", "RUNNING", "COMPLETING"),  # type: ignore[index]
-                   timeout=30)  # fmt: skip
+        wait_until(functools.partial(left_the_queue, cluster, slurm_id), timeout=30)
 
 
 def test_hostile_arguments_reach_the_job_literally(
