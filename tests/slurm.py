@@ -18,10 +18,22 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+
+from harchos_cli.hubs.slurm_cli import (
+    IN_UTC,
+    SlurmCommandError,
+    SlurmRun,
+    checked,
+    failure_line,
+    output_text,
+    parse_time,
+)
 
 INSTALL = "apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge"
 PROGRAMS = ("slurmctld", "slurmd", "sinfo", "sbatch", "squeue", "scontrol", "scancel",
@@ -239,3 +251,104 @@ def slurm_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield cluster
     finally:
         cluster.stop()
+
+
+# Driving the cluster as a user would, through a transport's `run` (the product's own calls are
+# in harchos_cli.hubs.slurm_cli and the hub runner).
+
+PENDING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING"})
+_UNKNOWN_JOB = ("invalid job id", "unknown job", "job not found")
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    """A job as `squeue` shows it. `start` is the actual or expected start, None when Slurm
+    does not know it."""
+
+    job_id: str
+    state: str
+    reason: str
+    start: datetime | None
+    elapsed: str
+    time_limit: str
+    nodes: str
+
+    @property
+    def pending(self) -> bool:
+        return self.state in PENDING_STATES
+
+
+def submit(run: SlurmRun, argv: Sequence[str]) -> str:
+    """Run an `sbatch --parsable` command line; the job id (without a `;cluster` suffix)."""
+    out = checked(run, argv, "sbatch").strip()
+    job_id = out.splitlines()[-1].split(";", 1)[0].strip() if out else ""
+    if not job_id.isdigit():
+        raise SlurmCommandError(f"sbatch printed no job id: {out[:200]!r}")
+    return job_id
+
+
+SQUEUE_FORMAT = "%i|%T|%r|%S|%M|%l|%N"
+
+
+def parse_squeue_line(line: str) -> SlurmJob:
+    """One line of `squeue -o SQUEUE_FORMAT` (printed under TZ=UTC)."""
+    fields = line.rstrip("\n").split("|")
+    if len(fields) != 7 or not fields[0].strip():
+        raise SlurmCommandError(f"squeue printed an unexpected line: {line.strip()[:200]!r}")
+    job_id, state, reason, start, elapsed, limit, nodes = (field.strip() for field in fields)
+    return SlurmJob(job_id=job_id, state=state, reason=reason, start=parse_time(start),
+                    elapsed=elapsed, time_limit=limit, nodes=nodes)  # fmt: skip
+
+
+def _unknown_job(result: subprocess.CompletedProcess[bytes]) -> bool:
+    return any(marker in output_text(result.stderr or b"").lower() for marker in _UNKNOWN_JOB)
+
+
+def job_state(run: SlurmRun, job_id: str) -> SlurmJob | None:
+    """The job as `squeue` shows it (any state); None once Slurm no longer knows it."""
+    argv = [*IN_UTC, "squeue", "-h", "-j", job_id, "-t", "all", "-o", SQUEUE_FORMAT]
+    result = run(argv, check=False)
+    if result.returncode != 0:
+        if _unknown_job(result):
+            return None
+        raise SlurmCommandError(f"squeue failed: {failure_line(result)}")
+    # A job array or heterogeneous job prints several lines; the job asked for comes first.
+    for line in output_text(result.stdout).splitlines():
+        if line.strip():
+            job = parse_squeue_line(line)
+            if job.job_id.split("_", 1)[0].split("+", 1)[0] == job_id or job.job_id == job_id:
+                return job
+    return None
+
+
+def estimated_start(run: SlurmRun, job_id: str) -> datetime | None:
+    """When Slurm expects a pending job to start (`squeue --start`); None when it does not say
+    (or the job is not pending)."""
+    argv = [*IN_UTC, "squeue", "--start", "-h", "-j", job_id, "-o", "%i|%S"]
+    result = run(argv, check=False)
+    if result.returncode != 0:
+        if _unknown_job(result):
+            return None
+        raise SlurmCommandError(f"squeue --start failed: {failure_line(result)}")
+    for line in output_text(result.stdout).splitlines():
+        shown_id, _, start = line.partition("|")
+        if shown_id.strip() == job_id:
+            return parse_time(start)
+    return None
+
+
+def cancel(run: SlurmRun, job_id: str, signal: str | None = None, batch_only: bool = False) -> None:
+    """`scancel`: end the job, or with `signal` only signal it (`batch_only`: just the batch
+    shell, not its steps)."""
+    argv = ["scancel"]
+    if signal:
+        argv.append(f"--signal={signal}")
+    if batch_only:
+        argv.append("--batch")
+    argv.append(job_id)
+    checked(run, argv, "scancel")
+
+
+def requeue(run: SlurmRun, job_id: str) -> None:
+    """Put a running or finished batch job back in the queue (`scontrol requeue`)."""
+    checked(run, ["scontrol", "requeue", job_id], "scontrol requeue")

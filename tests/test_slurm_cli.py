@@ -14,8 +14,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+import slurm
 from polling import wait_until
-from slurm import SlurmCluster
+from slurm import SlurmCluster, parse_squeue_line
 
 from harchos_cli.errors import HubError
 from harchos_cli.hubs import slurm_cli
@@ -25,7 +26,6 @@ from harchos_cli.hubs.slurm_cli import (
     SlurmRun,
     gpus_in_gres,
     parse_sinfo_node_line,
-    parse_squeue_line,
 )
 
 CLIENT_TZ = "America/New_York"
@@ -90,11 +90,11 @@ def submit(run: SlurmRun, where: Path, body: str, **options: Any) -> str:
         "chdir": str(where),
     }
     fields.update(options)
-    return slurm_cli.submit(run, slurm_cli.sbatch_argv(**fields))
+    return slurm.submit(run, slurm_cli.sbatch_argv(**fields))
 
 
 def state_of(run: SlurmRun, job_id: str) -> str:
-    job = slurm_cli.job_state(run, job_id)
+    job = slurm.job_state(run, job_id)
     return job.state if job else "GONE"
 
 
@@ -107,15 +107,15 @@ def test_begin_pends_exactly_then_set_begin_moves_it_and_it_runs(
 ) -> None:
     begin = whole_second(datetime.now(UTC) + timedelta(minutes=1))
     job_id = submit(run, tmp_path, "echo ran > ran\n", begin=begin)
-    job = slurm_cli.job_state(run, job_id)
+    job = slurm.job_state(run, job_id)
     assert job is not None
     assert (job.state, job.reason, job.start) == ("PENDING", "BeginTime", begin)
     assert job.pending
-    assert slurm_cli.estimated_start(run, job_id) == begin
+    assert slurm.estimated_start(run, job_id) == begin
 
     sooner = whole_second(datetime.now(UTC) + timedelta(seconds=5))
     slurm_cli.set_begin(run, job_id, sooner)
-    moved = slurm_cli.job_state(run, job_id)
+    moved = slurm.job_state(run, job_id)
     assert moved is not None
     assert moved.start == sooner
     wait_until(lambda: state_of(run, job_id) == "COMPLETED", timeout=20)
@@ -128,7 +128,7 @@ def test_a_job_runs_and_finishes(run: SlurmRun, tmp_path: Path) -> None:
     wait_until(lambda: state_of(run, job_id) == "COMPLETED", timeout=15)
     assert (tmp_path / "id").read_text() == f"{job_id}\n"
     assert "to-output" in (tmp_path / "slurm.out").read_text()
-    finished = slurm_cli.job_state(run, job_id)
+    finished = slurm.job_state(run, job_id)
     assert finished is not None
     assert finished.nodes == socket.gethostname().split(".")[0]
     assert not finished.pending
@@ -139,7 +139,7 @@ def test_usr1_to_the_batch_shell_reaches_its_trap(run: SlurmRun, tmp_path: Path)
     body = "trap 'echo got-usr1 > trapped; exit 0' USR1\ntouch ready\nwhile :; do sleep 0.1; done\n"
     job_id = submit(run, tmp_path, body, signal_before_s=30, time_limit_minutes=5)
     wait_until((tmp_path / "ready").exists, timeout=15)
-    slurm_cli.cancel(run, job_id, signal="USR1", batch_only=True)
+    slurm.cancel(run, job_id, signal="USR1", batch_only=True)
     wait_until((tmp_path / "trapped").exists, timeout=5)
     assert (tmp_path / "trapped").read_text() == "got-usr1\n"
     wait_until(lambda: state_of(run, job_id) == "COMPLETED", timeout=10)
@@ -149,11 +149,11 @@ def test_requeue_runs_the_job_again(run: SlurmRun, tmp_path: Path) -> None:
     body = "echo run >> runs\nsleep 300\n"
     job_id = submit(run, tmp_path, body, requeue=True)
     wait_until((tmp_path / "runs").exists, timeout=15)
-    slurm_cli.requeue(run, job_id)
+    slurm.requeue(run, job_id)
     # A requeued job may start again only after cred_expire + 1 s (11 s here).
     wait_until(lambda: (tmp_path / "runs").read_text() == "run\nrun\n", timeout=25)
     assert state_of(run, job_id) == "RUNNING"
-    slurm_cli.cancel(run, job_id)
+    slurm.cancel(run, job_id)
 
 
 def test_cancel_leaves_nothing_queued_or_running(
@@ -162,7 +162,7 @@ def test_cancel_leaves_nothing_queued_or_running(
     job_id = submit(run, tmp_path, "echo $$ > pid\nexec sleep 300\n")
     wait_until((tmp_path / "pid").exists, timeout=15)
     pid = int((tmp_path / "pid").read_text())
-    slurm_cli.cancel(run, job_id)
+    slurm.cancel(run, job_id)
     wait_until(lambda: state_of(run, job_id) == "CANCELLED", timeout=10)
     queued = slurm_cluster.client(["squeue", "-h", "-j", job_id])
     assert queued.returncode == 0
@@ -202,8 +202,8 @@ def test_a_missing_partition_is_a_clear_error(run: SlurmRun) -> None:
 
 
 def test_an_unknown_job_is_none(run: SlurmRun) -> None:
-    assert slurm_cli.job_state(run, "999999") is None
-    assert slurm_cli.estimated_start(run, "999999") is None
+    assert slurm.job_state(run, "999999") is None
+    assert slurm.estimated_start(run, "999999") is None
 
 
 def test_a_refused_submission_names_the_reason(run: SlurmRun, tmp_path: Path) -> None:
@@ -260,12 +260,12 @@ class Printed:
 
 
 def test_submit_strips_the_cluster_suffix_and_rejects_no_id() -> None:
-    assert slurm_cli.submit(Printed(b"4242;cluster-a\n"), ["sbatch"]) == "4242"
-    assert slurm_cli.submit(Printed(b"17\n"), ["sbatch"]) == "17"
+    assert slurm.submit(Printed(b"4242;cluster-a\n"), ["sbatch"]) == "4242"
+    assert slurm.submit(Printed(b"17\n"), ["sbatch"]) == "17"
     with pytest.raises(SlurmCommandError, match="no job id"):
-        slurm_cli.submit(Printed(b"Submitted batch job x\n"), ["sbatch"])
+        slurm.submit(Printed(b"Submitted batch job x\n"), ["sbatch"])
     with pytest.raises(SlurmCommandError, match=r"^sbatch failed: Invalid account$"):
-        slurm_cli.submit(Printed(b"", 1, b"sbatch: error: Batch job\nInvalid account\n"), ["x"])
+        slurm.submit(Printed(b"", 1, b"sbatch: error: Batch job\nInvalid account\n"), ["x"])
 
 
 def test_parse_squeue_lines() -> None:
@@ -285,15 +285,15 @@ def test_parse_squeue_lines() -> None:
 
 def test_job_state_picks_the_job_and_fails_on_other_errors() -> None:
     printed = Printed(b"7|RUNNING|None|2026-11-30T18:00:01|0:05|1:00|vm\n")
-    job = slurm_cli.job_state(printed, "7")
+    job = slurm.job_state(printed, "7")
     assert job is not None
     assert job.nodes == "vm"
     assert printed.argv[:3] == ["env", "TZ=UTC", "squeue"]
     gone = Printed(b"", 1, b"slurm_load_jobs error: Invalid job id specified\n")
-    assert slurm_cli.job_state(gone, "7") is None
+    assert slurm.job_state(gone, "7") is None
     down = Printed(b"", 1, b"slurm_load_jobs error: Unable to contact slurm controller\n")
     with pytest.raises(SlurmCommandError, match="Unable to contact"):
-        slurm_cli.job_state(down, "7")
+        slurm.job_state(down, "7")
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,6 @@
-"""Slurm's command-line tools (sbatch, squeue, scontrol, scancel, sinfo), wrapped.
+"""What harchos asks of Slurm from its own side: the `sbatch` command line, moving a pending
+job's begin time, and a partition's nodes (the hub runner submits, asks `squeue` and signals
+itself, on the login node).
 
 Every function takes `run`, a hub transport's `run`, so the same code drives a login node over
 SSH or this machine. Arguments are passed literally (argv, no shell).
@@ -21,8 +23,6 @@ from harchos_cli.errors import HubError
 
 IN_UTC = ("env", "TZ=UTC")
 SLURM_TIME = "%Y-%m-%dT%H:%M:%S"
-PENDING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING"})
-_UNKNOWN_JOB = ("invalid job id", "unknown job", "job not found")
 _NO_TIME = frozenset({"", "N/A", "NONE", "UNKNOWN", "(NULL)"})
 
 
@@ -45,24 +45,6 @@ class SlurmCommandError(HubError):
 
 class PartitionNotFoundError(SlurmCommandError):
     """The cluster has no partition of that name."""
-
-
-@dataclass(frozen=True)
-class SlurmJob:
-    """A job as `squeue` shows it. `start` is the actual or expected start, None when Slurm
-    does not know it."""
-
-    job_id: str
-    state: str
-    reason: str
-    start: datetime | None
-    elapsed: str
-    time_limit: str
-    nodes: str
-
-    @property
-    def pending(self) -> bool:
-        return self.state in PENDING_STATES
 
 
 @dataclass(frozen=True)
@@ -160,104 +142,28 @@ def sbatch_argv(
     return argv
 
 
-def _text(data: bytes) -> str:
+def output_text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def _last_line(result: subprocess.CompletedProcess[bytes]) -> str:
+def failure_line(result: subprocess.CompletedProcess[bytes]) -> str:
     """The failure's last line: from stderr, else stdout (where scontrol prints "not found")."""
-    said = _text(result.stderr or b"").strip() or _text(result.stdout or b"").strip()
+    said = output_text(result.stderr or b"").strip() or output_text(result.stdout or b"").strip()
     lines = [line.strip() for line in said.splitlines() if line.strip()]
     return lines[-1] if lines else f"exit status {result.returncode}"
 
 
-def _checked(run: SlurmRun, argv: Sequence[str], what: str) -> str:
+def checked(run: SlurmRun, argv: Sequence[str], what: str) -> str:
     result = run(list(argv), check=False)
     if result.returncode != 0:
-        raise SlurmCommandError(f"{what} failed: {_last_line(result)}")
-    return _text(result.stdout)
-
-
-def submit(run: SlurmRun, argv: Sequence[str]) -> str:
-    """Run an `sbatch --parsable` command line; the job id (without a `;cluster` suffix)."""
-    out = _checked(run, argv, "sbatch").strip()
-    job_id = out.splitlines()[-1].split(";", 1)[0].strip() if out else ""
-    if not job_id.isdigit():
-        raise SlurmCommandError(f"sbatch printed no job id: {out[:200]!r}")
-    return job_id
-
-
-SQUEUE_FORMAT = "%i|%T|%r|%S|%M|%l|%N"
-
-
-def parse_squeue_line(line: str) -> SlurmJob:
-    """One line of `squeue -o SQUEUE_FORMAT` (printed under TZ=UTC)."""
-    fields = line.rstrip("\n").split("|")
-    if len(fields) != 7 or not fields[0].strip():
-        raise SlurmCommandError(f"squeue printed an unexpected line: {line.strip()[:200]!r}")
-    job_id, state, reason, start, elapsed, limit, nodes = (field.strip() for field in fields)
-    return SlurmJob(job_id=job_id, state=state, reason=reason, start=parse_time(start),
-                    elapsed=elapsed, time_limit=limit, nodes=nodes)  # fmt: skip
-
-
-def _unknown_job(result: subprocess.CompletedProcess[bytes]) -> bool:
-    return any(marker in _text(result.stderr or b"").lower() for marker in _UNKNOWN_JOB)
-
-
-def job_state(run: SlurmRun, job_id: str) -> SlurmJob | None:
-    """The job as `squeue` shows it (any state); None once Slurm no longer knows it."""
-    argv = [*IN_UTC, "squeue", "-h", "-j", job_id, "-t", "all", "-o", SQUEUE_FORMAT]
-    result = run(argv, check=False)
-    if result.returncode != 0:
-        if _unknown_job(result):
-            return None
-        raise SlurmCommandError(f"squeue failed: {_last_line(result)}")
-    # A job array or heterogeneous job prints several lines; the job asked for comes first.
-    for line in _text(result.stdout).splitlines():
-        if line.strip():
-            job = parse_squeue_line(line)
-            if job.job_id.split("_", 1)[0].split("+", 1)[0] == job_id or job.job_id == job_id:
-                return job
-    return None
-
-
-def estimated_start(run: SlurmRun, job_id: str) -> datetime | None:
-    """When Slurm expects a pending job to start (`squeue --start`); None when it does not say
-    (or the job is not pending)."""
-    argv = [*IN_UTC, "squeue", "--start", "-h", "-j", job_id, "-o", "%i|%S"]
-    result = run(argv, check=False)
-    if result.returncode != 0:
-        if _unknown_job(result):
-            return None
-        raise SlurmCommandError(f"squeue --start failed: {_last_line(result)}")
-    for line in _text(result.stdout).splitlines():
-        shown_id, _, start = line.partition("|")
-        if shown_id.strip() == job_id:
-            return parse_time(start)
-    return None
+        raise SlurmCommandError(f"{what} failed: {failure_line(result)}")
+    return output_text(result.stdout)
 
 
 def set_begin(run: SlurmRun, job_id: str, begin: datetime) -> None:
     """Move a pending job's earliest start."""
     argv = [*IN_UTC, "scontrol", "update", f"JobId={job_id}", f"StartTime={format_time(begin)}"]
-    _checked(run, argv, "scontrol update StartTime")
-
-
-def cancel(run: SlurmRun, job_id: str, signal: str | None = None, batch_only: bool = False) -> None:
-    """`scancel`: end the job, or with `signal` only signal it (`batch_only`: just the batch
-    shell, not its steps)."""
-    argv = ["scancel"]
-    if signal:
-        argv.append(f"--signal={signal}")
-    if batch_only:
-        argv.append("--batch")
-    argv.append(job_id)
-    _checked(run, argv, "scancel")
-
-
-def requeue(run: SlurmRun, job_id: str) -> None:
-    """Put a running or finished batch job back in the queue (`scontrol requeue`)."""
-    _checked(run, ["scontrol", "requeue", job_id], "scontrol requeue")
+    checked(run, argv, "scontrol update StartTime")
 
 
 def _split_outside_parentheses(text: str) -> list[str]:
@@ -317,9 +223,9 @@ def partition_info(run: SlurmRun, partition: str) -> PartitionInfo:
         raise PartitionNotFoundError("no Slurm partition given",
                                      "set the hub's partition (see `sinfo -s`)")  # fmt: skip
     shown = run(["scontrol", "-o", "show", "partition", partition], check=False)
-    text = _text(shown.stdout).strip()
+    text = output_text(shown.stdout).strip()
     if shown.returncode != 0 or not text:
-        message = _last_line(shown)
+        message = failure_line(shown)
         if "not found" in message.lower() or (shown.returncode == 0 and not text):
             raise PartitionNotFoundError(
                 f"Slurm has no partition {partition!r}",
@@ -327,7 +233,7 @@ def partition_info(run: SlurmRun, partition: str) -> PartitionInfo:
             )
         raise SlurmCommandError(f"scontrol show partition failed: {message}")
     fields = dict(item.split("=", 1) for item in text.splitlines()[0].split() if "=" in item)
-    nodes_out = _checked(run, ["sinfo", "-h", "-N", "-p", partition, "-o", "%N|%t|%c|%G"], "sinfo")
+    nodes_out = checked(run, ["sinfo", "-h", "-N", "-p", partition, "-o", "%N|%t|%c|%G"], "sinfo")
     nodes: dict[str, NodeInfo] = {}
     for line in nodes_out.splitlines():
         if line.strip():
