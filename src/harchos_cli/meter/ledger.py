@@ -157,12 +157,12 @@ def _hubs_of(job: Job) -> dict[str, Hub]:
 def _hub(name: str, known: dict[str, Hub]) -> Hub:
     from harchos_cli.hubs import inventory
 
-    if name in known:
-        return known[name]
-    try:
-        return inventory.get(name)
-    except UsageError:
-        return Hub(name=name, transport="local" if name == LOCAL else "ssh")
+    if name not in known:  # looked up once per ledger, not once per interval
+        try:
+            known[name] = inventory.get(name)
+        except UsageError:
+            known[name] = Hub(name=name, transport="local" if name == LOCAL else "ssh")
+    return known[name]
 
 
 def _energy_source(samples: Sequence[Sample]) -> tuple[FigureSource, str]:
@@ -198,6 +198,7 @@ class _Builder:
         self.known = _hubs_of(job)
         self.warnings: list[str] = []
         self.gpus = int(job.request.get("gpus") or 0)
+        self.intensity_sources: set[FigureSource] = set()  # of the intervals' intensities
 
     def pricing(self, hub: Hub) -> _Pricing:
         return _Pricing(
@@ -233,10 +234,21 @@ class _Builder:
         source: FigureSource,
     ) -> Interval:  # fmt: skip
         start, end = self.to_clock(t0), self.to_clock(t1)
+        return self._placed(hub, region, start, end, kwh=kwh, source=source,
+                            seen=self.intensity_sources)  # fmt: skip
+
+    def _placed(
+        self, hub: Hub, region: str | None, start: datetime, end: datetime, *, kwh: float,
+        source: FigureSource, seen: set[FigureSource],
+    ) -> Interval:  # fmt: skip
+        """Energy on `hub` from `start` to `end`, at the intensity of the hour of its middle;
+        the intensity's source joins `seen`."""
         point = self.lookup.at(region, start + (end - start) / 2) if region else None
-        intensity = point.value if point else None
-        emissions = None if intensity is None else kwh * intensity * hub.pue / 1000.0
-        return Interval(hub.name, start, end, kwh, intensity, emissions, source)
+        if point is None:
+            return Interval(hub.name, start, end, kwh, None, None, source)
+        seen.add(point.source)
+        emissions = kwh * point.value * hub.pue / 1000.0
+        return Interval(hub.name, start, end, kwh, point.value, emissions, source)
 
     def estimated(self) -> list[tuple[Interval, float, int, Hub]]:
         """One interval over the job's running time at the flat draw (no meter samples)."""
@@ -321,15 +333,8 @@ class _Builder:
         missing = sum(1 for i in intervals if i.emissions_kg is None)
         if missing:
             self.warnings.append(f"{missing} interval(s) had no intensity data: left out")
-        kinds = {
-            p.source
-            for i in intervals
-            if i.emissions_kg is not None
-            for p in [self.lookup.at(self._region(i.hub) or "", i.start)]
-            if p is not None
-        }
-        source: FigureSource = kinds.pop() if len(kinds) == 1 else "mixed"
-        return Figure(total, source, "energy × intensity of each hour it ran × hub PUE")
+        return Figure(total, _one_source(self.intensity_sources),
+                      "energy × intensity of each hour it ran × hub PUE")  # fmt: skip
 
     def _region(self, hub_name: str) -> str | None:
         return self.lookup.region_of(_hub(hub_name, self.known))
@@ -339,15 +344,8 @@ class _Builder:
         priced = unpriced = 0
         for interval, seconds, gpus, hub in rows:
             pricing = self.pricing(hub)
-            money = 0.0
-            has_price = False
-            if pricing.per_gpu_hour is not None:
-                money += pricing.per_gpu_hour * max(gpus, self.gpus, 1) * seconds / 3600.0
-                has_price = True
-            if pricing.per_kwh is not None:
-                money += interval.energy_kwh * pricing.pue * pricing.per_kwh
-                has_price = True
-            if has_price:
+            money = self._money(pricing, interval.energy_kwh, seconds, gpus)
+            if money is not None:
                 totals[pricing.currency] = totals.get(pricing.currency, 0.0) + money
                 priced += 1
             else:
@@ -363,6 +361,17 @@ class _Builder:
         if unpriced:
             detail += f" ({unpriced} of {priced + unpriced} intervals on unpriced hubs)"
         return Figure(total, "configured", detail), currency
+
+    def _money(self, pricing: _Pricing, kwh: float, seconds: float, gpus: int) -> float | None:
+        """GPU-hours × price + energy × PUE × electricity price; None: the hub sets neither."""
+        if pricing.per_gpu_hour is None and pricing.per_kwh is None:
+            return None
+        money = 0.0
+        if pricing.per_gpu_hour is not None:
+            money += pricing.per_gpu_hour * max(gpus, self.gpus, 1) * seconds / 3600.0
+        if pricing.per_kwh is not None:
+            money += kwh * pricing.pue * pricing.per_kwh
+        return money
 
     def _submission_hub(self) -> Hub:
         requested = self.job.request.get("hub")
@@ -381,26 +390,17 @@ class _Builder:
         shifted = []
         money = 0.0
         pricing = self.pricing(hub)
+        seen: set[FigureSource] = set()
         for interval, seconds, gpus, _ in rows:
             start = datetime.fromtimestamp(t, UTC)
             end = start + timedelta(seconds=seconds * speed)
-            point = self.lookup.at(region, start + (end - start) / 2) if region else None
-            value = point.value if point else None
-            kg = None if value is None else interval.energy_kwh * value * hub.pue / 1000.0
-            shifted.append(Interval(hub.name, start, end, interval.energy_kwh, value, kg,
-                                    interval.source))  # fmt: skip
-            if pricing.per_gpu_hour is not None:
-                money += pricing.per_gpu_hour * max(gpus, self.gpus, 1) * seconds / 3600.0
-            if pricing.per_kwh is not None:
-                money += interval.energy_kwh * pricing.pue * pricing.per_kwh
+            shifted.append(self._placed(hub, region, start, end, kwh=interval.energy_kwh,
+                                        source=interval.source, seen=seen))  # fmt: skip
+            money += self._money(pricing, interval.energy_kwh, seconds, gpus) or 0.0
             t += seconds * speed
         energy = sum(i.energy_kwh for i in shifted)
         total = _sum(i.emissions_kg for i in shifted)
-        points = [self.lookup.at(region, i.start) for i in shifted] if region else []
-        kinds = {p.source for p in points if p is not None}
-        emission_source: FigureSource = (
-            "unknown" if total is None else kinds.pop() if len(kinds) == 1 else "mixed"
-        )
+        emission_source: FigureSource = "unknown" if total is None else _one_source(seen)
         priced = pricing.per_gpu_hour is not None or pricing.per_kwh is not None
         same_currency = currency is None or pricing.currency == currency
         cost = (
@@ -458,6 +458,11 @@ class _Builder:
             if region:
                 series[name] = tuple(self.lookup.series(region, submitted, end))
         return series
+
+
+def _one_source(sources: set[FigureSource]) -> FigureSource:
+    """The source of a sum: the one its parts share, else `mixed`."""
+    return next(iter(sources)) if len(sources) == 1 else "mixed"
 
 
 def _speedup(clock: dict[str, Any] | None) -> float:
