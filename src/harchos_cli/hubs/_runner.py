@@ -22,6 +22,7 @@ Job directory `<root>/<job_id>/`:
     slurm_job_id the Slurm job running this job (a Slurm hub: the job dir is on the cluster's
                  shared filesystem, and `sbatch` runs the monitor on a compute node)
     job.sh       the batch script Slurm runs: `exec PYTHON runner.py monitor JOB_DIR`
+    squeue.json  what `squeue` last said of that job, reused for a few seconds by `status`
     control/     the workload's `$HARCHOS_CONTROL_DIR` (training contract): each worker of the
                  launch creates `control/workers/<pid>` once its signal handlers are in place,
                  and `control/workers/<pid>.paused` (JSON) after it saved its state on a pause
@@ -247,6 +248,7 @@ def _launch(root: str, job_id: str, spec_json: str) -> None:
     _print(_status(job_dir))
 
 
+_SQUEUE_FRESH_S = 5.0
 _SLURM_ACTIVE = frozenset({
     "UNKNOWN", "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
     "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD",
@@ -312,11 +314,29 @@ def _squeue(slurm_id: str) -> tuple[str, str, str] | None:
     return state.strip(), reason.strip(), start.strip()
 
 
+def _squeue_recent(job_dir: str, slurm_id: str) -> tuple[str, str, str] | None:
+    """`_squeue`, answered from the job folder when asked within the last `_SQUEUE_FRESH_S`: a
+    supervisor polls every second, and a cluster's controller should not answer that often."""
+    path = os.path.join(job_dir, "squeue.json")
+    try:
+        if time.time() - os.path.getmtime(path) < _SQUEUE_FRESH_S:
+            with open(path) as handle:
+                kept = json.load(handle)
+            return None if kept is None else (str(kept[0]), str(kept[1]), str(kept[2]))
+    except (OSError, ValueError, IndexError, TypeError):
+        pass
+    queued = _squeue(slurm_id)
+    if queued is None or queued[0] != "UNKNOWN":
+        with contextlib.suppress(OSError):
+            _write_atomic(path, json.dumps(queued))
+    return queued
+
+
 def _slurm_status(job_dir: str, slurm_id: str, log_size: int) -> dict[str, object]:
     code = _read(os.path.join(job_dir, "exit_code"))
     if code:
         return {"state": "exited", "pid": None, "exit_code": int(code), "log_size": log_size}
-    queued = _squeue(slurm_id)
+    queued = _squeue_recent(job_dir, slurm_id)
     if queued is not None and queued[0] in _SLURM_ACTIVE:
         state, reason, start = queued
         begin = start if start not in ("", "N/A", "Unknown") else None
