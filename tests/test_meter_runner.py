@@ -334,6 +334,7 @@ def test_gpus_through_nvidia_smi_power_sampling(
 
 def test_the_job_tree_cpu_time_matches_with_and_without_psutil() -> None:
     import psutil  # a test dependency: the hub's meter uses it when the hub's Python has it
+
     child = subprocess.Popen([PY, "-c", BURN, "0.5"], stdout=subprocess.DEVNULL)
     time.sleep(0.3)
     try:
