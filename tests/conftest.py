@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from httpfake import FakeServer
-from slurm import slurm_cluster_fixture  # noqa: F401  (offers `slurm_cluster`)
+from slurm import slurm_cluster_fixture, slurm_pair_fixture  # noqa: F401  (offer the clusters)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -59,11 +59,14 @@ def _free_port() -> int:
 
 
 class SlurmCluster:
-    """One node (this machine, `hostname -s`) in one default partition, `partition`."""
+    """One node (this machine, `hostname -s`) in one default partition, `partition`; or, with
+    `nodes` > 1, that many nodes `n1`, `n2`, ... all on this machine (one slurmd each, on ports
+    of their own: Slurm's multiple-slurmd mode), for jobs that span machines."""
 
-    def __init__(self, base: Path, partition: str = "debug") -> None:
+    def __init__(self, base: Path, partition: str = "debug", nodes: int = 1) -> None:
         self.base = base
         self.partition = partition
+        self.nodes = nodes
         self.conf = base / "slurm.conf"
         self.munge_socket = base / "munge" / "munge.socket"
         self.env: dict[str, str] = {"SLURM_CONF": str(self.conf)}
@@ -83,6 +86,27 @@ class SlurmCluster:
         ).stdout.splitlines()[0]
         node_name = node.split()[0].removeprefix("NodeName=")
         log = self.base / "log"
+        slurmd_files = [
+            f"SlurmdSpoolDir={self.base / 'spool'}",
+            f"SlurmdPidFile={self.base / 'slurmd.pid'}",
+            f"SlurmdLogFile={log / 'slurmd.log'}",
+        ]
+        node_lines = [f"{node} NodeAddr=127.0.0.1 State=UNKNOWN"]
+        members = node_name
+        if self.nodes > 1:
+            # Each slurmd of this machine keeps its own files (%n: its node name).
+            slurmd_files = [
+                f"SlurmdSpoolDir={self.base / 'spool'}-%n",
+                f"SlurmdPidFile={self.base / 'slurmd'}-%n.pid",
+                f"SlurmdLogFile={log / 'slurmd'}-%n.log",
+            ]
+            described = " ".join(node.split()[1:])
+            node_lines = [
+                f"NodeName={name} NodeHostname={node_name} NodeAddr=127.0.0.1 "
+                f"Port={_free_port()} {described} State=UNKNOWN"
+                for name in self.node_names
+            ]
+            members = ",".join(self.node_names)
         lines = [
             "ClusterName=harchos-test",
             f"SlurmctldHost={node_name}(127.0.0.1)",
@@ -107,15 +131,13 @@ class SlurmCluster:
             # Seconds between SIGTERM and SIGKILL on cancel or time limit (default 30).
             "KillWait=2",
             f"StateSaveLocation={self.base / 'state'}",
-            f"SlurmdSpoolDir={self.base / 'spool'}",
             f"SlurmctldPidFile={self.base / 'slurmctld.pid'}",
-            f"SlurmdPidFile={self.base / 'slurmd.pid'}",
             f"SlurmctldLogFile={log / 'slurmctld.log'}",
-            f"SlurmdLogFile={log / 'slurmd.log'}",
+            *slurmd_files,
             "SlurmctldDebug=info",
             "SlurmdDebug=info",
-            f"{node} NodeAddr=127.0.0.1 State=UNKNOWN",
-            f"PartitionName={self.partition} Nodes={node_name} Default=YES MaxTime=INFINITE "
+            *node_lines,
+            f"PartitionName={self.partition} Nodes={members} Default=YES MaxTime=INFINITE "
             "State=UP",
             "",
         ]
@@ -157,9 +179,16 @@ class SlurmCluster:
         self._wait(self._munge_works, "munged", 10)
         conf = str(self.conf)
         self._start([_program("slurmctld"), "-D", "-i", "-f", conf], "slurmctld.out")
-        self._start([_program("slurmd"), "-D", "-f", conf], "slurmd.out")
-        self._wait(self._node_idle, "the node to be idle", 30)
+        if self.nodes == 1:
+            self._start([_program("slurmd"), "-D", "-f", conf], "slurmd.out")
+        for name in self.node_names if self.nodes > 1 else []:
+            self._start([_program("slurmd"), "-D", "-f", conf, "-N", name], f"slurmd-{name}.out")
+        self._wait(self._node_idle, "the nodes to be idle", 30)
         return self
+
+    @property
+    def node_names(self) -> list[str]:
+        return [f"n{index}" for index in range(1, self.nodes + 1)]
 
     def _munge_works(self) -> bool:
         socket_arg = ["-S", str(self.munge_socket)]
@@ -172,8 +201,8 @@ class SlurmCluster:
         return decoded.returncode == 0
 
     def _node_idle(self) -> bool:
-        result = self.client(["sinfo", "-h", "-p", self.partition, "-o", "%t"])
-        return result.returncode == 0 and result.stdout.strip() == "idle"
+        result = self.client(["sinfo", "-h", "-p", self.partition, "-o", "%t %D"])
+        return result.returncode == 0 and result.stdout.strip() == f"idle {self.nodes}"
 
     def _wait(self, ready: Callable[[], bool], what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -246,6 +275,21 @@ def slurm_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         pytest.fail(f"Slurm is not installed (missing {', '.join(missing)}); install it with: "
                     f"{INSTALL}", pytrace=False)  # fmt: skip
     cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(name="slurm_pair", scope="session")
+def slurm_pair_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A running two-node cluster (`n1`, `n2`, both this machine; partition `pair`)."""
+    missing = missing_programs()
+    if missing:
+        pytest.fail(f"Slurm is not installed (missing {', '.join(missing)}); install it with: "
+                    f"{INSTALL}", pytrace=False)  # fmt: skip
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm-pair"), partition="pair", nodes=2)
     try:
         cluster.start()
         yield cluster

@@ -9,6 +9,7 @@ import csv
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from test_pause_migrate import (
     project,
     same_weights,
     settled,
+    start,
     straight_run,
 )
 
@@ -114,6 +116,29 @@ def test_hubs_add_and_check_a_cluster(capsys: pytest.CaptureFixture[str], cluste
     bad = harchos(capsys, "hubs", "add", "c2", "--slurm", "local", "--region", "DE")
     assert bad.code == 2
     assert "--partition" in bad.err
+
+
+def test_the_job_says_how_long_before_the_time_limit_it_saves(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cluster: Any
+) -> None:
+    root = batch_project(tmp_path / "limit", ["python3", "-c", "pass"])
+    os.chdir(root)
+
+    def signal_option(*extra: str) -> str:
+        dry = harchos(capsys, "run", "batch", "--hub", CLUSTER, "--defer-until-green",
+                      "--deadline", "12h", "--dry-run", "--json", *extra)  # fmt: skip
+        assert dry.code == 0, dry.err
+        (option,) = [a for a in dry.json()["launch"]["slurm"]["sbatch"] if a.startswith("--sig")]
+        return str(option)
+
+    assert signal_option() == "--signal=B:USR1@120"  # two minutes by default
+    toml = root / "harchos.toml"
+    toml.write_text(toml.read_text().replace("[job]\n", '[job]\nsave_before_limit = "10m"\n'))
+    assert signal_option() == "--signal=B:USR1@600"
+    toml.write_text(toml.read_text().replace('"10m"', '"soon"'))
+    bad = harchos(capsys, "run", "batch", "--hub", CLUSTER, "--dry-run")
+    assert bad.code == 2
+    assert "save_before_limit" in bad.err
 
 
 def test_a_deferred_job_waits_in_slurms_queue_then_runs_and_a_replan_moves_it(
@@ -273,3 +298,46 @@ def test_a_job_moves_from_the_cluster_to_an_ssh_box(
     # harchos asked for that stop: Slurm's job ended, it was not requeued.
     assert squeue(cluster, slurm_id) in (None,) or squeue(cluster, slurm_id)[0] == "COMPLETED"  # type: ignore[index]
     assert "requeued" not in log_path(job_id).read_text()
+
+
+def test_two_machines_of_the_cluster_train_pause_and_resume_as_one_job(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, slurm_pair: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # One process on each of two machines: the same world as two processes on one machine.
+    expected = straight_run(capsys, tmp_path / "straight", processes=2)
+    root = project(capsys, tmp_path / "pair", processes=1)
+    os.chdir(root)
+    for name, value in slurm_pair.env.items():
+        monkeypatch.setenv(name, value)
+    added = harchos(capsys, "hubs", "add", "pair", "--slurm", "local", "--partition",
+                    slurm_pair.partition, "--region", "DE", "--python", sys.executable)  # fmt: skip
+    assert added.code == 0, added.err
+
+    dry = harchos(capsys, "run", "train", "--hub", "pair", "--nodes", "2", "--dry-run", "--json")
+    assert dry.code == 0, dry.err
+    launch = dry.json()["launch"]
+    assert {"--nodes=2", "--ntasks-per-node=1"} <= set(launch["slurm"]["sbatch"])
+    argv = launch["argv"]
+    assert argv[argv.index("--num_machines") + 1] == "2"
+    assert argv[argv.index("--machine_rank") + 1] == "{SLURM_PROCID}"
+    assert argv[argv.index("--num_processes") + 1] == "2"
+
+    job_id = start(capsys, "--hub", "pair", "--nodes", "2")
+    assert harchos(capsys, "jobs", "pause", job_id).code == 0
+    final = settled(job_id)
+    assert (final.state, final.exit_code) == ("paused", 85), final.message
+    log = log_path(job_id).read_text()
+    # srun labels each machine's lines with its task number: machine 1 ran the world's rank 1.
+    for rank in (0, 1):
+        assert re.search(rf"^{rank}: rank {rank} \(pid \d+\) ready", log, re.M), log[-2000:]
+    # Slurm placed both machines; a move elsewhere would change the world: refused.
+    refused = harchos(capsys, "jobs", "migrate", job_id, "--to", "local")
+    assert refused.code == 2
+    assert "2 machines" in refused.err
+
+    assert harchos(capsys, "jobs", "resume", job_id).code == 0
+    final = settled(job_id)
+    assert (final.state, final.attempt) == ("done", 2), final.message
+    assert log_path(job_id).read_text().count("resumed from") >= 1
+    assert same_weights(expected, root / "outputs" / "model.pt")

@@ -489,6 +489,11 @@ def _print_dry_run(plan: dict[str, Any]) -> None:
     if plan["setup"]:
         typer.echo(f"  setup  {render(plan['setup']['command'])}")
     launch = plan["launch"]
+    slurm = launch.get("slurm")
+    if slurm:
+        typer.echo(f"  submit {render(slurm['sbatch'])} (the batch script runs the launch)")
+        if slurm.get("nodes", 1) > 1:
+            typer.echo(f"  on each of {slurm['nodes']} machines (srun), with its rank filled in:")
     typer.echo(f"  launch {render(launch['argv'], launch['env'], launch['cwd'])}")
     for rank, node in enumerate(plan.get("nodes") or [], start=1):
         typer.echo(f"  machine {rank} on hub {node['hub']}: {node['command_line']}")

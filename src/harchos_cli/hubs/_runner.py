@@ -50,13 +50,19 @@ Commands (each prints one JSON object on stdout unless noted):
                                    the folder that would hold it) is writable, and whether
                                    accelerate and rsync are there
     monitor JOB_DIR                (internal) run the workload and record its exit code
+    node JOB_DIR                   (internal) one machine of a multi-node job in a Slurm
+                                   cluster: run its `accelerate launch`, pass signals on
 
 A spec with a `slurm` key (`{"sbatch": [argv...], "job_name": NAME}`) is submitted with that
 `sbatch` command instead of started here; the monitor then runs as the batch script on a compute
 node. There, Slurm's `--signal=B:USR1@N` before the time limit reaches the monitor, which passes
 it to the workers (they save and exit 85) and requeues the job (`scontrol requeue`) unless harchos
 asked for the stop itself (`control/stop_requested`, written by the `signal` command); the requeued
-job runs the monitor again, which resumes from the checkpoint. `status` asks `squeue` while no
+job runs the monitor again, which resumes from the checkpoint. With `"nodes": N` (N > 1) in the
+`slurm` key the monitor starts `srun ... runner.py node JOB_DIR`, one task per machine: each
+fills its rank, the first machine's address and a port into the spec's `accelerate launch` flags
+(the values `{SLURM_PROCID}`, `{FIRST_NODE_ADDRESS}` and `{JOB_PORT}`), runs it, and passes the
+signals srun forwards (USR1, TERM, INT) to the workers on its machine. `status` asks `squeue` while no
 exit code is recorded; `signal` reaches the monitor with `scancel --batch --signal`, and SIGKILL,
 or any signal before the job started, is `scancel` itself.
 
@@ -403,13 +409,17 @@ def _monitor(job_dir: str) -> None:
     secret = [name for name in spec.get("secret_env") or [] if name in env]
     env["HARCHOS_CONTROL_DIR"] = os.path.join(job_dir, "control")
     os.makedirs(os.path.join(job_dir, "control", "workers"), mode=0o700, exist_ok=True)
+    argv = spec["argv"]
+    machines = int((spec.get("slurm") or {}).get("nodes") or 1)
+    if slurm_id and machines > 1:
+        argv = _srun_argv(job_dir, machines, env)
     # Workers a launcher leaves behind (it was killed, or died) are re-parented to the monitor
     # rather than to init, so they can be found, stopped and reaped before the exit is recorded.
     _become_subreaper()
     log = open(os.path.join(job_dir, "log"), "ab")  # noqa: SIM115 - held for the job's life
     try:
         process = subprocess.Popen(
-            spec["argv"],
+            argv,
             cwd=os.path.expanduser(spec["cwd"]),
             env=env,
             stdin=subprocess.DEVNULL,
@@ -460,6 +470,64 @@ def _monitor(job_dir: str) -> None:
     if recorded != code:
         _write_atomic(os.path.join(job_dir, "launcher_exit_code"), str(code))
     _write_atomic(os.path.join(job_dir, "exit_code"), str(recorded))
+
+
+# The values `node` fills in, each after its flag (harchos_cli.jobs.launchers.SLURM_SLOTS).
+_NODE_SLOTS = {
+    "--machine_rank": "{SLURM_PROCID}",
+    "--main_process_ip": "{FIRST_NODE_ADDRESS}",
+    "--main_process_port": "{JOB_PORT}",
+}
+
+
+def _srun_argv(job_dir: str, machines: int, env: dict[str, str]) -> list[str]:
+    """One `node` task on each of the job's machines. The batch script runs on the first
+    machine, where task 0 (the main process) runs too: its address as Slurm knows it and a port
+    free here now reach every task through the environment `srun` passes on."""
+    host = os.environ.get("SLURMD_NODENAME", "")
+    shown = _slurm_run(["scontrol", "-o", "show", "node", host]) if host else None
+    found = re.search(r"\bNodeAddr=(\S+)", shown.stdout) if shown and shown.returncode == 0 else None
+    env["HARCHOS_FIRST_NODE_ADDRESS"] = found.group(1) if found else (host or "127.0.0.1")
+    env["HARCHOS_JOB_PORT"] = str(_free_port(0))
+    return [
+        "srun", f"--nodes={machines}", f"--ntasks={machines}", "--ntasks-per-node=1",
+        "--label", sys.executable, os.path.join(job_dir, "runner.py"), "node", job_dir,
+    ]  # fmt: skip
+
+
+def _node(job_dir: str) -> None:
+    received: list[int] = []
+    for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, _frame: received.append(number))
+    with open(os.path.join(job_dir, "spec.json")) as handle:
+        argv = list(json.load(handle)["argv"])
+    values = {
+        "{SLURM_PROCID}": os.environ.get("SLURM_PROCID", "0"),
+        "{FIRST_NODE_ADDRESS}": os.environ.get("HARCHOS_FIRST_NODE_ADDRESS", "127.0.0.1"),
+        "{JOB_PORT}": os.environ.get("HARCHOS_JOB_PORT", "29500"),
+    }
+    for index in range(1, len(argv)):
+        if _NODE_SLOTS.get(argv[index - 1]) == argv[index]:
+            argv[index] = values[argv[index]]
+    _become_subreaper()
+    try:
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True
+        )
+    except OSError as exc:
+        print(f"harchos: cannot start {argv[0]!r}: {exc}", flush=True)
+        sys.exit(127)
+    delivered = 0
+    while True:
+        try:
+            code = process.wait(timeout=0.2)
+            break
+        except InterruptedError:
+            continue
+        except subprocess.TimeoutExpired:
+            delivered = _deliver(job_dir, process.pid, received, delivered)
+    _stop_leftovers()
+    sys.exit(128 - code if code < 0 else code)
 
 
 def _fresh_run(job_dir: str) -> None:
@@ -1042,10 +1110,9 @@ def _digest(folder: str) -> None:
     _print(sums)
 
 
-def _port(start: str) -> None:
+def _free_port(first: int) -> int | None:
     import socket
 
-    first = int(start)
     for port in [0] if first == 0 else range(first, min(first + 1000, 65536)):
         # Bound on every interface, as torch's rendezvous store and vLLM bind it.
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -1053,9 +1120,17 @@ def _port(start: str) -> None:
                 sock.bind(("", port))
             except OSError:
                 continue
-            _print({"port": sock.getsockname()[1]})
-            return
-    _fail(f"no free port from {first} to {first + 999}")
+            found: int = sock.getsockname()[1]
+            return found
+    return None
+
+
+def _port(start: str) -> None:
+    first = int(start)
+    port = _free_port(first)
+    if port is None:
+        _fail(f"no free port from {first} to {first + 999}")
+    _print({"port": port})
 
 
 def _smi_query(fields: str) -> str | None:
@@ -1161,6 +1236,7 @@ def main(argv: list[str], source: str = "", spec: str = "") -> None:
         "digest": (_digest, 1),
         "port": (_port, 1),
         "monitor": (_monitor, 1),
+        "node": (_node, 1),
     }
     if not argv or argv[0] not in commands or len(argv) - 1 != commands[argv[0]][1]:
         names = "|".join(commands)

@@ -20,7 +20,8 @@ from harchos_cli.hubs.base import Hub
 from harchos_cli.hubs.processes import HubJobs
 from harchos_cli.hubs.slurm_cli import PartitionInfo, partition_info, sbatch_argv, set_begin
 
-# Slurm may signal up to 60 s earlier than asked; two minutes leave a step time to finish.
+# The default of `[job] save_before_limit`: Slurm may signal up to 60 s earlier than asked; two
+# minutes leave a step time to finish.
 SIGNAL_BEFORE_S = 120
 
 
@@ -44,13 +45,18 @@ def sbatch_options(
     gpus: int,
     begin: datetime | None,
     time_limit: timedelta | None,
+    nodes: int = 1,
+    signal_before_s: int = SIGNAL_BEFORE_S,
     extra: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The `slurm` part of a launch spec: the `sbatch` command line for this job on `hub`."""
+    """The `slurm` part of a launch spec: the `sbatch` command line for this job on `hub`
+    (`gpus` on each of `nodes` machines; with more than one, the batch script starts one
+    `accelerate launch` per machine through `srun`), and how many machines."""
     minutes = None if time_limit is None else max(1, math.ceil(time_limit / timedelta(minutes=1)))
     signal_before = None
     if minutes is not None:
-        signal_before = min(SIGNAL_BEFORE_S, max(10, minutes * 60 // 4))
+        # At most a quarter of the time limit (at least 10 s), and what sbatch accepts.
+        signal_before = min(signal_before_s, max(10, minutes * 60 // 4), 65535)
     argv = sbatch_argv(
         script="",
         job_name="",  # the runner names the job (it looks the name up before submitting)
@@ -58,7 +64,7 @@ def sbatch_options(
         account=hub.account,
         qos=hub.qos,
         gpus=gpus,
-        nodes=1,
+        nodes=nodes,
         time_limit_minutes=minutes,
         begin=begin.astimezone(UTC) if begin else None,
         signal_before_s=signal_before,
@@ -67,4 +73,4 @@ def sbatch_options(
         chdir=cwd,
         extra=extra,
     )
-    return {"sbatch": argv, "job_name": job_name}
+    return {"sbatch": argv, "job_name": job_name, "nodes": nodes}

@@ -112,6 +112,8 @@ def sbatch_argv(
     if gpus < 0 or nodes < 1:
         raise ValueError(f"gpus must be >= 0 and nodes >= 1 (got {gpus}, {nodes})")
     argv = [*IN_UTC, "sbatch", "--parsable", f"--nodes={nodes}", "--open-mode=append"]
+    if nodes > 1:
+        argv.append("--ntasks-per-node=1")  # one `accelerate launch` per machine (`srun`)
     if job_name:
         argv.append(f"--job-name={job_name}")
     if partition:

@@ -26,7 +26,7 @@ def choose_run(store: JobStore, project_dir: str, kind: str, *, fresh: bool) -> 
     latest = store.latest_run(project_dir, kind)
     if latest is None:
         return None
-    if latest.active or latest.state == "paused":
+    if latest.active or latest.state in ("paused", "lost"):
         raise UsageError(
             f"job {latest.id} of this project's training run is {latest.state}; a second job "
             "would mix their checkpoints",
@@ -104,9 +104,10 @@ def continue_job(
 
 
 def _single_node(job: Job, verb: str) -> None:
-    if job.request.get("nodes"):
+    machines = len(job.request.get("nodes") or []) or int(job.request.get("cluster_nodes") or 1)
+    if machines > 1:
         raise UsageError(
-            f"job {job.id} runs on {len(job.request['nodes'])} machines; a multi-node job "
+            f"job {job.id} runs on {machines} machines; a multi-node job "
             f"cannot be {verb} (yet)",
             hint=f"pause it and resume it later: harchos jobs pause|resume {job.id}",
         )

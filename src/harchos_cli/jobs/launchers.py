@@ -55,12 +55,33 @@ class NodeRank:
     rank: int
     address: str
     port: int
+    in_slurm: bool = False  # placed by Slurm: each machine fills in its own (see `slurm`)
+
+    @classmethod
+    def slurm(cls, machines: int) -> NodeRank:
+        """Every machine of a multi-node job inside a Slurm cluster: one command line, in which
+        the hub runner on each machine puts its rank (`SLURM_PROCID`), the first machine's
+        address and the job's port in place of the `SLURM_SLOTS` values."""
+        return cls(machines, 0, "", 0, in_slurm=True)
 
     def flags(self) -> list[str]:
+        if self.in_slurm:
+            rank, address, port = (SLURM_SLOTS[flag] for flag in SLURM_SLOTS)
+        else:
+            rank, address, port = str(self.rank), self.address, str(self.port)
         return [
-            "--num_machines", str(self.machines), "--machine_rank", str(self.rank),
-            "--main_process_ip", self.address, "--main_process_port", str(self.port),
+            "--num_machines", str(self.machines), "--machine_rank", rank,
+            "--main_process_ip", address, "--main_process_port", port,
         ]  # fmt: skip
+
+
+# The values a machine of a Slurm multi-node job fills in (the hub runner's `node` command keeps
+# the same table: it follows each flag in harchos's part of the command line).
+SLURM_SLOTS = {
+    "--machine_rank": "{SLURM_PROCID}",
+    "--main_process_ip": "{FIRST_NODE_ADDRESS}",
+    "--main_process_port": "{JOB_PORT}",
+}
 
 
 def accelerate_flags(

@@ -77,6 +77,14 @@ class Request:
     main_address: str | None = None
     objective: str = "carbon"
     emissions_budget_kg: float | None = None
+    # Multi-node training inside a Slurm cluster (`--hub CLUSTER --nodes N`): Slurm places the
+    # machines, `srun` starts one `accelerate launch` on each.
+    cluster_nodes: int = 1
+
+    @property
+    def machines(self) -> int:
+        """How many machines the training runs on."""
+        return len(self.nodes) if self.nodes else self.cluster_nodes
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -95,6 +103,7 @@ class Request:
             "emissions_budget_kg": self.emissions_budget_kg,
             "nodes": self.nodes,
             "main_address": self.main_address,
+            "cluster_nodes": self.cluster_nodes,
             "objective": self.objective,
             # For display: which values `jobs show` masks (harchos_cli.secrets).
             "secret_env": list(self.project.spec.job.secret_env),
@@ -120,6 +129,7 @@ class Request:
             nodes=list(data["nodes"]) if data.get("nodes") else None,
             main_address=data.get("main_address"),
             objective=str(data.get("objective") or "carbon"),
+            cluster_nodes=int(data.get("cluster_nodes") or 1),
         )
 
 
@@ -143,7 +153,9 @@ def resolve(options: RunOptions) -> Request:
         threshold = None
     defer = options.defer or options.threshold is not None
     nodes = node_hubs(options)
-    shift = shift_policy(options, project, multi_node=nodes is not None)
+    shift = shift_policy(
+        options, project, multi_node=nodes is not None or (options.nodes or 1) > 1
+    )
     if options.deadline and not defer and shift is None:
         raise UsageError(
             "--deadline needs --defer-until-green, --threshold, --interruptible, "
@@ -170,6 +182,7 @@ def resolve(options: RunOptions) -> Request:
         nodes=nodes,
         main_address=options.main_address if nodes else None,
         objective=_objective(options.objective),
+        cluster_nodes=cluster_nodes(options, project),
     )
 
 
@@ -185,6 +198,30 @@ def _objective(value: str | None) -> str:
     return value
 
 
+def cluster_nodes(options: RunOptions, project: Project) -> int:
+    """`--hub CLUSTER --nodes N`: how many machines of the Slurm cluster the training runs on."""
+    if options.hubs is not None or options.nodes is None:
+        return 1
+    if options.hub == AUTO:
+        raise UsageError(
+            "--nodes with --hub auto",
+            hint="name the Slurm cluster (--hub CLUSTER --nodes N), or the machines (--hubs A,B)",
+        )
+    assert options.hub is not None
+    if options.main_address is not None:
+        raise UsageError(
+            "--main-address with a Slurm cluster",
+            hint="Slurm places the machines; harchos finds the first one's address itself",
+        )
+    if get_hub(options.hub, project).transport != "slurm":
+        raise UsageError(
+            f"--nodes {options.nodes} on hub {options.hub!r}, which is not a Slurm cluster",
+            hint=f"one machine on each hub: --hubs A,B; or a cluster: harchos hubs add NAME "
+            f"--slurm LOGIN --partition P",
+        )
+    return options.nodes
+
+
 def node_hubs(options: RunOptions) -> list[str] | None:
     """`--hubs a,b [--nodes 2]`: the hubs of a multi-node training in rank order, or None for
     a job on one hub."""
@@ -196,12 +233,15 @@ def node_hubs(options: RunOptions) -> list[str] | None:
     if options.kind != "train":
         raise UsageError("--nodes and --hubs apply to training only",
                          hint="harchos run train --hubs A,B")  # fmt: skip
+    if options.hub is not None and options.hubs is None:
+        return None  # `--hub CLUSTER --nodes N`: see cluster_nodes
     if options.hub is not None:
         raise UsageError("--hub and --hubs together", hint="--hubs A,B names every machine's hub")
     names = [name.strip() for name in (options.hubs or "").split(",")]
     names = [name for name in names if name]
     if not names:
-        raise UsageError("--nodes needs --hubs", hint="e.g. --nodes 2 --hubs box1,box2")
+        raise UsageError("--nodes needs --hubs, or a Slurm cluster as --hub",
+                         hint="e.g. --nodes 2 --hubs box1,box2, or --hub CLUSTER --nodes 2")  # fmt: skip
     if len(set(names)) != len(names) or AUTO in names:
         raise UsageError(f"--hubs {options.hubs!r} names a hub twice, or auto",
                          hint="one machine per hub, each named once: --hubs box1,box2")  # fmt: skip
@@ -436,7 +476,7 @@ def make_plan(request: Request, forecaster: Forecaster | None, now: datetime) ->
         )
     if every:
         main_address(request, every)  # refused now rather than when the job launches
-    machines = len(request.nodes or [None])
+    machines = request.machines
     gpus = request.gpus * machines
     power = expected_power(request, gpus)
     if not request.defer and len(hubs) == 1:

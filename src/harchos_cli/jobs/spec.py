@@ -61,8 +61,11 @@ class JobTable(_Strict):
     # Names (in `env` or the workload's environment) whose values harchos masks when it prints
     # them, beside those whose names look secret (`harchos_cli.secrets`).
     secret_env: list[str] = Field(default_factory=list)
+    # On a Slurm hub: how long before the job's time limit it is told to save (SIGUSR1), so
+    # that one step and a checkpoint fit in what is left.
+    save_before_limit: str = "2m"
 
-    _check_duration = field_validator("expected_duration")(_duration)
+    _check_duration = field_validator("expected_duration", "save_before_limit")(_duration)
 
     @field_validator("checkpoint_dir")
     @classmethod

@@ -66,7 +66,7 @@ from harchos_cli.jobs.store import (
     log_path,
     new_id,
 )
-from harchos_cli.timeparse import floor_hour, iso, parse_instant, utcnow
+from harchos_cli.timeparse import floor_hour, iso, parse_duration, parse_instant, utcnow
 
 HEARTBEAT_S = 2.0
 TICK_S = 0.25  # real seconds between checks while waiting (cancel, countdown)
@@ -114,9 +114,12 @@ def slurm_options(job: Job, request: Request, hub: Hub, hub_job_id: str) -> dict
     if gpus and workers:
         gpus = int(workers)
     assert job.remote_dir is not None
+    # Real seconds, whatever the job's clock: saving a checkpoint takes as long either way.
+    save_before = parse_duration(request.project.spec.job.save_before_limit).total_seconds()
     return sbatch_options(
         hub, job_name=f"harchos-{hub_job_id}", cwd=job.remote_dir, gpus=gpus, begin=begin,
-        time_limit=limit,
+        time_limit=limit, nodes=request.cluster_nodes,
+        signal_before_s=max(1, round(save_before)),
     )  # fmt: skip
 
 
@@ -546,6 +549,9 @@ class Supervisor:
         `node` of a multi-node job: `<hub job id>-n<rank>` on the others)."""
         assert job.remote_dir is not None
         project = launchers.with_scale(request.project, job.request.get("workers"))
+        in_cluster = hub.transport == SLURM and request.cluster_nodes > 1
+        if in_cluster and node is None:
+            node = launchers.NodeRank.slurm(request.cluster_nodes)
         if request.kind == "train":
             command = launchers.train_command(project, hub, request.args, node)
         else:
@@ -561,7 +567,9 @@ class Supervisor:
         hub_id = job.hub_job_id if not node or node.rank == 0 else f"{job.hub_job_id}-n{node.rank}"
         full = {**command.env, **env}
         secret = [name for name in full if is_secret(name, project.spec.job.secret_env)]
-        meter = meter_settings(request, hub)
+        # The meter watches the batch script's machine; Slurm's other machines go unseen, so a
+        # multi-node job inside a cluster is estimated rather than half measured.
+        meter = None if in_cluster else meter_settings(request, hub)
         slurm = slurm_options(job, request, hub, hub_id) if hub.transport == SLURM else None
         return LaunchSpec(
             hub_id, command.argv, job.remote_dir, full, secret, meter=meter, slurm=slurm
@@ -1161,7 +1169,7 @@ def dry_run(prepared: Prepared, run_id: str | None = None) -> dict[str, Any]:
     job = Job(
         id=new_id(), kind=request.kind, name=request.project.name, project_dir=str(root),
         state="waiting", request=request.as_json(), hub=hub.name, remote_dir=remote,
-        run_id=run_id,
+        run_id=run_id, planned_start=iso(plan.choice.start), plan=plan.as_json(),
     )  # fmt: skip
     hubs = [get_hub(name, request.project) for name in request.nodes or [hub.name]]
     machines = []
@@ -1174,7 +1182,7 @@ def dry_run(prepared: Prepared, run_id: str | None = None) -> dict[str, Any]:
         spec = Supervisor.launch_spec(replace(job, remote_dir=folder), request, each, node)
         machines.append({
             "hub": each.name, "argv": list(spec.argv), "cwd": spec.cwd, "env": dict(spec.env),
-            "command_line": launchers.render(spec.argv, spec.env, spec.cwd),
+            "command_line": launchers.render(spec.argv, spec.env, spec.cwd), "slurm": spec.slurm,
         })  # fmt: skip
     main = machines[0]
     setup = request.project.spec.job.setup
@@ -1186,7 +1194,9 @@ def dry_run(prepared: Prepared, run_id: str | None = None) -> dict[str, Any]:
         if in_place(hub)
         else {"from": str(root), "to": f"{hub.name}:{remote}", "never": [".git"]},
         "setup": None if not setup else {"command": launchers.setup_argv(remote, setup)},
-        "launch": {"argv": main["argv"], "cwd": main["cwd"], "env": main["env"]},
+        "launch": {
+            "argv": main["argv"], "cwd": main["cwd"], "env": main["env"], "slurm": main["slurm"],
+        },  # fmt: skip
         "nodes": machines[1:],
         "command_line": main["command_line"],
     }

@@ -198,6 +198,8 @@ class _Builder:
         self.known = _hubs_of(job)
         self.warnings: list[str] = []
         self.gpus = int(job.request.get("gpus") or 0)
+        # A multi-node job inside a Slurm cluster has no meter (Slurm places its machines).
+        self.machines = int(job.request.get("cluster_nodes") or 1)
         self.intensity_sources: set[FigureSource] = set()  # of the intervals' intensities
 
     def pricing(self, hub: Hub) -> _Pricing:
@@ -262,15 +264,16 @@ class _Builder:
         if t1 <= t0:
             return []
         hub = _hub(job.hub or LOCAL, self.known)
-        watts = self.gpus * GPU_WATTS + HOST_WATTS
+        watts = (self.gpus * GPU_WATTS + HOST_WATTS) * self.machines
         kwh = watts * (t1 - t0) / J_PER_KWH
+        hosts = "for the host" if self.machines == 1 else f"for each of {self.machines} machines"
         self.warnings.append(
             f"no meter samples: energy estimated at {GPU_WATTS:g} W per GPU + {HOST_WATTS:g} W "
-            "for the host over the job's running time"
+            f"{hosts} over the job's running time"
         )
         interval = self._interval(hub, self.lookup.region_of(hub), t0, t1, kwh=kwh,
                                   source="estimated")  # fmt: skip
-        return [(interval, t1 - t0, self.gpus, hub)]
+        return [(interval, t1 - t0, self.gpus * self.machines, hub)]
 
     def build(self) -> Ledger:
         job = self.job
