@@ -137,8 +137,7 @@ class SlurmCluster:
             "SlurmctldDebug=info",
             "SlurmdDebug=info",
             *node_lines,
-            f"PartitionName={self.partition} Nodes={members} Default=YES MaxTime=INFINITE "
-            "State=UP",
+            f"PartitionName={self.partition} Nodes={members} Default=YES MaxTime=INFINITE State=UP",
             "",
         ]
         self.conf.write_text("\n".join(lines))

@@ -120,8 +120,10 @@ def test_the_machines_are_planned_on_the_mean_of_their_regions() -> None:
         # --nodes on one hub means machines of a Slurm cluster.
         (["--hub", "local", "--nodes", "2"], "which is not a Slurm cluster"),
         (["--hub", "auto", "--nodes", "2"], "--nodes with --hub auto"),
-        (["--hub", "local", "--nodes", "2", "--main-address", "10.0.0.1"],
-         "--main-address with a Slurm cluster"),
+        (
+            ["--hub", "local", "--nodes", "2", "--main-address", "10.0.0.1"],
+            "--main-address with a Slurm cluster",
+        ),
         (["--hub", "local", "--nodes", "2", "--scale", "1:2"], "not moved or rescaled"),
     ],
 )

@@ -62,9 +62,10 @@ job runs the monitor again, which resumes from the checkpoint. With `"nodes": N`
 `slurm` key the monitor starts `srun ... runner.py node JOB_DIR`, one task per machine: each
 fills its rank, the first machine's address and a port into the spec's `accelerate launch` flags
 (the values `{SLURM_PROCID}`, `{FIRST_NODE_ADDRESS}` and `{JOB_PORT}`), runs it, and passes the
-signals srun forwards (USR1, TERM, INT) to the workers on its machine. `status` asks `squeue` while no
-exit code is recorded; `signal` reaches the monitor with `scancel --batch --signal`, and SIGKILL,
-or any signal before the job started, is `scancel` itself.
+signals srun forwards (USR1, TERM, INT) to the workers on its machine.
+
+`status` asks `squeue` while no exit code is recorded; `signal` reaches the monitor with `scancel
+--batch --signal`, and SIGKILL, or any signal before the job started, is `scancel` itself.
 
 The meter uses `pynvml` (nvidia-ml-py) and `psutil` when the hub's Python can import them, and
 falls back to `nvidia-smi` and /proc otherwise. `HARCHOS_POWERCAP_ROOT` (tests only) replaces
@@ -486,7 +487,8 @@ def _srun_argv(job_dir: str, machines: int, env: dict[str, str]) -> list[str]:
     free here now reach every task through the environment `srun` passes on."""
     host = os.environ.get("SLURMD_NODENAME", "")
     shown = _slurm_run(["scontrol", "-o", "show", "node", host]) if host else None
-    found = re.search(r"\bNodeAddr=(\S+)", shown.stdout) if shown and shown.returncode == 0 else None
+    said = shown.stdout if shown and shown.returncode == 0 else ""
+    found = re.search(r"\bNodeAddr=(\S+)", said)
     env["HARCHOS_FIRST_NODE_ADDRESS"] = found.group(1) if found else (host or "127.0.0.1")
     env["HARCHOS_JOB_PORT"] = str(_free_port(0))
     return [

@@ -107,8 +107,7 @@ def _single_node(job: Job, verb: str) -> None:
     machines = len(job.request.get("nodes") or []) or int(job.request.get("cluster_nodes") or 1)
     if machines > 1:
         raise UsageError(
-            f"job {job.id} runs on {machines} machines; a multi-node job "
-            f"cannot be {verb} (yet)",
+            f"job {job.id} runs on {machines} machines; a multi-node job cannot be {verb} (yet)",
             hint=f"pause it and resume it later: harchos jobs pause|resume {job.id}",
         )
 

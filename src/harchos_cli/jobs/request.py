@@ -153,9 +153,7 @@ def resolve(options: RunOptions) -> Request:
         threshold = None
     defer = options.defer or options.threshold is not None
     nodes = node_hubs(options)
-    shift = shift_policy(
-        options, project, multi_node=nodes is not None or (options.nodes or 1) > 1
-    )
+    shift = shift_policy(options, project, multi_node=nodes is not None or (options.nodes or 1) > 1)
     if options.deadline and not defer and shift is None:
         raise UsageError(
             "--deadline needs --defer-until-green, --threshold, --interruptible, "
@@ -216,8 +214,8 @@ def cluster_nodes(options: RunOptions, project: Project) -> int:
     if get_hub(options.hub, project).transport != "slurm":
         raise UsageError(
             f"--nodes {options.nodes} on hub {options.hub!r}, which is not a Slurm cluster",
-            hint=f"one machine on each hub: --hubs A,B; or a cluster: harchos hubs add NAME "
-            f"--slurm LOGIN --partition P",
+            hint="one machine on each hub: --hubs A,B; or a cluster: harchos hubs add NAME "
+            "--slurm LOGIN --partition P",
         )
     return options.nodes
 
@@ -240,8 +238,10 @@ def node_hubs(options: RunOptions) -> list[str] | None:
     names = [name.strip() for name in (options.hubs or "").split(",")]
     names = [name for name in names if name]
     if not names:
-        raise UsageError("--nodes needs --hubs, or a Slurm cluster as --hub",
-                         hint="e.g. --nodes 2 --hubs box1,box2, or --hub CLUSTER --nodes 2")  # fmt: skip
+        raise UsageError(
+            "--nodes needs --hubs, or a Slurm cluster as --hub",
+            hint="e.g. --nodes 2 --hubs box1,box2, or --hub CLUSTER --nodes 2",
+        )
     if len(set(names)) != len(names) or AUTO in names:
         raise UsageError(f"--hubs {options.hubs!r} names a hub twice, or auto",
                          hint="one machine per hub, each named once: --hubs box1,box2")  # fmt: skip

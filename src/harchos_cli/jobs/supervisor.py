@@ -1194,9 +1194,7 @@ def dry_run(prepared: Prepared, run_id: str | None = None) -> dict[str, Any]:
         if in_place(hub)
         else {"from": str(root), "to": f"{hub.name}:{remote}", "never": [".git"]},
         "setup": None if not setup else {"command": launchers.setup_argv(remote, setup)},
-        "launch": {
-            "argv": main["argv"], "cwd": main["cwd"], "env": main["env"], "slurm": main["slurm"],
-        },  # fmt: skip
+        "launch": {key: main[key] for key in ("argv", "cwd", "env", "slurm")},
         "nodes": machines[1:],
         "command_line": main["command_line"],
     }
