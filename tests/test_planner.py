@@ -213,3 +213,22 @@ def test_no_run_now_figure_when_the_forecast_begins_later() -> None:
     assert plan.choice.start == T0
     assert plan.choice.now_intensity is None
     assert plan.choice.saving_vs_now is None
+
+
+def test_a_queue_wait_moves_a_hubs_start_and_one_past_the_deadline_loses() -> None:
+    # Hub "queued" is greener at once, but its queue holds the job for three hours, past the
+    # greenest hour; hub "box" can start at once.
+    values = [50.0, 300.0, 300.0, 300.0, 200.0, 300.0] + [300.0] * 7
+    queued = Candidate(hub("queued"), forecast(values), earliest=T0 + 3 * HOUR)
+    box = Candidate(hub("box"), forecast([250.0] * 13))
+    plan = planner.choose([queued, box], now=T0, duration=HOUR, deadline=T0 + 12 * HOUR,
+                          threshold=None, gpus=1)  # fmt: skip
+    (alternative,) = plan.alternatives
+    assert (plan.choice.hub, plan.choice.start) == ("queued", T0 + 4 * HOUR)
+    assert "Slurm's queue: not before 2022-03-01T03:00:00Z" in plan.choice.reason
+    assert alternative.start == T0
+    # A queue that cannot start the job before its latest start loses to any hub that can.
+    late = Candidate(hub("queued"), forecast([10.0] * 13), earliest=T0 + 12 * HOUR)
+    plan = planner.choose([late, box], now=T0, duration=HOUR, deadline=T0 + 12 * HOUR,
+                          threshold=None, gpus=1)  # fmt: skip
+    assert plan.choice.hub == "box"

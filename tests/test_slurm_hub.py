@@ -118,6 +118,49 @@ def test_hubs_add_and_check_a_cluster(capsys: pytest.CaptureFixture[str], cluste
     assert "--partition" in bad.err
 
 
+def test_hub_auto_counts_the_clusters_queue_wait(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cluster: Any
+) -> None:
+    root = batch_project(tmp_path / "auto", ["python3", "-c", "pass"])
+    (root / "harchos.toml").write_text(
+        '[job]\ncommand = ["python3", "-c", "pass"]\n'
+        '[carbon]\nregion = "DE"\nhubs = ["cluster", "local"]\n'
+    )
+    os.chdir(root)
+
+    def plan() -> dict[str, Any]:
+        # Any intensity is under this threshold: each hub's option is its soonest start.
+        dry = harchos(capsys, "run", "batch", "--hub", "auto", "--threshold", "100000",
+                      "--dry-run", "--json")  # fmt: skip
+        assert dry.code == 0, dry.err
+        return dict(dry.json())
+
+    idle = plan()
+    assert idle["hub"] == CLUSTER  # both start at once; the tie goes to the first name
+    assert "Slurm's queue" not in idle["reason"]
+
+    blocker = subprocess.run(
+        ["sbatch", "--parsable", "--exclusive", "--time=5", "--wrap", "sleep 300"],
+        env={**os.environ, **cluster.env}, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    try:
+        wait_until(lambda: (squeue(cluster, blocker) or ("",))[0] == "RUNNING")
+        busy = plan()
+        assert busy["hub"] == "local", busy
+        (queued,) = busy["alternatives"]
+        assert queued["hub"] == CLUSTER
+        assert "Slurm's queue: not before" in queued["reason"]
+        # The node is taken for the blocker's five-minute limit.
+        waited = datetime.fromisoformat(queued["start"]) - datetime.fromisoformat(busy["now"])
+        assert timedelta(minutes=4) <= waited <= timedelta(minutes=6), waited
+        text = harchos(capsys, "run", "batch", "--hub", "auto", "--threshold", "100000",
+                       "--dry-run")  # fmt: skip
+        assert "Slurm's queue: not before" in text.out
+    finally:
+        subprocess.run(["scancel", blocker], env={**os.environ, **cluster.env}, check=False)
+        wait_until(lambda: left_the_queue(cluster, blocker))
+
+
 def test_the_job_says_how_long_before_the_time_limit_it_saves(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, cluster: Any
 ) -> None:

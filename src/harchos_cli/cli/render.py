@@ -80,7 +80,7 @@ def plan_choice_lines(plan: dict[str, Any]) -> list[str]:
     if not alternatives:
         return []
     hub, objective = plan.get("hub"), plan.get("objective") or "carbon"
-    if plan.get("reason") == "under threshold":
+    if str(plan.get("reason")).startswith("under threshold"):
         why = f"hub {hub} won: the earliest start under the threshold"
     elif objective == "cost":
         nearest = min(
@@ -109,8 +109,10 @@ def plan_choice_lines(plan: dict[str, Any]) -> list[str]:
     for alt in alternatives:
         intensity = alt.get("expected_intensity")
         shown = "no data" if intensity is None else f"{intensity:g} gCO2eq/kWh"
+        queue = str(alt.get("reason") or "").partition(" (Slurm's queue")[1:]
         lines.append(f"  {alt['hub']:<{width}}  start {alt['start']}, {shown}, "
-                     f"{_kg(alt['emissions_kg'])}, cost {_money(alt['cost'])}")  # fmt: skip
+                     f"{_kg(alt['emissions_kg'])}, cost {_money(alt['cost'])}"
+                     + ("".join(queue) if queue[0] else ""))  # fmt: skip
     return lines
 
 

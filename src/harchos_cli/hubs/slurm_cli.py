@@ -168,6 +168,39 @@ def set_begin(run: SlurmRun, job_id: str, begin: datetime) -> None:
     checked(run, argv, "scontrol update StartTime")
 
 
+_WOULD_START = re.compile(r"to start at (\S+)")
+
+
+def estimated_start(
+    run: SlurmRun,
+    *,
+    partition: str | None,
+    account: str | None,
+    qos: str | None,
+    gpus: int,
+    nodes: int,
+    time_limit_minutes: int,
+) -> datetime:
+    """When Slurm would start such a job if it were submitted now (`sbatch --test-only`, which
+    submits nothing): the queue's estimate, from the backfill scheduler's view of running jobs'
+    time limits."""
+    argv = sbatch_argv(
+        script="", job_name="harchos-estimate", partition=partition, account=account, qos=qos,
+        gpus=gpus, nodes=nodes, time_limit_minutes=time_limit_minutes, begin=None,
+        signal_before_s=None, requeue=False, output="/dev/null", chdir="",
+        extra=["--test-only", "--wrap=true"],
+    )  # fmt: skip
+    result = run(argv, check=False)
+    said = output_text(result.stderr or b"") + output_text(result.stdout or b"")
+    found = _WOULD_START.search(said)
+    if result.returncode != 0 or found is None:
+        raise SlurmCommandError(f"sbatch --test-only failed: {failure_line(result)}")
+    start = parse_time(found.group(1))
+    if start is None:
+        raise SlurmCommandError(f"sbatch --test-only gave no start: {found.group(0)!r}")
+    return start
+
+
 def _split_outside_parentheses(text: str) -> list[str]:
     parts: list[str] = []
     current: list[str] = []

@@ -21,7 +21,14 @@ from harchos_cli.jobs.clock import Clock, SimulatedClock
 from harchos_cli.jobs.spec import HubTable, Project, load_project
 from harchos_cli.plan import planner
 from harchos_cli.plan.planner import Candidate, Plan
-from harchos_cli.timeparse import floor_hour, iso, parse_deadline, parse_duration, parse_instant
+from harchos_cli.timeparse import (
+    floor_hour,
+    iso,
+    parse_deadline,
+    parse_duration,
+    parse_instant,
+    utcnow,
+)
 
 AUTO = "auto"
 DEFAULT_DEADLINE = "24h"
@@ -490,6 +497,9 @@ def make_plan(request: Request, forecaster: Forecaster | None, now: datetime) ->
         candidates = [combine(forecaster.forecasts(every, now, deadline))]
     else:
         candidates = forecaster.forecasts(hubs, now, deadline)
+    queue_notes: list[str] = []
+    if len(candidates) > 1:
+        candidates = [queue_wait(request, c, now, queue_notes) for c in candidates]
     if len(candidates) == 1 and candidates[0].forecast is None:
         name = candidates[0].hub.name
         raise UsageError(
@@ -507,7 +517,7 @@ def make_plan(request: Request, forecaster: Forecaster | None, now: datetime) ->
         carbon_price=_carbon_price(request),
         power=power,
     )
-    plan.warnings[:0] = [w for w in forecaster.warnings if w not in plan.warnings]
+    plan.warnings[:0] = [w for w in forecaster.warnings + queue_notes if w not in plan.warnings]
     from harchos_cli.carbon.service import horizon_warning
 
     beyond = plan.forecast and horizon_warning(plan.forecast, now, deadline)
@@ -564,6 +574,38 @@ def main_address(request: Request, hubs: Sequence[Hub]) -> str:
         f"the main node (hub {main.name}) is this machine, and the other machines need its address",
         hint="give it with --main-address IP, or list an SSH hub first in --hubs",
     )
+
+
+def queue_wait(
+    request: Request, candidate: Candidate, now: datetime, notes: list[str]
+) -> Candidate:
+    """`candidate` with the earliest start its hub's queue allows: on a Slurm cluster, what
+    `sbatch --test-only` estimates for the job now (wall time, mapped onto the job's clock).
+    Without an estimate (the login node unreachable, say) the hub is ranked as if it started at
+    once, and `notes` says so."""
+    hub = candidate.hub
+    if hub.transport != "slurm":
+        return candidate
+    from harchos_cli.hubs import transport_for
+    from harchos_cli.hubs.slurm_cli import estimated_start
+    from harchos_cli.jobs.clock import from_json
+
+    clock = from_json(request.clock)
+    real_duration = clock.real_seconds(request.duration.total_seconds())
+    try:
+        start = estimated_start(
+            transport_for(hub).run, partition=hub.partition, account=hub.account, qos=hub.qos,
+            gpus=request.gpus, nodes=request.cluster_nodes,
+            time_limit_minutes=max(1, math.ceil(real_duration / 60)),
+        )  # fmt: skip
+    except HarchosError as exc:
+        notes.append(f"hub {hub.name}: no queue estimate from Slurm ({exc}); ranked as if it "
+                     "started at once")  # fmt: skip
+        return candidate
+    wait = max(0.0, (start - utcnow()).total_seconds())
+    # Seconds of the job's clock per real second (1 unless it replays at a speed-up).
+    rate = 1.0 / clock.real_seconds(1.0)
+    return replace(candidate, earliest=now + timedelta(seconds=wait * rate))
 
 
 def combine(candidates: Sequence[Candidate]) -> Candidate:

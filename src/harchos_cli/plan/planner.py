@@ -75,10 +75,12 @@ TIE_RELATIVE = 1e-9
 
 @dataclass(frozen=True)
 class Candidate:
-    """A hub the job may run on, with the forecast for its region (None: no data, start now)."""
+    """A hub the job may run on, with the forecast for its region (None: no data, start now),
+    and the earliest it could start there (a Slurm cluster's queue; None: at once)."""
 
     hub: Hub
     forecast: Forecast | None
+    earliest: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,7 @@ class Plan:
                 {
                     "hub": alt.hub,
                     "start": iso(alt.start),
+                    "reason": alt.reason,
                     "expected_intensity": _round(alt.expected_intensity, 2),
                     "emissions_kg": _round(alt.emissions_kg, 6),
                     "cost": _round(alt.cost, 4),
@@ -279,8 +282,11 @@ def choose(
             "some hubs have marginal and some average intensity; they are ranked apart, "
             "averages first (the two are not comparable)"
         )
-    met = [o for o in options if o.reason == "under threshold"]
+    met = [o for o in options if o.reason.startswith("under threshold")]
     pool = met or options
+    # A hub whose queue cannot start the job in time loses to any that can.
+    in_time = [o for o in pool if o.start <= max(now, latest_start(deadline, duration))]
+    pool = in_time or pool
     by_objective: dict[str, str | None] = {}
     for name in OBJECTIVES:
         if name == "balanced" and carbon_price is None:
@@ -370,11 +376,14 @@ def _option(
     hub = candidate.hub
     energy = power.kwh(duration)
     price = cost(hub, gpus, duration, energy)
-    last = max(now, latest_start(deadline, duration))
+    # The soonest this hub can start it (a cluster's queue), and what to say of it.
+    first = max(now, candidate.earliest or now)
+    queued = f" (Slurm's queue: not before {iso(first)})" if first > now else ""
+    last = max(first, latest_start(deadline, duration))
     forecast = candidate.forecast
     if forecast is None or not forecast.points:
-        return Choice(hub.name, now, now + duration, "no carbon data: starting at once", None,
-                      None, energy, None, price)  # fmt: skip
+        return Choice(hub.name, first, first + duration, "no carbon data: starting at once" +
+                      queued, None, None, energy, None, price)  # fmt: skip
     points = ordered_points(forecast.points)
     signal = forecast.source.signal
     # "Now" means now: when the data begin later, there is no run-now figure to compare with
@@ -384,26 +393,26 @@ def _option(
     def make(start: datetime, reason: str) -> Choice:
         expected = _mean(points, start, duration)
         emissions = None if expected is None else energy * hub.pue * expected / 1000.0
-        return Choice(hub.name, start, start + duration, reason, expected, now_intensity,
-                      energy, emissions, price, signal)  # fmt: skip
+        return Choice(hub.name, start, start + duration, reason + queued, expected,
+                      now_intensity, energy, emissions, price, signal)  # fmt: skip
 
-    if now >= latest_start(deadline, duration):
-        return make(now, "deadline: starting at once")
+    if first >= latest_start(deadline, duration):
+        return make(first, "deadline: starting at once")
     if threshold is not None:
         for point in points:
-            moment = max(point.start, now)
-            if point.end <= now or moment > last:
+            moment = max(point.start, first)
+            if point.end <= first or moment > last:
                 continue
             if point.intensity <= threshold:
                 return make(moment, "under threshold")
     try:
-        found = best_window(points, duration, earliest=now, deadline=deadline)
+        found = best_window(points, duration, earliest=first, deadline=deadline)
     except HarchosError:
         # The forecast does not reach a whole window before the deadline: the greenest window it
-        # does cover, and failing that, now.
-        covered = candidate_windows(points, duration, earliest=now, latest_start=last)
+        # does cover, and failing that, the soonest start.
+        covered = candidate_windows(points, duration, earliest=first, latest_start=last)
         if not covered:
-            return make(now, "forecast too short: starting at once")
+            return make(first, "forecast too short: starting at once")
         window = min(covered, key=lambda w: (w.mean_intensity, w.start))
         return make(window.start, "greenest window the forecast covers")
     return make(min(found.best.start, last), "greenest window")
