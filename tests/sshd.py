@@ -52,8 +52,12 @@ def free_port() -> int:
 class Sshd:
     """One sshd on 127.0.0.1:`port` accepting `client_key` for the current user."""
 
-    def __init__(self, base: Path, client_key: Path, name: str = "h1") -> None:
+    def __init__(
+        self, base: Path, client_key: Path, name: str = "h1", env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
+        # More of every session's environment (as a login node's profile would set it).
+        self.env = dict(env or {})
         self.base = base
         self.base.mkdir(parents=True, exist_ok=True)
         self.root = base / "root"
@@ -64,6 +68,9 @@ class Sshd:
         self.process: subprocess.Popen[bytes] | None = None
         keygen(self.host_key)
         (base / "authorized_keys").write_text(Path(f"{client_key}.pub").read_text())
+
+    def _more_env(self) -> list[str]:
+        return [f"{name}={value}" for name, value in self.env.items()]
 
     def _config(self) -> Path:
         config = self.base / "sshd_config"
@@ -80,7 +87,7 @@ class Sshd:
                     "KbdInteractiveAuthentication no",
                     "UsePAM no",
                     "StrictModes no",
-                    f"SetEnv HOME={self.root}",
+                    " ".join(["SetEnv", f"HOME={self.root}", *self._more_env()]),
                     "MaxStartups 100",
                     "MaxSessions 100",
                     "LogLevel ERROR",
@@ -209,12 +216,12 @@ def client_key_fixture(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(name="sshd_factory")
-def sshd_factory_fixture(tmp_path: Path, client_key: Path) -> Iterator[Callable[[str], Sshd]]:
-    """`make(name) -> Sshd`, started; all stopped at teardown."""
+def sshd_factory_fixture(tmp_path: Path, client_key: Path) -> Iterator[Callable[..., Sshd]]:
+    """`make(name, env=None) -> Sshd`, started; all stopped at teardown."""
     servers: list[Sshd] = []
 
-    def make(name: str = "h1") -> Sshd:
-        server = Sshd(tmp_path / f"sshd-{name}", client_key, name).start()
+    def make(name: str = "h1", env: dict[str, str] | None = None) -> Sshd:
+        server = Sshd(tmp_path / f"sshd-{name}", client_key, name, env).start()
         servers.append(server)
         return server
 

@@ -384,3 +384,35 @@ def test_two_machines_of_the_cluster_train_pause_and_resume_as_one_job(
     assert (final.state, final.attempt) == ("done", 2), final.message
     assert log_path(job_id).read_text().count("resumed from") >= 1
     assert same_weights(expected, root / "outputs" / "model.pt")
+
+
+def test_a_job_moves_from_an_ssh_box_to_a_cluster_behind_an_ssh_login_node(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, slurm_cluster: Any,
+    sshd_factory: Callable[..., Sshd],
+) -> None:  # fmt: skip
+    expected = straight_run(capsys, tmp_path / "straight", processes=1)
+    box = sshd_factory("box")
+    # The login node: Slurm's clients find the cluster through the session's environment, as
+    # they find /etc/slurm/slurm.conf on a real one.
+    login = sshd_factory("login", env=dict(slurm_cluster.env))
+    root = project(capsys, tmp_path / "back", processes=1)
+    add_hub(capsys, box, "DE")
+    added = harchos(
+        capsys, "hubs", "add", "remote-cluster", "--slurm", f"root@127.0.0.1:{login.port}",
+        "--identity", str(login.client_key), "--partition", slurm_cluster.partition,
+        "--region", "FR", "--python", sys.executable,
+    )  # fmt: skip
+    assert added.code == 0, added.err
+    checked = harchos(capsys, "hubs", "check", "remote-cluster", "--json")
+    assert checked.code == 0, checked.err + checked.out
+    assert checked.json()["slurm"]["partition"] == slurm_cluster.partition
+    os.chdir(root)
+    job_id = start(capsys, "--hub", "box")
+
+    moved = harchos(capsys, "jobs", "migrate", job_id, "--to", "remote-cluster")
+    assert moved.code == 0, moved.err
+    final = settled(job_id)
+    assert (final.state, final.hub, final.attempt) == ("done", "remote-cluster", 2), final.message
+    assert "resumed from" in log_path(job_id).read_text()
+    assert same_weights(expected, on_hub(login, root, "outputs", "model.pt"))
+    assert [d["action"] for d in actions(capsys, job_id)][-3:] == ["paused", "migrate", "resume"]
