@@ -7,6 +7,7 @@ and run the project's client, load test and layout checks against it.
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
@@ -80,6 +81,16 @@ def test_llm_inference_passes_its_own_tests(tmp_path: Path) -> None:
     assert "vllm_command" not in serve
     assert '# vllm_command = "vllm"' in (dest / "harchos.toml").read_text()
     assert "vllm>=0.18" in (dest / "requirements-vllm.txt").read_text().splitlines()
+    # The README's first screen: how to run it locally, on a hub, and green.
+    readme = (dest / "README.md").read_text()
+    first_screen = readme.split("\n## ", 1)[0]
+    for words in ("**Locally**", "**On a GPU hub**", "**Green**", "harchos run serve --hubs"):
+        assert words in first_screen, words
+    assert "vllm bench serve" in readme
+    assert any(step.startswith("python loadtest.py") for step in blueprints.next_steps(dest))
+    lines = (dest / "prompts.jsonl").read_text().splitlines()
+    assert lines
+    assert all(json.loads(line)["prompt"] for line in lines)
     harchos_reads(dest)
     run_project_tests(dest)
 

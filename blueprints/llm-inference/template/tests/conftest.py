@@ -67,8 +67,9 @@ def start_server(
         return url
 
     yield start
-    for proc in procs:
+    for proc in procs:  # all at once: each takes a moment to drain and stop
         proc.terminate()
+    for proc in procs:
         proc.wait(timeout=30)
 
 
