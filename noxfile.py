@@ -18,9 +18,12 @@ TORCH = "torch==2.13.0"
 def tests(session: nox.Session) -> None:
     """The test suite (two workers, as on CI's two cores)."""
     session.install(TORCH)
-    session.install(TORCH, "accelerate>=1.0")
+    # The training blueprint's own tests: TensorBoard as a tracker, and a tiny transformers
+    # model built from a config (no weights are downloaded).
+    session.install(TORCH, "accelerate>=1.0", "tensorboard>=2.14", "transformers>=4.46")
     session.install("-e", ".[test]")
-    session.run("pytest", "-n", "2", *session.posargs)
+    # worksteal: a worker left with one slow test hands its queue to the other.
+    session.run("pytest", "-n", "2", "--dist", "worksteal", *session.posargs)
 
 
 @nox.session

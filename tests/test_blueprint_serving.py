@@ -169,6 +169,9 @@ def test_multi_hub_refuses_what_cannot_be_placed(tmp_path: Path) -> None:
 def test_the_serving_blueprints_share_their_launcher_and_client() -> None:
     single = REPO / "blueprints" / "llm-inference" / "template"
     multi = REPO / "blueprints" / "multi-hub-inference" / "template"
-    names = ("serve.py", "client.py", "pyproject.toml", "requirements.txt", "requirements-vllm.txt")
-    for name in names:
+    # One file each in blueprints/_shared/serving, linked from both blueprints.
+    shared = REPO / "blueprints" / "_shared" / "serving"
+    for name in ("serve.py", "client.py"):
+        assert (single / name).resolve() == (multi / name).resolve() == shared / name, name
+    for name in ("pyproject.toml", "requirements.txt", "requirements-vllm.txt"):
         assert (single / name).read_text() == (multi / name).read_text(), name

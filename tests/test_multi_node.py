@@ -18,6 +18,7 @@ from polling import wait_until
 from sshd import Sshd, client_key_fixture, sshd_factory_fixture
 from test_pause_migrate import (
     STEPS,
+    WEIGHTS,
     actions,
     add_hub,
     on_hub,
@@ -97,7 +98,7 @@ def test_two_machines_on_two_hubs_train_pause_and_resume_as_one_job(
     assert (final.state, final.attempt) == ("done", 2), final.message
     log = log_path(job_id).read_text()
     assert log.count("resumed from") == 2  # each machine from its own copy
-    assert same_weights(expected, on_hub(h1, root, "outputs", "model.pt"))
+    assert same_weights(expected, on_hub(h1, root, "outputs", WEIGHTS))
     assert [d["action"] for d in actions(capsys, job_id)] == [
         "plan", "start", "pause-requested", "pause", "resume-requested", "resume",
     ]  # fmt: skip
@@ -124,4 +125,4 @@ def test_when_one_machine_dies_every_machine_restarts_from_the_checkpoint(
     assert f"resumed from {on_hub(h1, root, 'checkpoints', job_id)}" in log_path(job_id).read_text()
     # Nothing of the first attempt is left on the machine that did not die.
     assert not alive(launcher_pid(h1, job_id))
-    assert same_weights(expected, on_hub(h1, root, "outputs", "model.pt"))
+    assert same_weights(expected, on_hub(h1, root, "outputs", WEIGHTS))

@@ -57,6 +57,8 @@ class SlowReads(Dataset):
 def slow_synthetic(delay=0.001, **kwargs):
     return SlowReads(synthetic(**kwargs), delay)
 """
+# The final weights, as the training blueprint saves them.
+WEIGHTS = "model.safetensors"
 SETTINGS = [
     "--", "--set", f"steps={STEPS}", "--set", "checkpoint_every=200",
     "--set", 'dataset="slow_data:slow_synthetic"',
@@ -84,15 +86,22 @@ def straight_run(capsys: pytest.CaptureFixture[str], where: Path, processes: int
         os.chdir(root)
         result = harchos(capsys, "run", "train", "--json", *SETTINGS)
         assert result.code == 0, result.err
-        kept = Path(tempfile.mkdtemp(prefix="harchos-straight-")) / "model.pt"
+        kept = Path(tempfile.mkdtemp(prefix="harchos-straight-")) / WEIGHTS
         atexit.register(shutil.rmtree, kept.parent, True)
-        shutil.copyfile(root / "outputs" / "model.pt", kept)
+        shutil.copyfile(root / "outputs" / WEIGHTS, kept)
         _STRAIGHT[processes] = kept
     return _STRAIGHT[processes]
 
 
+def weights(path: Path) -> dict[str, Any]:
+    """The tensors a training run saved (`accelerator.save_model`: safetensors)."""
+    from safetensors.torch import load_file
+
+    return dict(load_file(str(path)))
+
+
 def same_weights(a: Path, b: Path) -> bool:
-    left, right = torch.load(a), torch.load(b)
+    left, right = weights(a), weights(b)
     return bool(left.keys() == right.keys()) and all(
         bool(torch.equal(left[k], right[k])) for k in left
     )
@@ -148,7 +157,7 @@ def test_pause_and_resume_under_accelerate_launch_with_two_processes(
     final = settled(job_id)
     assert (final.state, final.attempt) == ("done", 2), final.message
     assert b"resumed from" in log_path(job_id).read_bytes()
-    assert same_weights(expected, Path("outputs/model.pt"))
+    assert same_weights(expected, Path("outputs", WEIGHTS))
     assert [d["action"] for d in actions(capsys, job_id)] == [
         "plan", "start", "pause-requested", "pause", "resume-requested", "resume",
     ]  # fmt: skip
@@ -173,7 +182,7 @@ def test_a_cancelled_run_resumes_when_run_again(
     assert second["run_id"] == first
     assert second["job_id"] != first
     assert "resumed from" in log_path(second["job_id"]).read_text()
-    assert same_weights(expected, Path("outputs/model.pt"))
+    assert same_weights(expected, Path("outputs", WEIGHTS))
     fresh = harchos(capsys, "run", "train", "--fresh", "--json", "--", "--set", "steps=20")
     assert fresh.code == 0, fresh.err
     assert fresh.json()["run_id"] == fresh.json()["job_id"]
@@ -209,7 +218,7 @@ def test_migrate_moves_a_running_job_and_it_ends_as_if_it_never_moved(
     assert moved.code == 0, moved.err
     final = settled(job_id)
     assert (final.state, final.hub, final.attempt) == ("done", "h2", 2), final.message
-    assert same_weights(expected, on_hub(h2, root, "outputs", "model.pt"))
+    assert same_weights(expected, on_hub(h2, root, "outputs", WEIGHTS))
     # The source keeps its checkpoint; the target resumed from the verified copy.
     assert list(on_hub(h1, root, "checkpoints", job_id).glob("step_*"))
     decisions = actions(capsys, job_id)
@@ -221,7 +230,7 @@ def test_migrate_moves_a_running_job_and_it_ends_as_if_it_never_moved(
     pulled = harchos(capsys, "jobs", "pull", job_id, "--json")
     assert pulled.code == 0, pulled.err
     assert pulled.json()["copied"] == ["outputs", f"checkpoints/{job_id}"]
-    assert same_weights(expected, root / "outputs" / "model.pt")
+    assert same_weights(expected, root / "outputs" / WEIGHTS)
     assert list((root / "checkpoints" / job_id).glob(f"step_{STEPS:09d}"))
     log = log_path(job_id).read_text()
     assert "on hub h1" in log
@@ -262,8 +271,8 @@ def test_a_move_whose_target_fails_goes_on_from_the_source(
     assert moves == ["migrate", "rollback"]
     # The copy on h2 was verified, but the job's result is on h1, from h1's own checkpoints.
     assert list(on_hub(h2, root, "checkpoints", job_id).glob("step_*"))
-    assert on_hub(h1, root, "outputs", "model.pt").is_file()
-    assert not on_hub(h2, root, "outputs", "model.pt").exists()
+    assert on_hub(h1, root, "outputs", WEIGHTS).is_file()
+    assert not on_hub(h2, root, "outputs", WEIGHTS).exists()
 
     # An unreachable target: the copy fails, the job never leaves h1.
     h2.stop()
@@ -285,7 +294,7 @@ def test_rescale_two_one_two_processes_matches_an_uninterrupted_run(
     os.chdir(root)
     straight = harchos(capsys, "run", "train", "--json", *SETTINGS, *no_dropout)
     assert straight.code == 0, straight.err
-    expected = root / "outputs" / "model.pt"
+    expected = root / "outputs" / WEIGHTS
 
     os.chdir(project(capsys, tmp_path / "rescaled", processes=2))
     started = harchos(capsys, "run", "train", "--detach", "--json", *SETTINGS, *no_dropout)
@@ -312,7 +321,7 @@ def test_rescale_two_one_two_processes_matches_an_uninterrupted_run(
     log = log_path(job_id).read_text()
     assert log.count("resuming on 1 processes") == 1
     assert log.count("resuming on 2 processes") == 1
-    left, right = torch.load(expected), torch.load(Path("outputs/model.pt"))
+    left, right = weights(expected), weights(Path("outputs", WEIGHTS))
     assert max(float((left[k] - right[k]).abs().max()) for k in left) <= 1e-4
     assert [d["action"] for d in actions(capsys, job_id) if d["action"] == "rescale"] == [
         "rescale", "rescale",
@@ -365,6 +374,6 @@ def test_a_copy_killed_mid_transfer_leaves_the_job_going_on_from_its_source(
     # and hub h2 never ran the job (store and hubs agree).
     assert list(on_hub(h1, root, "checkpoints", job_id).glob("step_*"))
     assert ballast.stat().st_size == 128 << 20
-    assert same_weights(expected, on_hub(h1, root, "outputs", "model.pt"))
-    assert not on_hub(h2, root, "outputs", "model.pt").exists()
+    assert same_weights(expected, on_hub(h1, root, "outputs", WEIGHTS))
+    assert not on_hub(h2, root, "outputs", WEIGHTS).exists()
     assert not list((h2.root / ".harchos" / "jobs").glob(f"{job_id}*"))

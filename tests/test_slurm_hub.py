@@ -24,6 +24,7 @@ from polling import job, wait_until
 from sshd import Sshd, client_key_fixture, sshd_factory_fixture
 from test_pause_migrate import (
     SETTINGS,
+    WEIGHTS,
     actions,
     add_hub,
     on_hub,
@@ -318,7 +319,7 @@ def test_the_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_weig
     log = log_path(job_id).read_text()
     assert "requeued to resume from it" in log
     assert "resumed from" in log
-    assert same_weights(expected, root / "outputs" / "model.pt")
+    assert same_weights(expected, root / "outputs" / WEIGHTS)
     assert final.attempt == 1  # one harchos attempt: Slurm requeued its own job
 
 
@@ -337,7 +338,7 @@ def test_a_job_moves_from_the_cluster_to_an_ssh_box(
     assert moved.code == 0, moved.err
     final = settled(job_id)
     assert (final.state, final.hub, final.attempt) == ("done", "box", 2), final.message
-    assert same_weights(expected, on_hub(box, root, "outputs", "model.pt"))
+    assert same_weights(expected, on_hub(box, root, "outputs", WEIGHTS))
     # harchos asked for that stop: Slurm's job ended, it was not requeued.
     assert squeue(cluster, slurm_id) in (None,) or squeue(cluster, slurm_id)[0] == "COMPLETED"  # type: ignore[index]
     assert "requeued" not in log_path(job_id).read_text()
@@ -383,7 +384,7 @@ def test_two_machines_of_the_cluster_train_pause_and_resume_as_one_job(
     final = settled(job_id)
     assert (final.state, final.attempt) == ("done", 2), final.message
     assert log_path(job_id).read_text().count("resumed from") >= 1
-    assert same_weights(expected, root / "outputs" / "model.pt")
+    assert same_weights(expected, root / "outputs" / WEIGHTS)
 
 
 def test_a_job_moves_from_an_ssh_box_to_a_cluster_behind_an_ssh_login_node(
@@ -414,5 +415,5 @@ def test_a_job_moves_from_an_ssh_box_to_a_cluster_behind_an_ssh_login_node(
     final = settled(job_id)
     assert (final.state, final.hub, final.attempt) == ("done", "remote-cluster", 2), final.message
     assert "resumed from" in log_path(job_id).read_text()
-    assert same_weights(expected, on_hub(login, root, "outputs", "model.pt"))
+    assert same_weights(expected, on_hub(login, root, "outputs", WEIGHTS))
     assert [d["action"] for d in actions(capsys, job_id)][-3:] == ["paused", "migrate", "resume"]

@@ -362,6 +362,9 @@ def snapshot(name: str, vcs_ref: str | None = None, *, repo: Path | None = None)
         for entry in repo.iterdir():
             if entry.name != ".git":
                 _remove(entry)
+        # Files two built-ins share live once in `blueprints/_shared` and are relative links in
+        # each template; copying follows the links, so the cache (what copier renders and
+        # `harchos update` diffs) holds their contents. The wheel build resolves them the same way.
         shutil.copytree(source, repo, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*_IGNORE))
         _git(repo, "add", "-A")
         tree = _git(repo, "write-tree").strip()

@@ -12,6 +12,7 @@ import train
 from conftest import (
     checkpoints_in,
     max_weight_difference,
+    metrics,
     run_and_signal,
     run_train,
     same_weights,
@@ -47,6 +48,13 @@ def test_paused_on_one_hub_resumed_on_another_ends_with_the_same_weights(tmp_pat
     assert "on hub hub-b (region us-west)" in resumed.output
     assert f"resumed from {moved}" in resumed.output
     assert same_weights(tmp_path / "straight", second / "out")
+    # The curves continue on the new hub: hub A's log up to the move, then hub B's, is the log of
+    # the run that never moved (losses, learning rates, gradient norms, evaluations).
+    moved_at = int(moved.name.removeprefix("step_"))
+    before, after = metrics(first / "out" / "runs"), metrics(second / "out" / "runs")
+    assert all(m["step"] <= moved_at for m in before)
+    assert all(m["step"] > moved_at for m in after)
+    assert before + after == metrics(tmp_path / "straight" / "runs")
 
 
 # Rescaling compares weights across world sizes: the default model's dropout masks cannot follow

@@ -11,12 +11,14 @@ import train
 from conftest import (
     Run,
     checkpoints_in,
+    metrics,
     registered,
     run_and_signal,
     run_train,
     run_two_machines,
     same_weights,
     settings,
+    weights,
 )
 
 STEPS = 100
@@ -33,12 +35,43 @@ def test_a_two_process_gloo_run_works(straight: tuple[Path, Run]) -> None:
     assert run.code == 0, run.output
     assert run.output.count(" ready: ") == 2
     assert f"step {STEPS}/{STEPS} loss" in run.output
-    assert (folder / "out" / "model.pt").is_file()
     last = checkpoints_in(folder / "ckpt")[-1]
     assert sorted(p.name for p in last.glob("random_states_*.pkl")) == [
         "random_states_0.pkl",
         "random_states_1.pkl",
     ]
+
+
+def test_two_processes_save_weights_that_load_back_and_evaluate_as_one(
+    straight: tuple[Path, Run],
+) -> None:
+    """accelerator.save_model under DDP writes the trained weights once; they load back into the
+    model, and evaluating them in one process gives what the two processes logged: each evaluated
+    a shard and gather_for_metrics dropped the samples repeated to even out the last batch
+    (100 samples in batches of 32 per process)."""
+    import torch
+    from accelerate import Accelerator
+    from safetensors.torch import load_file
+    from torch.utils.data import DataLoader
+
+    folder, run = straight
+    assert run.code == 0, run.output
+    cfg = train.load_config(train.PROJECT_CONFIG, [])
+    model = train.load_model(cfg, folder / "out")
+    trained = load_file(checkpoints_in(folder / "ckpt")[-1] / "model.safetensors")
+    assert weights(folder / "out").keys() == trained.keys() == model.state_dict().keys()
+    assert all(torch.equal(model.state_dict()[k], trained[k]) for k in trained)
+
+    eval_set = train.load_object(cfg.eval_dataset)(**cfg.eval_dataset_args)
+    assert len(eval_set) % (2 * cfg.eval_batch_size) != 0  # so the last batch is evened out
+    accelerator = Accelerator(cpu=True)
+    loader = DataLoader(eval_set, batch_size=len(eval_set))
+    loss_fn = train.load_object(cfg.loss)
+    alone = train.evaluate(accelerator, model, loader, loss_fn)
+    logged = [m for m in metrics(folder / "out" / "runs") if "eval/loss" in m][-1]
+    assert logged["step"] == STEPS
+    assert logged["eval/accuracy"] == pytest.approx(alone["accuracy"], abs=1e-6)
+    assert logged["eval/loss"] == pytest.approx(alone["loss"], rel=1e-5)
 
 
 def test_sigterm_to_one_rank_pauses_both_and_resume_matches(

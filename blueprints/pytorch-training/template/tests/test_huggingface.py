@@ -1,0 +1,57 @@
+"""The Hugging Face option: a transformers model named in train.toml, on dict batches.
+
+A tiny BERT built from a config (nothing downloaded) learns a toy task of token sequences made on
+the fly. Needs `pip install -r requirements-hf.txt`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import train
+from conftest import metrics
+
+BERT = {
+    "model_type": "bert", "vocab_size": 32, "hidden_size": 16, "num_hidden_layers": 1,
+    "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 16,
+}  # fmt: skip
+
+
+def test_a_transformers_model_on_dict_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HARCHOS_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing to download, and nothing is
+    package = train.TrainConfig().model.split(".")[0]
+    bert = ", ".join(f"{k} = {v!r}" for k, v in BERT.items()).replace("'", '"')
+    cfg = train.load_config(
+        train.PROJECT_CONFIG,
+        [f'model="{package}.model:hf_model"', f"model_args={{ config = {{ {bert} }} }}",
+         f'dataset="{package}.data:synthetic_tokens"', "dataset_args={}",
+         f'eval_dataset="{package}.data:synthetic_tokens"',
+         'eval_dataset_args={ samples = 100, split = "eval" }',
+         "steps=60", "eval_every=30", "learning_rate=0.01", "log_every=10",
+         f'output_dir="{tmp_path / "out"}"', f'logging_dir="{tmp_path / "runs"}"',
+         'trackers=["jsonl"]'],
+    )  # fmt: skip
+    assert train.train(cfg).status == "finished"
+    logged = metrics(tmp_path / "runs")
+    evals = [m for m in logged if "eval/accuracy" in m]
+    assert [m["step"] for m in evals] == [30, 60]
+    # The loss came from the model's ModelOutput (labels in the batch) and went down.
+    losses = [m["train/loss"] for m in logged if "train/loss" in m]
+    assert losses[-1] < losses[0]  # type: ignore[operator]
+    assert evals[-1]["eval/accuracy"] > 0.6  # type: ignore[operator]
+
+    # save_pretrained under accelerate: from_pretrained gives back the trained weights.
+    import torch
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    assert (out / "config.json").is_file()
+    loaded = train.load_model(cfg, out)
+    saved = load_file(out / "model.safetensors")
+    state = loaded.state_dict()
+    assert saved and all(torch.equal(state[k], saved[k]) for k in saved)
+    assert type(loaded).__name__ == "BertForSequenceClassification"
