@@ -72,7 +72,7 @@ def test_harchos_pauses_the_pipelines_workers_through_dirty_hours_and_nothing_is
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     project = blueprints.create("data-pipeline", tmp_path / "etl", defaults=True,
-                                data={"workers": "2"})  # fmt: skip
+                                data={"workers": "2", "region": "DE"})  # fmt: skip
     # Each chunk takes a while, as real work does, so the job still runs at harchos's first look.
     script = project / "pipeline.py"
     slow = script.read_text().replace("    out = []\n", "    time.sleep(0.06)\n    out = []\n", 1)

@@ -46,7 +46,7 @@ def greenest_hour(trace: Path, start: str, hours: int) -> str:
 def test_acceptance_local_defer_until_green(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, traces: Path
 ) -> None:
-    project = new_project(capsys, tmp_path)
+    project = new_project(capsys, tmp_path, "region=DE")  # the trace's zone
     os.chdir(project)
     trace = traces / DE_TRACE
     result = harchos(

@@ -112,11 +112,26 @@ SETTINGS: tuple[Setting, ...] = (
         "Money per tonne of CO2eq, for --objective balanced (money plus priced carbon).",
     ),
     Setting(
+        "plan.min_saving_percent",
+        2.0,
+        "HARCHOS_MIN_SAVING",
+        "float",
+        "A job waits for a greener window only when that saves at least this percent against "
+        "starting at once (0: any saving).",
+    ),
+    Setting(
+        "replay.any_zone",
+        False,
+        "HARCHOS_REPLAY_ANY_ZONE",
+        "bool",
+        "Apply a replayed trace to a hub whose region is another zone (refused otherwise).",
+    ),
+    Setting(
         "jobs.retention",
         None,
         "HARCHOS_JOBS_RETENTION",
         "str",
-        "Forget finished jobs older than this (30d), at most hourly from harchos jobs list.",
+        "Forget finished jobs older than this (30d), at most hourly from harchos run and jobs list.",
     ),
     Setting("watttime.username", None, "WATTTIME_USER", "str", "WattTime user name."),
     Setting(

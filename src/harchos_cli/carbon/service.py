@@ -70,6 +70,10 @@ class ForecastService:
         """The (first) replayed trace: its time is the clock's, its zone the default region."""
         return self._replay
 
+    def replayed_zones(self) -> list[str]:
+        """The zones of the replayed traces (empty: not replaying, or traces without a zone)."""
+        return [r.trace.zone for r in self._replays if r.trace.zone]
+
     def _replay_for(self, region: Region) -> ReplayProvider:
         assert self._replay is not None
         return next((r for r in self._replays if r.trace.zone == region.zone), self._replay)

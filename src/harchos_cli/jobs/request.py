@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from harchos_cli.carbon.types import Forecast, Point
+from harchos_cli.carbon.types import Forecast, Point, Region
 from harchos_cli.carbon.windows import check_threshold
 from harchos_cli.errors import HarchosError, UsageError
 from harchos_cli.hubs.base import LOCAL, Hub
@@ -464,10 +464,24 @@ class Forecaster:
                 candidates.append(Candidate(hub, None))
                 continue
             region = regions.resolve(name)
+            self._check_zone(hub, region)
             if region.name not in cache:
                 cache[region.name] = self.service.forecast(region, now, hours)
             candidates.append(Candidate(hub, cache[region.name]))
         return candidates
+
+    def _check_zone(self, hub: Hub, region: Region) -> None:
+        """A replayed trace plans only hubs of its own zone, unless `replay.any_zone`: FR's
+        grid replayed for a DE hub would plan on numbers that are not that hub's."""
+        zones = self.service.replayed_zones()
+        if not zones or region.zone in zones or self.service.config.get("replay.any_zone"):
+            return
+        raise UsageError(
+            f"the replayed trace is for {', '.join(zones)}, but hub {hub.name!r} is in "
+            f"{region.name} ({region.zone})",
+            hint=f"replay a trace for {region.zone} too (--provider replay:A.csv,B.csv takes one "
+            "per zone), or apply it anyway: HARCHOS_REPLAY_ANY_ZONE=1 (replay.any_zone)",
+        )
 
 
 def make_plan(request: Request, forecaster: Forecaster | None, now: datetime) -> Plan:
@@ -516,6 +530,7 @@ def make_plan(request: Request, forecaster: Forecaster | None, now: datetime) ->
         objective=cast("planner.Objective", request.objective),
         carbon_price=_carbon_price(request),
         power=power,
+        min_saving=_min_saving(request),
     )
     plan.warnings[:0] = [w for w in forecaster.warnings + queue_notes if w not in plan.warnings]
     from harchos_cli.carbon.service import horizon_warning
@@ -551,6 +566,19 @@ def expected_power(request: Request, gpus: int) -> planner.Power:
         return planner.Power(watts, f"measured on job {job_id} ({measured_gpus} GPU(s)), "
                                     f"scaled to {gpus}")  # fmt: skip
     return planner.Power(watts, f"measured: {watts:.0f} W average on job {job_id}")
+
+
+def _min_saving(request: Request) -> float:
+    from harchos_cli.config import Config
+
+    value = Config.load({}, project_file=request.project.file).get("plan.min_saving_percent")
+    percent = float(value or 0.0)
+    if not math.isfinite(percent) or not 0.0 <= percent <= 100.0:
+        raise UsageError(
+            f"plan.min_saving_percent {percent:g} is not a percentage",
+            hint="a number from 0 to 100 (harchos config, or HARCHOS_MIN_SAVING)",
+        )
+    return percent / 100.0
 
 
 def _carbon_price(request: Request) -> float | None:

@@ -240,6 +240,7 @@ def choose(
     objective: Objective = "carbon",
     carbon_price: float | None = None,
     power: Power | None = None,
+    min_saving: float = 0.0,
 ) -> Plan:
     """Pick the hub and start time (see the module docstring for the rules).
 
@@ -254,6 +255,8 @@ def choose(
         objective: What ranks the hubs: carbon, cost, or balanced (cost + priced carbon).
         carbon_price: Money per tonne of CO2eq; needed by `balanced`.
         power: The draw expected (default: the flat estimate for `gpus`).
+        min_saving: The least fraction a later window must save against the soonest start for
+            the job to wait for it (a threshold the user set is followed as given).
 
     Raises:
         UsageError: No candidates, the job cannot finish by the deadline, or `balanced`
@@ -273,7 +276,7 @@ def choose(
         warnings.append(f"the deadline {iso(deadline)} can no longer be met; starting at once")
     options = [
         _option(c, now=now, duration=duration, deadline=deadline, threshold=threshold, gpus=gpus,
-                power=power)
+                power=power, min_saving=min_saving)
         for c in candidates
     ]  # fmt: skip
     signals = {o.signal for o in options if o.signal}
@@ -372,6 +375,7 @@ def _option(
     threshold: float | None,
     gpus: int,
     power: Power,
+    min_saving: float = 0.0,
 ) -> Choice:
     hub = candidate.hub
     energy = power.kwh(duration)
@@ -396,6 +400,17 @@ def _option(
         return Choice(hub.name, start, start + duration, reason + queued, expected,
                       now_intensity, energy, emissions, price, signal)  # fmt: skip
 
+    def worth_waiting(start: datetime, reason: str) -> Choice:
+        """A later window, unless it saves less than `min_saving` against the soonest start."""
+        soonest = _mean(points, first, duration)
+        later = _mean(points, start, duration)
+        if start > first and soonest and later is not None and min_saving > 0:
+            saving = 1.0 - later / soonest
+            if saving < min_saving:
+                why = f"the greenest window saves only {max(saving, 0.0):.1%}"
+                return make(first, f"{why} (under the {min_saving:.0%} minimum): starting at once")
+        return make(start, reason)
+
     if first >= latest_start(deadline, duration):
         return make(first, "deadline: starting at once")
     if threshold is not None:
@@ -414,8 +429,8 @@ def _option(
         if not covered:
             return make(first, "forecast too short: starting at once")
         window = min(covered, key=lambda w: (w.mean_intensity, w.start))
-        return make(window.start, "greenest window the forecast covers")
-    return make(min(found.best.start, last), "greenest window")
+        return worth_waiting(window.start, "greenest window the forecast covers")
+    return worth_waiting(min(found.best.start, last), "greenest window")
 
 
 def _mean(points: Sequence[Point], start: datetime, duration: timedelta) -> float | None:
