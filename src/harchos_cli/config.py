@@ -131,7 +131,7 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "HARCHOS_JOBS_RETENTION",
         "str",
-        "Forget finished jobs older than this (30d), at most hourly from harchos run and jobs list.",
+        "Forget finished jobs older than this (30d), at most hourly (harchos run, jobs list).",
     ),
     Setting("watttime.username", None, "WATTTIME_USER", "str", "WattTime user name."),
     Setting(
