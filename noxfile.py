@@ -19,8 +19,10 @@ def tests(session: nox.Session) -> None:
     """The test suite (two workers, as on CI's two cores)."""
     session.install(TORCH)
     # The training blueprint's own tests: TensorBoard as a tracker, and a tiny transformers
-    # model built from a config (no weights are downloaded).
-    session.install(TORCH, "accelerate>=1.0", "tensorboard>=2.14", "transformers>=4.46")
+    # model built from a config on a datasets dataset made on the fly (nothing is downloaded).
+    session.install(
+        TORCH, "accelerate>=1.0", "tensorboard>=2.14", "transformers>=4.46", "datasets>=3.0"
+    )
     session.install("-e", ".[test]")
     # worksteal: a worker left with one slow test hands its queue to the other.
     session.run("pytest", "-n", "2", "--dist", "worksteal", *session.posargs)

@@ -39,7 +39,7 @@ def render_and_test(name: str, dest: Path) -> str:
 @pytest.mark.slow
 def test_pytorch_training_passes_its_own_tests(tmp_path: Path) -> None:
     out = render_and_test("pytorch-training", tmp_path / "demo")
-    assert "20 passed" in out
+    assert "21 passed" in out
 
 
 @pytest.mark.slow
