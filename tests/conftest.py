@@ -29,6 +29,8 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "ELECTRICITYMAPS_API_TOKEN",
         "WATTTIME_USER",
         "WATTTIME_PASSWORD",
+        "ENTSOE_SECURITY_TOKEN",
+        "HARCHOS_ENTSOE_URL",
         "HARCHOS_PROVIDER",
         "HARCHOS_DEBUG",
     ):

@@ -45,9 +45,9 @@ def test_watttime_signal_follows_config(tmp_path: Path) -> None:
 
 def test_unknown_name_lists_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as caught:
-        make_live_provider("entsoe", provider_config(tmp_path), ResponseCache(enabled=False))
-    assert "entsoe" in caught.value.message
-    assert caught.value.hint == "use one of electricitymaps, watttime, ukgrid"
+        make_live_provider("nonesuch", provider_config(tmp_path), ResponseCache(enabled=False))
+    assert "nonesuch" in caught.value.message
+    assert caught.value.hint == "use one of electricitymaps, watttime, ukgrid, entsoe"
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ SETTINGS: tuple[Setting, ...] = (
         "auto",
         "HARCHOS_PROVIDER",
         "str",
-        "Carbon data: auto, embedded, electricitymaps, watttime, ukgrid or replay:PATH.",
+        "Carbon data: auto, embedded, electricitymaps, watttime, ukgrid, entsoe or replay:PATH.",
     ),
     Setting(
         "http.timeout",
@@ -150,6 +150,21 @@ SETTINGS: tuple[Setting, ...] = (
         "HARCHOS_UKGRID_URL",
         "str",
         "UK Carbon Intensity API base URL (no key needed).",
+    ),
+    Setting(
+        "entsoe.base_url",
+        "https://web-api.tp.entsoe.eu",
+        "HARCHOS_ENTSOE_URL",
+        "str",
+        "ENTSO-E Transparency Platform base URL (requests go to its /api).",
+    ),
+    Setting(
+        "entsoe.token",
+        None,
+        "ENTSOE_SECURITY_TOKEN",
+        "str",
+        "ENTSO-E Transparency Platform security token (free; see docs/providers.md).",
+        secret=True,
     ),
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from harchos_cli.carbon.types import Region
 from harchos_cli.errors import UsageError
 
-__all__ = ["all_regions", "resolve", "zone_display_name", "zone_ids"]
+__all__ = ["all_regions", "entsoe_eic", "resolve", "zone_display_name", "zone_ids"]
 
 RegionKind = Literal["alias", "cloud", "zone", "ukgrid", "watttime"]
 
@@ -62,6 +62,8 @@ def _providers(
         out.append("ukgrid")
     if watttime_region is not None:
         out.append("watttime")
+    if zone in _eic_codes():
+        out.append("entsoe")
     return tuple(out)
 
 
@@ -87,6 +89,7 @@ def _region(
     )
 
 
+@cache
 def _read_data() -> dict[str, Any]:
     # Imported here: importlib.resources pulls in pathlib and tempfile, json is only for the load.
     import json
@@ -95,6 +98,28 @@ def _read_data() -> dict[str, Any]:
     text = resources.files("harchos_cli.carbon").joinpath("data", "regions.json").read_text("utf-8")
     data: dict[str, Any] = json.loads(text)
     return data
+
+
+@cache
+def _eic_codes() -> dict[str, str]:
+    return {
+        str(row["zone"]): str(row["entsoe_eic"])
+        for row in _read_data()["zones"]
+        if row.get("entsoe_eic")
+    }
+
+
+def entsoe_eic(zone: str) -> str | None:
+    """The EIC code of the ENTSO-E area for a grid zone (`DE` gives `10Y1001A1001A83F`).
+
+    Args:
+        zone: An Electricity Maps zone id, any case.
+
+    Returns:
+        The code the Transparency Platform names the zone's bidding zone or control area by;
+        None where harchos knows none or ENTSO-E publishes no data for the zone.
+    """
+    return _eic_codes().get(zone.strip().upper())
 
 
 @cache

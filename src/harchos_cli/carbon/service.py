@@ -22,9 +22,12 @@ from harchos_cli.errors import ProviderError, UsageError
 from harchos_cli.timeparse import floor_hour, iso
 
 PROVIDER_CHOICES = ("auto", "embedded", *LIVE_PROVIDERS, "replay:PATH")
-# Preference for --provider auto among configured providers that cover the zone. WattTime is last:
-# its default signal is marginal, which must never be ranked against the average signals.
-AUTO_ORDER = ("electricitymaps", "ukgrid", "watttime")
+# Preference for --provider auto among configured providers that cover the zone. WattTime comes
+# after the average-signal forecasters: its default signal is marginal, which must never be ranked
+# against the average signals. ENTSO-E comes after every provider that forecasts by itself: it
+# gives actuals only (a week of them), which the embedded model forecasts from (no zone in the
+# catalog has both a WattTime region and an ENTSO-E area).
+AUTO_ORDER = ("electricitymaps", "ukgrid", "watttime", "entsoe")
 
 
 @dataclass

@@ -40,7 +40,8 @@ def forecast(
         None,
         "--provider",
         "-p",
-        help="auto, embedded, electricitymaps, watttime, ukgrid or replay:PATH [HARCHOS_PROVIDER].",
+        help="auto, embedded, electricitymaps, watttime, ukgrid, entsoe or replay:PATH "
+        "[HARCHOS_PROVIDER].",
     ),
     at: str | None = typer.Option(
         None, "--at", help="Pretend it is this ISO time (default: now; replay: 14 days in)."

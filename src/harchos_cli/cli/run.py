@@ -42,8 +42,8 @@ _THRESHOLD = typer.Option(
     "(implies --defer-until-green). Default: [carbon] threshold.", show_default=False,
 )  # fmt: skip
 _PROVIDER = typer.Option(
-    None, "--provider", help="Carbon data: auto, embedded, electricitymaps, watttime, ukgrid "
-    "or replay:PATH.", show_default=False,
+    None, "--provider", help="Carbon data: auto, embedded, electricitymaps, watttime, ukgrid, "
+    "entsoe or replay:PATH.", show_default=False,
 )  # fmt: skip
 _AT = typer.Option(
     None, "--at", help="Pretend it is this time (ISO-8601) while planning and waiting.",

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import httpx
 
 #: Live providers, in the order `--provider auto` prefers them (see docs/providers.md).
-LIVE_PROVIDERS: tuple[str, ...] = ("electricitymaps", "watttime", "ukgrid")
+LIVE_PROVIDERS: tuple[str, ...] = ("electricitymaps", "watttime", "ukgrid", "entsoe")
 
 
 def make_live_provider(
@@ -52,6 +52,10 @@ def make_live_provider(
         from harchos_cli.carbon.providers.ukgrid import UkGrid
 
         return UkGrid(config, cache, client=client, sleep=sleep)
+    if key == "entsoe":
+        from harchos_cli.carbon.providers.entsoe import Entsoe
+
+        return Entsoe(config, cache, client=client, sleep=sleep)
     raise UsageError(
         f"unknown live provider {name!r}", hint=f"use one of {', '.join(LIVE_PROVIDERS)}"
     )
@@ -71,4 +75,8 @@ def worth_trying(name: str, region: Region, config: Config) -> bool:
         )
     if name == "ukgrid":
         return region.zone == "GB"
+    if name == "entsoe":
+        from harchos_cli.carbon.regions import entsoe_eic
+
+        return entsoe_eic(region.zone) is not None and bool(config.get("entsoe.token"))
     return False
