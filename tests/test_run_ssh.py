@@ -102,42 +102,6 @@ def test_a_changed_host_key_fails_the_run_with_exit_4_at_once(
     assert "retrying" not in result.err
 
 
-def test_cancel_never_waits_on_the_hub_and_the_supervisor_stops_the_job(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, sshd: Sshd
-) -> None:
-    batch_project(tmp_path)
-    add_h1(capsys, sshd)
-    gate = tmp_path / "gate"
-    code = (
-        "import os, time\n"
-        "print('started', flush=True)\n"
-        "for _ in range(1200):  # at most a minute\n"
-        f"    if os.path.exists({str(gate)!r}): break\n"
-        "    time.sleep(0.05)\n"
-    )
-    try:
-        started = harchos(
-            capsys, "run", "batch", "--hub", "h1", "--detach", "--json", "--",
-            sys.executable, "-c", code,
-        )  # fmt: skip
-        assert started.code == 0, started.err
-        job_id = started.json()["job_id"]
-        wait_until(
-            lambda: log_path(job_id).is_file() and b"started" in log_path(job_id).read_bytes()
-        )
-        sshd.stop()
-        # The hub is unreachable: cancel only records the request, at once.
-        cancelled = harchos(capsys, "jobs", "cancel", job_id, "--wait", "0")
-        assert cancelled.code == 0, cancelled.err
-        assert "the supervisor stops it" in cancelled.out, job(job_id).message
-        assert job(job_id).cancel_requested
-        sshd.start()
-        final = wait_until(lambda: job(job_id) if not job(job_id).active else None)
-    finally:
-        gate.touch()
-    assert (final.state, final.exit_code) == ("cancelled", 128 + 15)
-
-
 def test_setup_runs_again_when_the_hubs_folder_was_wiped(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, sshd: Sshd
 ) -> None:

@@ -59,7 +59,7 @@ INTENSITY_TTL_S = 300.0
 # The parts of a scrape that fail on their own; each is a value of harchos_exporter_errors_total's
 # `part` label, exported from the first scrape on (at 0) so that rate() sees the first error.
 PARTS = ("jobs", "decisions", "power", "ledger", "hubs", "intensity")
-_JOB_STATES = ("waiting", "syncing", "running", "paused", "done", "failed", "cancelled")
+_JOB_STATES = ("waiting", "syncing", "running", "paused", "lost", "done", "failed", "cancelled")
 _FINISHED = ("done", "failed", "cancelled")
 _HOLDING_GPUS = ("syncing", "running")
 _NO_HUB = "none"

@@ -225,6 +225,14 @@ def _m007_slurm_hubs(db: sqlite3.Connection) -> None:
         db.execute(f"ALTER TABLE hubs ADD COLUMN {column} TEXT")
 
 
+@migration
+def _m008_jobs_listing(db: sqlite3.Connection) -> None:
+    """`harchos jobs list` pages through the jobs newest first (`created_at`, then `id`, as
+    `JobStore.list` sorts them) along an index, so a page costs the same with 10 or 100,000 jobs
+    in the store; the active jobs that `revive` checks come from `jobs_state`."""
+    db.execute("CREATE INDEX jobs_created ON jobs (created_at DESC, id DESC)")
+
+
 def connect(path: Path | None = None) -> sqlite3.Connection:
     """Open (creating and migrating as needed) the state database.
 

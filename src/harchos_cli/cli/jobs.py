@@ -39,50 +39,74 @@ def _store() -> JobStore:
 
 def _clean_when_due() -> None:
     """With `jobs.retention` set, forget what is older, in the background, at most hourly."""
-    from harchos_cli.config import Config
-    from harchos_cli.errors import HarchosError
-    from harchos_cli.jobs import clean as cleaning
+    from harchos_cli.jobs.clean import clean_when_due
 
-    try:
-        age = cleaning.retention(Config.load().get("jobs.retention"))
-    except HarchosError:  # a broken setting is for `harchos jobs clean` to report, not `list`
-        return
-    if age is not None and cleaning.due():
-        cleaning.clean_in_background(age)
+    clean_when_due()
 
 
-@app.command("list")
+@app.command("list", short_help="Jobs, newest first, a page at a time.")
 def list_jobs(
-    all_jobs: bool = typer.Option(False, "--all", help="Every job, not only the last 20."),
+    all_jobs: bool = typer.Option(
+        False, "--all", help="Every job (with --before: every older one), not one page."
+    ),
+    limit: int = typer.Option(
+        None, "--limit", metavar="N", min=1, help="Jobs per page (default 20)."
+    ),
+    before: str = typer.Option(
+        None,
+        "--before",
+        metavar="JOB_ID",
+        help="The next page: the jobs listed after this one (the last of the page before; "
+        "`jobs list` prints the command for the next page). Pages follow jobs, not numbers: a "
+        "page stays the same when new jobs arrive, and any page is as fast as the first.",
+        autocompletion=completion.job_ids,
+    ),
     json_output: bool = _JSON,
 ) -> None:
-    """Jobs, newest first: state, hub, planned start, exit code."""
+    """Jobs, newest first: state, hub, planned start, exit code; one page (--limit, default
+    20) at a time, --before JOB_ID for the next."""
     from harchos_cli.cli.output import print_json
+    from harchos_cli.errors import UsageError
 
+    if all_jobs and limit is not None:
+        raise UsageError(
+            "--all and --limit contradict each other",
+            hint="--all lists every job; --limit N lists N at a time",
+        )
+    size = None if all_jobs else (limit or 20)
+    # One more than a page says whether another page follows.
+    fetch = None if size is None else size + 1
     store = _store()
     try:
         _clean_when_due()
-        jobs = store.list(limit=None if all_jobs else 20)
+        if json_output:
+            jobs = store.list(limit=fetch, before=before)[:size]
+        else:
+            rows = store.summaries(limit=fetch, before=before)
     finally:
         store.close()
     if json_output:
         print_json([job.as_json() for job in jobs])
         return
-    if not jobs:
-        typer.echo("no jobs yet: start one with `harchos run train`")
+    if not rows:
+        typer.echo(f"no jobs before {before}" if before else
+                   "no jobs yet: start one with `harchos run train`")  # fmt: skip
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False)
-    for column in ("job", "name", "kind", "state", "hub", "planned start", "exit"):
-        table.add_column(column)
-    for job in jobs:
-        table.add_row(
-            job.id, job.name, job.kind, job.state, job.hub or "-", job.planned_start or "-",
-            "-" if job.exit_code is None else str(job.exit_code),
-        )  # fmt: skip
-    Console().print(table)
+    shown = rows[:size]
+    table = [("job", "name", "kind", "state", "hub", "planned start", "exit")]
+    table += [
+        (row.id, row.name, row.kind, f"{row.state}, cancel pending" if row.cancel_pending
+         else row.state, row.hub or "-", row.planned_start or "-",
+         "-" if row.exit_code is None else str(row.exit_code))
+        for row in shown
+    ]  # fmt: skip
+    # Plain aligned columns: no rich import or layout, so --all over many jobs stays quick.
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    lines = ("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+             for line in table)  # fmt: skip
+    typer.echo("\n".join(lines))
+    if size is not None and len(rows) > size:
+        typer.echo(f"older jobs: harchos jobs list --before {shown[-1].id}", err=True)
 
 
 @app.command("clean", short_help="Forget finished jobs and their folders on hubs.")
@@ -95,15 +119,21 @@ def clean(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would go; remove nothing."),
     force: bool = typer.Option(
-        False, "--force", help="Forget a job here even when a hub holding its folders is down."
+        False,
+        "--force",
+        help="Forget a job here even when a hub holding its folders is down, or its project "
+        "copy keeps results not pulled (the folders stay on the hub).",
     ),
     json_output: bool = _JSON,
 ) -> None:
     """Forget finished jobs (done, failed, cancelled): their records, their local folder, and
-    their job folders on the hubs, once each hub says their process has exited.
+    their job folders on the hubs, once each hub says their process has exited; and a project's
+    copy on a hub once no job left uses it.
 
-    A folder whose process still runs is never removed, nor a project's checkpoints. A job with
-    folders on a hub that cannot be reached is kept for a later clean unless --force."""
+    A folder whose process still runs is never removed, nor a copy holding checkpoints or
+    outputs that have no verified copy elsewhere (harchos jobs pull copies them): the job that
+    used it last is kept. A job with folders on a hub that cannot be reached is kept for a
+    later clean unless --force."""
     from harchos_cli.cli.output import print_json
     from harchos_cli.config import Config
     from harchos_cli.jobs import clean as cleaning
@@ -257,10 +287,11 @@ def cancel(
     store = _store()
     try:
         job = store.get(job_id)
-        was_active = job.active
+        was_active = job.active or job.state == "lost"
         job = request_cancel(store, job.id)
         deadline = time.monotonic() + wait
-        while job.active and time.monotonic() < deadline:
+        # Not past the point where the hub is known not to answer: the cancel stays pending.
+        while job.active and time.monotonic() < deadline and not _pending(job):
             time.sleep(0.2)
             job = store.get(job.id)
     finally:
@@ -269,6 +300,8 @@ def cancel(
         print_json(job.as_json())
     elif not was_active:
         typer.echo(f"job {job.id} already {job.state}; nothing to cancel")
+    elif _pending(job):
+        typer.echo(f"job {job.id}: {job.message}")
     elif job.active:
         typer.echo(
             f"job {job.id}: cancel requested; the supervisor stops it on hub {job.hub} "
@@ -276,6 +309,26 @@ def cancel(
         )
     else:
         typer.echo(f"job {job.id} {job.state}" + (f": {job.message}" if job.message else ""))
+
+
+def _pending(job: Job) -> bool:
+    """Whether the job's cancel waits for its hub (unreachable, or the job is lost)."""
+    return job.cancel_requested and (
+        job.state == "lost" or (job.active and (job.message or "").startswith("cancel pending"))
+    )
+
+
+@app.command("reattach", short_help="Follow a lost job's workload again.")
+def reattach(job_id: str = _ID, json_output: bool = _JSON) -> None:
+    """Take up a lost job again: its hub refused harchos while it ran (a changed host key, a
+    refused login), so nothing followed its workload. Once the hub can be reached and trusted
+    again (e.g. its new host key checked and the old one forgotten), a new supervisor follows
+    the workload, still running or exited, and records how it ends."""
+    from harchos_cli.jobs.supervisor import reattach as take_up
+
+    _ask(
+        job_id, json_output, take_up, "reattached: its supervisor follows it (harchos jobs logs -f)"
+    )
 
 
 def _ask(job_id: str, json_output: bool, act: Callable[[JobStore, str], Job], done: str) -> None:

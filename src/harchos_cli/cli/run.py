@@ -305,6 +305,9 @@ def _run(options: RunOptions, *, dry_run: bool, json_output: bool) -> int:
         else:
             _print_dry_run(plan)
         return 0
+    from harchos_cli.jobs.clean import clean_when_due
+
+    clean_when_due()  # `jobs.retention`: in the background, at most hourly; never waited on
     if options.detach:
         return _detach(prepared, json_output, run_id)
     job_id = new_id()

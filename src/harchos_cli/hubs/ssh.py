@@ -21,9 +21,11 @@ import shlex
 import shutil
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 
 from harchos_cli import paths
 from harchos_cli.errors import HubError
@@ -85,6 +87,52 @@ def _protected(name: str, patterns: Sequence[str]) -> bool:
         if folder and (name == folder or name.startswith(f"{folder}/")):
             return True
     return False
+
+
+def run_holding_stdin(
+    command: Sequence[str], *, env: dict[str, str] | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run `command` with its stdin a pipe that stays open until it exits, capturing its
+    output. The pipe's other end is this process's alone, so it closes when this process dies
+    (even by SIGKILL): a command that watches its stdin (`[job] setup`'s lock holder on a hub,
+    here or over ssh, which forwards the end of its stdin) learns that harchos is gone.
+
+    Raises:
+        subprocess.TimeoutExpired: `timeout` passed (the command is killed).
+    """
+    process = subprocess.Popen(
+        list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env,
+    )  # fmt: skip
+    assert process.stdin is not None
+    assert process.stdout is not None
+    assert process.stderr is not None
+    out: list[bytes] = []
+    err: list[bytes] = []
+    readers = [
+        threading.Thread(target=_read_all, args=(process.stdout, out), daemon=True),
+        threading.Thread(target=_read_all, args=(process.stderr, err), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    try:
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+        for reader in readers:
+            reader.join()
+    finally:
+        process.stdin.close()
+        process.stdout.close()
+        process.stderr.close()
+    return subprocess.CompletedProcess(list(command), code, b"".join(out), b"".join(err))
+
+
+def _read_all(stream: IO[bytes], into: list[bytes]) -> None:
+    into.append(stream.read())
 
 
 def known_hosts_file() -> Path:
@@ -281,11 +329,14 @@ class SshTransport:
         timeout: float | None = None,
         stdin: bytes | None = None,
         check: bool = True,
+        hold_stdin: bool = False,
     ) -> subprocess.CompletedProcess[bytes]:
         """Run `argv` on the hub; see `Transport.run`.
 
         Exit 255 with an ssh diagnostic is a transport failure (`HubUnreachableError`,
         `HostKeyError` or `HubError`), retried while the connection could not be set up.
+        With `hold_stdin` (and no `stdin`) the command's stdin stays open until it exits and
+        ends when this process dies (`run_holding_stdin`).
         """
         args = list(argv)
         command = self.ssh_argv(args)
@@ -297,6 +348,8 @@ class SshTransport:
                 if timeout is None or left < timeout:
                     limit, within = max(left, 0.0), f"the {self.budget_s:g} s allowed in all"
             try:
+                if hold_stdin and stdin is None:
+                    return run_holding_stdin(command, timeout=limit)
                 return subprocess.run(
                     command,
                     input=stdin,

@@ -242,6 +242,80 @@ def setup_marker_argv(
     return ["sh", "-c", scripts[action], "harchos-setup", remote_project, digest]
 
 
+# `[job] setup` under the project folder's lock on the hub (`sh -c SCRIPT harchos-setup FOLDER
+# DIGEST SETUP`). POSIX sh (dash), with util-linux's `flock` and `setsid`:
+# - `flock` on `.harchos/setup.lock`, held by this shell (fd 9) while setup runs, so two
+#   harchos runs of one project never run setup at once; the kernel releases it when this
+#   shell dies. Under the lock the marker is checked again: the second one skips setup.
+# - setup runs in a session of its own, its id (and the boot's) in `.harchos/setup.pid`; a
+#   group left there by a holder that died (a `kill -9`) is ended by the next holder.
+# - this shell's stdin is a pipe that harchos holds open while setup runs: when harchos dies,
+#   the pipe (and the SSH session) closes, and the watcher below ends the setup's group.
+_LOCKED_SETUP = r"""
+cd -- "$1" || exit
+d=.harchos
+mkdir -p "$d" && printf '*\n' > "$d/.gitignore" || exit
+if command -v flock >/dev/null 2>&1; then
+  exec 9>>"$d/setup.lock" || exit
+  if ! flock -n 9; then
+    echo "harchos: another setup of this project runs on this hub; waiting for it to end" >&2
+    flock 9 || exit
+  fi
+else
+  echo "harchos: no flock on this hub: setup runs without its lock" >&2
+fi
+if [ -e "$d/setup-$2" ]; then
+  echo "harchos: setup already done for this content by another harchos run" >&2
+  exit 0
+fi
+boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
+if [ -s "$d/setup.pid" ]; then
+  read -r old oldboot < "$d/setup.pid"
+  case $old in
+    '' | 0 | 1 | *[!0-9]*) ;;
+    *) if [ "$oldboot" = "$boot" ] && kill -0 -"$old" 2>/dev/null; then
+         kill -KILL -"$old" 2>/dev/null
+         echo "harchos: ended setup process group $old, left running by a harchos that died" >&2
+       fi ;;
+  esac
+fi
+rm -f "$d/setup.pid"
+exec 8<&0
+if command -v setsid >/dev/null 2>&1; then
+  setsid sh -c 'printf "%s %s\n" "$$" "$2" > .harchos/setup.pid && exec sh -c "$1"' \
+    harchos-setup "$3" "$boot" < /dev/null 8<&- 9>&- &
+else
+  sh -c 'printf "%s %s\n" "$$" "$2" > .harchos/setup.pid && exec sh -c "$1"' \
+    harchos-setup "$3" "$boot" < /dev/null 8<&- 9>&- &
+fi
+pg=$!
+{
+  cat > /dev/null 2>&1
+  kill -TERM -"$pg" 2>/dev/null || kill -TERM "$pg" 2>/dev/null
+  sleep 2
+  kill -KILL -"$pg" 2>/dev/null || kill -KILL "$pg" 2>/dev/null
+} <&8 > /dev/null 2>&1 9>&- &
+watcher=$!
+exec 8<&-
+wait "$pg"
+code=$?
+kill "$watcher" 2>/dev/null
+rm -f "$d/setup.pid"
+if [ "$code" -eq 0 ]; then
+  : > "$d/setup-$2" || exit
+fi
+exit "$code"
+"""
+
+
+def setup_locked_argv(remote_project: str, digest: str, setup: str) -> list[str]:
+    """Run `[job] setup` in the project folder on the hub once per `digest`, serialised by a
+    lock there and ended when harchos dies (see `_LOCKED_SETUP`): exit 0 when it ran, or
+    another harchos run ran it meanwhile, and the marker is recorded; else setup's own exit
+    code. Its stdin must stay open while it runs (`run_holding_stdin`)."""
+    return ["sh", "-c", _LOCKED_SETUP, "harchos-setup", remote_project, digest, setup]
+
+
 def content_hash(root: Path, setup: str) -> str:
     """A digest of the project's files (as synced) and the setup command: setup runs once per
     hub and digest."""

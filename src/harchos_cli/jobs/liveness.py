@@ -112,10 +112,12 @@ def revive(store: JobStore | None = None, *, confirm: float = 0.0) -> list[str]:
     try:
         started: list[tuple[str, subprocess.Popen[bytes]]] = []
         # A job the policy paused waits, supervised, for its planned hour.
-        waiting = [j for j in store.list(states=["paused"]) if j.request.get("resume_at")]
-        for job in [*store.list(states=ACTIVE), *waiting]:
-            if not is_supervised(job.id):
-                started.append((job.id, _start(job.id, "harchos_cli.jobs.supervisor")))
+        waiting = [j.id for j in store.list(states=["paused"]) if j.request.get("resume_at")]
+        # Only the active jobs' ids, through the state index: a store of finished jobs costs
+        # nothing here however large it grows.
+        for job_id in [*store.ids(states=ACTIVE), *waiting]:
+            if not is_supervised(job_id):
+                started.append((job_id, _start(job_id, "harchos_cli.jobs.supervisor")))
         if confirm <= 0:
             return [job_id for job_id, _ in started]
         return [job_id for job_id, child in started if _kept_lock(job_id, child, confirm)]

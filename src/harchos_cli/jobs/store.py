@@ -2,7 +2,9 @@
 
 A job moves `waiting → syncing → running → done | failed | cancelled`; a running job may stop
 at a checkpoint (`paused`, no process anywhere) and go on with a new attempt (`paused → syncing`,
-on the same hub or another). Every change is one UPDATE, and stage changes are compare-and-set
+on the same hub or another). A running job whose hub refuses harchos for good (a changed host
+key) is `lost`, its workload perhaps still running there, until it is reattached
+(`lost → running`). Every change is one UPDATE, and stage changes are compare-and-set
 (`advance`), so two supervisors can never both move a job on. Every decision about a job (defer,
 start, pause, resume, migrate, rescale, cancel) is a row of `job_decisions` with its reason.
 The folder `$HARCHOS_HOME/supervisor/<id>/` holds the supervisor's lock, its own
@@ -25,13 +27,18 @@ from harchos_cli import paths, state
 from harchos_cli.errors import UsageError
 from harchos_cli.timeparse import iso, utcnow
 
-JobStateName = Literal["waiting", "syncing", "running", "paused", "done", "failed", "cancelled"]
+JobStateName = Literal[
+    "waiting", "syncing", "running", "paused", "lost", "done", "failed", "cancelled"
+]
 # The entries of a job's request that belong to one attempt: a new attempt starts without them.
 ATTEMPT_KEYS = ("launch", "node_logs")
 # States a supervisor drives; a paused job holds no process until it is resumed.
 ACTIVE: tuple[JobStateName, ...] = ("waiting", "syncing", "running")
 FINISHED: tuple[JobStateName, ...] = ("done", "failed", "cancelled")
-STATES: tuple[JobStateName, ...] = (*ACTIVE, "paused", *FINISHED)
+# Launched, then its hub refused harchos (a changed host key, a refused login): its workload may
+# still run there, unwatched, until `harchos jobs reattach` (or a cancel) takes it up again.
+LOST: JobStateName = "lost"
+STATES: tuple[JobStateName, ...] = (*ACTIVE, "paused", LOST, *FINISHED)
 
 
 @dataclass
@@ -73,6 +80,12 @@ class Job:
         return self.state in ACTIVE
 
     @property
+    def cancel_pending(self) -> bool:
+        """Cancel asked, not yet confirmed by the hub (it could not be reached, or the job is
+        lost): harchos keeps trying to deliver it."""
+        return _cancel_pending(self.state, self.cancel_requested)
+
+    @property
     def hub_job_id(self) -> str:
         """The id of this attempt's job folder on its hub (launch is idempotent per attempt)."""
         return self.id if self.attempt <= 1 else f"{self.id}-a{self.attempt}"
@@ -111,11 +124,31 @@ class Job:
             "attempt": self.attempt,
             "run_id": self.run_id or self.id,
             "intent": self.intent,
+            "cancel_pending": self.cancel_pending,
             "gpu_ids": {hub: sorted(ids) for hub, ids in held_gpus(self.hub, self.gpu_ids).items()}
             or None,
             # Multi-node: every machine's hub in rank order (null: one hub, `hub`).
             "nodes": self.request.get("nodes"),
         }
+
+
+def _cancel_pending(state: str, cancel_requested: bool) -> bool:
+    return bool(cancel_requested) and state in (*ACTIVE, LOST)
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """One line of `harchos jobs list`: the columns it shows, read without decoding the job's
+    request or plan (`JobStore.summaries`)."""
+
+    id: str
+    name: str
+    kind: str
+    state: JobStateName
+    hub: str | None
+    planned_start: str | None
+    exit_code: int | None
+    cancel_pending: bool
 
 
 @dataclass(frozen=True)
@@ -182,6 +215,37 @@ def _loads(job_id: str, column: str, text: str) -> Any:
         raise _damaged(job_id, column) from None
 
 
+# `summaries` reads no JSON, yet a damaged row must still be refused as `get` and `list` refuse
+# it: SQLite vouches for the rows it can (JSON1, built in since 3.38), and hands the others'
+# text to Python's parser, the judge (it reads what `json.dumps` wrote, NaN included).
+_UNCHECKED_SQL = (
+    "CASE WHEN NOT json_valid(request) THEN request WHEN json_type(request) = 'object' THEN NULL "
+    "ELSE request END AS unchecked_request, "
+    "CASE WHEN plan IS NULL OR json_valid(plan) THEN NULL ELSE plan END AS unchecked_plan"
+)
+_UNCHECKED_PLAIN = "request AS unchecked_request, plan AS unchecked_plan"
+
+
+def _sql_json(db: sqlite3.Connection) -> bool:
+    """Whether this SQLite has the JSON functions (built in since 3.38, often before)."""
+    try:
+        db.execute("SELECT json_valid('{}'), json_type('{}')").fetchone()
+    except sqlite3.OperationalError:
+        return False
+    return True
+
+
+def _check_unchecked(row: sqlite3.Row) -> None:
+    """Refuse the row (`UsageError`, the move-aside hint) when its request or plan, left to
+    Python by `_UNCHECKED_SQL`, is not valid JSON (or the request not an object)."""
+    if row["unchecked_request"] is not None:
+        request = _loads(row["id"], "request", row["unchecked_request"])
+        if not isinstance(request, dict):
+            raise _damaged(row["id"], "request")
+    if row["unchecked_plan"] is not None:
+        _loads(row["id"], "plan", row["unchecked_plan"])
+
+
 def _decode(row: sqlite3.Row) -> Job:
     values: dict[str, Any] = {}
     for name in _COLUMNS:
@@ -240,19 +304,72 @@ class JobStore:
             row = rows[0]
         return _decode(row)
 
-    def list(self, *, states: Iterable[str] | None = None, limit: int | None = None) -> list[Job]:
-        """Newest first."""
-        query = "SELECT * FROM jobs"
+    # (Before `list`, which would shadow the builtin in the annotations below.)
+    def summaries(self, *, limit: int | None = None, before: str | None = None) -> list[JobSummary]:
+        """What `harchos jobs list` shows, in `list`'s order and paging, without decoding any
+        request or plan; a damaged row is still refused as `list` refuses it."""
+        checks = _UNCHECKED_SQL if _sql_json(self.db) else _UNCHECKED_PLAIN
+        columns = (
+            f"id, name, kind, state, hub, planned_start, exit_code, cancel_requested, {checks}"
+        )
+        summaries = []
+        for row in self._listing(columns, None, limit, before):
+            _check_unchecked(row)
+            summaries.append(
+                JobSummary(row["id"], row["name"], row["kind"], row["state"], row["hub"],
+                           row["planned_start"], row["exit_code"],
+                           _cancel_pending(row["state"], row["cancel_requested"]))
+            )  # fmt: skip
+        return summaries
+
+    def ids(self, *, states: Iterable[str]) -> list[str]:
+        """The ids of the jobs in these states, newest first: one search of `jobs_state`,
+        nothing decoded (what `revive` checks)."""
+        return [row["id"] for row in self._listing("id", states, None, None)]
+
+    def _listing(
+        self, columns: str, states: Iterable[str] | None, limit: int | None, before: str | None
+    ) -> list[sqlite3.Row]:
+        """SELECT `columns` newest first. Sorted and paged along `jobs_created` (created_at
+        DESC, id DESC): a page reads only its own rows, and `before` is a key, not an offset,
+        so a page neither costs more deeper down nor shifts when new jobs arrive."""
+        where: list[str] = []
         params: list[Any] = []
-        wanted = list(states) if states is not None else None
-        if wanted is not None:
-            query += f" WHERE state IN ({', '.join('?' for _ in wanted)})"
+        if states is not None:
+            wanted = list(states)
+            where.append(f"state IN ({', '.join('?' for _ in wanted)})")
             params.extend(wanted)
+        if before is not None:
+            where.append("(created_at, id) < (?, ?)")
+            params.extend(self._key(before))
+        query = f"SELECT {columns} FROM jobs"
+        if where:
+            query += " WHERE " + " AND ".join(where)
         query += " ORDER BY created_at DESC, id DESC"
         if limit is not None:
             query += " LIMIT ?"
             params.append(limit)
-        return [_decode(row) for row in self.db.execute(query, params).fetchall()]
+        return self.db.execute(query, params).fetchall()
+
+    def _key(self, job_id: str) -> tuple[str, str]:
+        """The job's place in the listing order; a unique id prefix will do."""
+        row = self.db.execute("SELECT created_at, id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            job = self.get(job_id)  # a unique prefix, or UsageError (exit 2)
+            return job.created_at, job.id
+        return row["created_at"], row["id"]
+
+    def list(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        limit: int | None = None,
+        before: str | None = None,
+    ) -> list[Job]:
+        """Newest first (`created_at`, then `id`); with `before` (a job id or unique prefix),
+        only the jobs after it in that order: the next page. `UsageError` (exit 2) when
+        `before` names no job."""
+        return [_decode(row) for row in self._listing("*", states, limit, before)]
 
     def update(self, job_id: str, **values: Any) -> None:
         """Set columns of one job (and `updated_at`)."""

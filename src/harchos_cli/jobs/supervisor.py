@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from harchos_cli.errors import HarchosError, HubError
+from harchos_cli.errors import HarchosError, HubError, UsageError
 from harchos_cli.hubs.base import (
     LOCAL,
     SLURM,
@@ -59,6 +59,7 @@ from harchos_cli.jobs.request import (
 from harchos_cli.jobs.store import (
     ACTIVE,
     ATTEMPT_KEYS,
+    LOST,
     Job,
     JobStateName,
     JobStore,
@@ -508,7 +509,12 @@ class Supervisor:
     def _setup(self, job: Job, setup: str | None, hub: Hub, transport: Any, remote: str) -> bool:
         """Run `[job] setup` once per project folder on a machine and content hash; False when
         it failed (job failed). The record is a marker file beside the project on the hub, so a
-        re-added hub, a moved project or a wiped folder runs setup again."""
+        re-added hub, a moved project or a wiped folder runs setup again.
+
+        Setup runs under a lock in the project's folder on the hub (two runs of one project
+        never run it at once; the second finds the marker and skips it), in a process group
+        that ends when this supervisor dies, and a group left by a holder that died is ended
+        by the next one (`launchers.setup_locked_argv`)."""
         if not setup:
             return True
         request = Request.from_json(job.request, job.project_dir)
@@ -521,7 +527,14 @@ class Supervisor:
         ):
             return True
         self.reporter.stage(job, "setup", setup)
-        result = transport.run(launchers.setup_argv(remote, setup), check=False)
+        argv = launchers.setup_locked_argv(remote, digest, setup)
+        if in_place(hub):
+            from harchos_cli.hubs.ssh import run_holding_stdin
+            from harchos_cli.secrets import workload_environ
+
+            result = run_holding_stdin(argv, env=workload_environ(os.environ))
+        else:
+            result = transport.run(argv, check=False, hold_stdin=True)
         output = result.stdout + result.stderr
         _truncate_log(job.id, self.store.get(job.id).local_log_size)
         self.store.update(job.id, local_log_size=_append_log(job.id, output))
@@ -536,7 +549,6 @@ class Supervisor:
                 message=f"setup failed on hub {hub.name} (exit {result.returncode}): {setup}",
             )  # fmt: skip
             return False
-        transport.run(launchers.setup_marker_argv(remote, digest, "record"))
         return True
 
     # -- running -----------------------------------------------------------------------------
@@ -726,13 +738,15 @@ class Supervisor:
                         node.jobs.signal(node.hub_id, signal.SIGKILL)
                     killed = True
             except HubUnreachableError as exc:
-                if self.store.get(job.id).cancel_requested:
-                    self._cancel(
-                        job, f"cancelled, but hub {hub.name} could not be reached ({exc}): "
-                        f"the workload may still be running there",
-                    )  # fmt: skip
-                    return
                 message = f"lost contact with hub {hub.name} ({exc}); retrying in {delay:g} s"
+                if self.store.get(job.id).cancel_requested:
+                    # The job stays running, its cancel pending, until the hub confirms the
+                    # workload ended: never "cancelled" while it may run on.
+                    message = (
+                        f"cancel pending: hub {hub.name} cannot be reached ({exc}); the "
+                        f"workload may still run there, and is stopped once the hub answers "
+                        f"(retrying in {delay:g} s)"
+                    )
                 self.reporter.notice(message)
                 self.store.update(job.id, message=message)
                 self.sleep(delay)
@@ -741,10 +755,27 @@ class Supervisor:
             except HubError as exc:
                 # Not a lost connection: retrying cannot help (wrong Python, refused login,
                 # changed host key, missing folder).
-                where = f"; the workload may still be running on hub {hub.name}" if launched else ""
-                self._fail(job, f"{exc}{where}", hub_failed=True)
+                if launched:
+                    self._lose(job, hub.name, exc)
+                else:
+                    self._fail(job, str(exc), hub_failed=True)
                 return
             self.sleep(POLL_S if peek is not None else REMOTE_POLL_S)
+
+    def _lose(self, job: Job, hub: str, exc: HubError) -> None:
+        """The hub refuses harchos for good (a changed host key, a refused login) while the
+        job's workload may still run there: `running → lost`, never failed, until `harchos jobs
+        reattach` (or a cancel) takes it up again once the hub is trusted again."""
+        current = self.store.get(job.id)
+        pending = "; its cancel is pending" if current.cancel_requested else ""
+        message = (
+            f"lost track of the job: {exc}; its workload may still be running on hub {hub}"
+            f"{pending}. Once the hub can be reached and trusted again: harchos jobs reattach "
+            f"{job.id}"
+        )
+        if self.store.advance(job.id, ["running"], LOST, message=message, failure="hub"):
+            self.store.decide(job.id, "lost", hub, message)
+            self.reporter.stage(job, LOST, message)
 
     def _all_exited(
         self, job: Job, nodes: list[_Node], exited: dict[int, int | None], pause_code: int
@@ -1111,6 +1142,18 @@ def request_cancel(store: JobStore, job_id: str) -> Job:
     ):  # fmt: skip
         store.decide(job.id, "cancel", job.hub, "cancelled while paused")
         return store.get(job.id)
+    if job.state == LOST:
+        # Its workload may still run: a supervisor takes it up again to stop it; should the
+        # hub still refuse, the job is lost again with its cancel pending, and the next
+        # cancel or `harchos jobs reattach` tries again.
+        store.update(job.id, cancel_requested=True)
+        store.decide(job.id, "cancel", job.hub, "cancel requested while lost")
+        if store.advance(
+            job.id, [LOST], "running", failure=None,
+            message=f"cancel pending: taking the job up again on hub {job.hub} to stop it",
+        ):  # fmt: skip
+            spawn(job.id)
+        return store.get(job.id)
     if not job.active:
         return job
     store.update(job.id, cancel_requested=True)
@@ -1121,6 +1164,50 @@ def request_cancel(store: JobStore, job_id: str) -> Job:
         return store.get(job.id)
     if not is_supervised(job.id):
         spawn(job.id)
+    return store.get(job.id)
+
+
+def reattach(store: JobStore, job_id: str) -> Job:
+    """Take up again a job harchos lost track of (state `lost`: its hub refused harchos while
+    the workload ran; or, as older versions recorded it, `failed` on such a hub step after its
+    launch): once the hub can be reached and trusted again and still holds the job's folder,
+    a new supervisor follows its workload (still running, or exited: its exit code and log
+    are recorded as if it had never been lost).
+
+    Raises:
+        UsageError: the job was never lost (exit 2).
+        HubError: the hub still cannot be reached or trusted, or it holds no trace of the
+            workload (exit 4); the job stays lost.
+    """
+    from harchos_cli.hubs import inventory, jobs_for
+
+    job = store.get(job_id)
+    launch = job.request.get("launch")
+    legacy = job.state == "failed" and job.failure == "hub" and job.launched
+    if (job.state != LOST and not legacy) or not isinstance(launch, dict):
+        if job.active:
+            why = f"job {job.id} is {job.state}: its supervisor follows it"
+        else:
+            why = f"job {job.id} is {job.state}: harchos did not lose track of it"
+        raise UsageError(f"{why}; only a lost job can be reattached",
+                         hint=f"see the job with: harchos jobs show {job.id}")  # fmt: skip
+    specs = [launch, *(launch.get("nodes") or [])]
+    for spec in specs:
+        hub = inventory.from_json(spec["hub"])
+        hub_id = str(spec.get("hub_job_id") or job.id)
+        if jobs_for(hub).status(hub_id).state == "absent":
+            raise HubError(
+                f"hub {hub.name} holds no trace of job {job.id} (no folder {hub_id}): its "
+                "workload cannot be followed again",
+                hint=f"its outputs may still be on the hub: harchos jobs pull {job.id}",
+            )
+    reason = f"reattached on hub {job.hub}: the hub answers and is trusted again"
+    if store.advance(
+        job.id, [job.state], "running", failure=None, finished_at=None, message=None
+    ):  # fmt: skip
+        store.decide(job.id, "reattach", job.hub, reason)
+        if not is_supervised(job.id):
+            spawn(job.id)
     return store.get(job.id)
 
 
