@@ -232,3 +232,26 @@ def test_a_queue_wait_moves_a_hubs_start_and_one_past_the_deadline_loses() -> No
     plan = planner.choose([late, box], now=T0, duration=HOUR, deadline=T0 + 12 * HOUR,
                           threshold=None, gpus=1)  # fmt: skip
     assert plan.choice.hub == "box"
+
+
+def test_full_hours_are_skipped_and_the_plan_says_the_job_was_pushed() -> None:
+    values = [300.0, 100.0, 150.0, 120.0] + [300.0] * 9
+    hour1 = (T0 + HOUR, T0 + 2 * HOUR)
+    free = planner.choose([Candidate(hub("a"), forecast(values), booked=(hour1,), slots=2)],
+                          now=T0, duration=HOUR, deadline=T0 + 12 * HOUR, threshold=None,
+                          gpus=0)  # fmt: skip
+    assert (free.choice.start, free.choice.reason) == (T0 + HOUR, "greenest window")
+    full = planner.choose([Candidate(hub("a"), forecast(values), booked=(hour1, hour1), slots=2)],
+                          now=T0, duration=HOUR, deadline=T0 + 12 * HOUR, threshold=None,
+                          gpus=0)  # fmt: skip
+    # Hour 1 holds two jobs: the next greenest free hour, 120 g at hour 3.
+    assert full.choice.start == T0 + 3 * HOUR
+    assert full.choice.reason == (
+        "greenest window left (greener hours hold 2 of hub a's jobs already)"
+    )
+    assert full.choice.expected_intensity == 120.0
+    # A threshold never starts a job in a full hour either.
+    under = planner.choose([Candidate(hub("a"), forecast(values), booked=(hour1, hour1), slots=2)],
+                           now=T0, duration=HOUR, deadline=T0 + 12 * HOUR, threshold=130.0,
+                           gpus=0)  # fmt: skip
+    assert under.choice.start == T0 + 3 * HOUR

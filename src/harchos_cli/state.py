@@ -233,6 +233,12 @@ def _m008_jobs_listing(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX jobs_created ON jobs (created_at DESC, id DESC)")
 
 
+@migration
+def _m009_hub_slots(db: sqlite3.Connection) -> None:
+    """How many jobs a hub runs at once: plans place waiting jobs so that no hour holds more."""
+    db.execute("ALTER TABLE hubs ADD COLUMN max_jobs INTEGER")
+
+
 def connect(path: Path | None = None) -> sqlite3.Connection:
     """Open (creating and migrating as needed) the state database.
 

@@ -69,6 +69,13 @@ def add(
     cpu_tdp: float | None = typer.Option(
         None, "--cpu-tdp", help="CPU package power in watts, for the meter's CPU estimate."
     ),
+    max_jobs: int | None = typer.Option(
+        None,
+        "--max-jobs",
+        metavar="N",
+        min=1,
+        help="Jobs it runs at once: plans never book an hour beyond that (default: no limit).",
+    ),
     workdir: str = typer.Option(
         "~/harchos", "--workdir", help="Folder on the hub that projects are synced into."
     ),
@@ -108,6 +115,7 @@ def add(
             electricity_price_per_kwh=electricity_price,
             currency=currency.upper() if currency else None,
             cpu_tdp_w=cpu_tdp,
+            max_jobs=max_jobs,
             workdir=workdir,
             python=python,
             host_key_policy="strict" if strict_host_key else "accept-new",

@@ -369,11 +369,15 @@ def _run_id(prepared: Prepared, fresh: bool) -> str | None:
 
 def _detach(prepared: Prepared, json_output: bool, run_id: str | None) -> int:
     from harchos_cli.cli.output import print_json
-    from harchos_cli.jobs.liveness import spawn
-    from harchos_cli.jobs.supervisor import create_job
+    from harchos_cli.jobs.liveness import spawn, start_scheduler
+    from harchos_cli.jobs.supervisor import create_job, queues_in_slurm
 
     job = create_job(prepared, detached=True, run_id=run_id)
-    spawn(job.id)
+    if job.state == "waiting" and not queues_in_slurm(job, prepared.request):
+        # Waiting for its window costs no process of its own: the scheduler holds it.
+        start_scheduler()
+    else:
+        spawn(job.id)
     if json_output:
         print_json({**prepared.plan.as_json(), "job_id": job.id, "state": job.state,
                     "detached": True})  # fmt: skip

@@ -39,6 +39,7 @@ class Hub:
     electricity_price_per_kwh: float | None = None  # what the hub pays for energy, if it does
     currency: str | None = None  # of both prices; None: the `cost.currency` setting
     cpu_tdp_w: float | None = None  # the meter's CPU estimate where RAPL is unreadable
+    max_jobs: int | None = None  # jobs it runs at once, which plans do not over-book; None: any
     partition: str | None = None  # Slurm: where jobs are submitted, and as whom
     account: str | None = None
     qos: str | None = None

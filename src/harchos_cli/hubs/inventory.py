@@ -163,6 +163,8 @@ def add(hub: Hub, db: sqlite3.Connection | None = None) -> Hub:
         raise UsageError("--electricity-price must be >= 0")
     if hub.cpu_tdp_w is not None and hub.cpu_tdp_w <= 0:
         raise UsageError("--cpu-tdp must be > 0 watts")
+    if hub.max_jobs is not None and hub.max_jobs < 1:
+        raise UsageError("--max-jobs must be a whole number >= 1")
     if hub.currency is not None and not re.fullmatch(r"[A-Z]{3}", hub.currency):
         raise UsageError(f"invalid currency {hub.currency!r}", hint="an ISO 4217 code: EUR, USD")
     if not hub.workdir or not hub.python:

@@ -1,8 +1,11 @@
-"""Is a job's supervisor alive, and starting one. Light: imports only the store.
+"""Is a job's supervisor alive, and starting one; the same for the scheduler that holds the
+detached jobs waiting for their window (`harchos_cli.jobs.scheduler`). Light: imports only the
+store.
 
 One supervisor per job, guaranteed by an exclusive `flock` on `supervisor.lock` in the job's
-folder: the kernel releases it when the process dies, even by SIGKILL, so "can I take the lock"
-is an exact liveness test that no stale pid file or recycled pid can fool.
+folder, and one scheduler per `HARCHOS_HOME` (`_scheduler/scheduler.lock`): the kernel releases a
+lock when its process dies, even by SIGKILL, so "can I take the lock" is an exact liveness test
+that no stale pid file or recycled pid can fool.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+from harchos_cli import paths
 from harchos_cli.jobs.store import ACTIVE, JobStore, ensure_job_dir, job_dir
 
 
@@ -41,7 +46,10 @@ def supervisor_lock(job_id: str) -> Iterator[None]:
 
 def is_supervised(job_id: str) -> bool:
     """Whether a live process holds the job's supervisor lock (cheap: one open and flock)."""
-    path = job_dir(job_id) / "supervisor.lock"
+    return _locked(job_dir(job_id) / "supervisor.lock")
+
+
+def _locked(path: Path) -> bool:
     try:
         fd = os.open(path, os.O_RDWR)
     except (FileNotFoundError, NotADirectoryError):
@@ -53,6 +61,53 @@ def is_supervised(job_id: str) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+class AlreadySchedulingError(Exception):
+    """Another live process is the scheduler."""
+
+
+def scheduler_dir() -> Path:
+    """The scheduler's folder (lock, log, errors), beside the supervisors' per-job folders."""
+    return paths.private_dir(paths.supervisor_dir() / "_scheduler")
+
+
+@contextlib.contextmanager
+def scheduler_lock() -> Iterator[None]:
+    """Hold the scheduler lock; `AlreadySchedulingError` when another process holds it."""
+    fd = os.open(scheduler_dir() / "scheduler.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlreadySchedulingError() from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def is_scheduling() -> bool:
+    """Whether a live process is the scheduler (cheap: one open and flock)."""
+    return _locked(paths.supervisor_dir() / "_scheduler" / "scheduler.lock")
+
+
+def start_scheduler() -> subprocess.Popen[bytes] | None:
+    """Start the scheduler unless one runs; the process started, or None."""
+    if is_scheduling():
+        return None
+    folder = scheduler_dir()
+    err_fd = os.open(folder / "scheduler.err", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+    with os.fdopen(err_fd, "ab") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "harchos_cli.jobs.scheduler"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+            close_fds=True,
+        )
 
 
 def spawn(job_id: str, module: str = "harchos_cli.jobs.supervisor") -> int:
@@ -114,10 +169,14 @@ def revive(store: JobStore | None = None, *, confirm: float = 0.0) -> list[str]:
         # A job the policy paused waits, supervised, for its planned hour.
         waiting = [j.id for j in store.list(states=["paused"]) if j.request.get("resume_at")]
         # Only the active jobs' ids, through the state index: a store of finished jobs costs
-        # nothing here however large it grows.
+        # nothing here however large it grows. A detached job waiting for its window is the
+        # scheduler's, one process for all of them.
+        held = set(store.held_ids())
         for job_id in [*store.ids(states=ACTIVE), *waiting]:
-            if not is_supervised(job_id):
+            if job_id not in held and not is_supervised(job_id):
                 started.append((job_id, _start(job_id, "harchos_cli.jobs.supervisor")))
+        if held:
+            start_scheduler()
         if confirm <= 0:
             return [job_id for job_id, _ in started]
         return [job_id for job_id, child in started if _kept_lock(job_id, child, confirm)]

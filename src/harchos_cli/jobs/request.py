@@ -117,8 +117,12 @@ class Request:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], project_dir: str) -> Request:
-        project = load_project(Path(project_dir), required=data["kind"] == "train")
+    def from_json(
+        cls, data: dict[str, Any], project_dir: str, project: Project | None = None
+    ) -> Request:
+        """The request a job stored; `project`, when given, is its project already loaded."""
+        if project is None:
+            project = load_project(Path(project_dir), required=data["kind"] == "train")
         return cls(
             kind=data["kind"],
             project=project,
@@ -355,6 +359,7 @@ def hub_from_table(name: str, table: HubTable) -> Hub:
         "electricity_price_per_kwh": table.electricity_price_per_kwh,
         "currency": table.currency,
         "cpu_tdp_w": table.cpu_tdp_w,
+        "max_jobs": table.max_jobs,
         "partition": table.partition,
         "account": table.account,
         "qos": table.qos,
@@ -394,6 +399,7 @@ def get_hub(name: str, project: Project) -> Hub:
             else table.electricity_price_per_kwh,
             currency=hub.currency or table.currency,
             cpu_tdp_w=hub.cpu_tdp_w or table.cpu_tdp_w,
+            max_jobs=hub.max_jobs or table.max_jobs,
         )  # fmt: skip
     return _with_region(hub, project)
 
@@ -466,9 +472,13 @@ class Forecaster:
             region = regions.resolve(name)
             self._check_zone(hub, region)
             if region.name not in cache:
-                cache[region.name] = self.service.forecast(region, now, hours)
+                cache[region.name] = self.forecast(region, now, hours)
             candidates.append(Candidate(hub, cache[region.name]))
         return candidates
+
+    def forecast(self, region: Region, now: datetime, hours: int) -> Forecast:
+        """The forecast for `region` from `now`, `hours` long."""
+        return self.service.forecast(region, now, hours)
 
     def _check_zone(self, hub: Hub, region: Region) -> None:
         """A replayed trace plans only hubs of its own zone, unless `replay.any_zone`: FR's
@@ -484,8 +494,11 @@ class Forecaster:
         )
 
 
-def make_plan(request: Request, forecaster: Forecaster | None, now: datetime) -> Plan:
-    """Plan the job at `now`: start at once unless deferred; with `--hub auto`, choose the hub."""
+def make_plan(
+    request: Request, forecaster: Forecaster | None, now: datetime, job_id: str | None = None
+) -> Plan:
+    """Plan the job at `now` (job `job_id`, when it is one already): start at once unless
+    deferred; with `--hub auto`, choose the hub; never into an hour its hub's slots are full."""
     hubs = candidate_hubs(request)
     every = [get_hub(name, request.project) for name in request.nodes or []]
     clusters = [hub.name for hub in every if hub.transport == "slurm"]
@@ -514,6 +527,7 @@ def make_plan(request: Request, forecaster: Forecaster | None, now: datetime) ->
     queue_notes: list[str] = []
     if len(candidates) > 1:
         candidates = [queue_wait(request, c, now, queue_notes) for c in candidates]
+    candidates = booked(candidates, job_id)
     if len(candidates) == 1 and candidates[0].forecast is None:
         name = candidates[0].hub.name
         raise UsageError(
@@ -602,6 +616,32 @@ def main_address(request: Request, hubs: Sequence[Hub]) -> str:
         f"the main node (hub {main.name}) is this machine, and the other machines need its address",
         hint="give it with --main-address IP, or list an SSH hub first in --hubs",
     )
+
+
+def booked(candidates: Sequence[Candidate], job_id: str | None) -> list[Candidate]:
+    """`candidates` with what each hub's slots hold: the planned windows of the hub's other
+    waiting and running jobs (a hub without `max_jobs` has no limit to plan against)."""
+    limited = {c.hub.name: c.hub.max_jobs for c in candidates if c.hub.max_jobs}
+    if not limited:
+        return list(candidates)
+    from harchos_cli.jobs.store import JobStore
+
+    windows: dict[str, list[tuple[datetime, datetime]]] = {name: [] for name in limited}
+    store = JobStore()
+    try:
+        for job in store.list(states=["waiting", "syncing", "running"]):
+            if job.id == job_id or job.hub not in windows or not job.planned_start:
+                continue
+            start = parse_instant(job.planned_start)
+            end = (job.plan or {}).get("planned_end")
+            windows[job.hub].append((start, parse_instant(end) if end else start))
+    finally:
+        store.close()
+    return [
+        replace(c, booked=tuple(windows[c.hub.name]), slots=limited[c.hub.name])
+        if c.hub.name in limited else c
+        for c in candidates
+    ]  # fmt: skip
 
 
 def queue_wait(

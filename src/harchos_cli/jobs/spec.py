@@ -139,6 +139,7 @@ class HubTable(_Strict):
     electricity_price_per_kwh: float | None = Field(default=None, ge=0)
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
     cpu_tdp_w: float | None = Field(default=None, gt=0)
+    max_jobs: int | None = Field(default=None, ge=1)
     partition: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     account: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     qos: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

@@ -322,6 +322,12 @@ class JobStore:
             )  # fmt: skip
         return summaries
 
+    def held_ids(self) -> list[str]:
+        """The detached jobs waiting for their window: the scheduler's to hold (nothing
+        decoded; one search of `jobs_state`)."""
+        rows = self.db.execute("SELECT id FROM jobs WHERE state = 'waiting' AND detached = 1")
+        return [row["id"] for row in rows.fetchall()]
+
     def ids(self, *, states: Iterable[str]) -> list[str]:
         """The ids of the jobs in these states, newest first: one search of `jobs_state`,
         nothing decoded (what `revive` checks)."""

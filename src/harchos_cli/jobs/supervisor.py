@@ -4,7 +4,8 @@ One supervisor per job, guaranteed by an exclusive `flock` on the job's lock fil
 kernel when the process dies, even by SIGKILL). Every stage is restartable:
 
 - waiting: the plan and the simulated clock's anchor are in the store; a new supervisor re-plans
-  and waits for the same moment;
+  and waits for the same moment (a detached job waits in the scheduler instead,
+  `harchos_cli.jobs.scheduler`, which hands it to its supervisor when its start comes);
 - syncing: rsync and the setup marker (per project folder on the hub and content hash) make a
   second pass cheap;
 - running: followed with the hub, command and folder saved when syncing ended (never reloaded
@@ -13,8 +14,9 @@ kernel when the process dies, even by SIGKILL). Every stage is restartable:
   or repeated.
 
 `harchos run --detach` starts the supervisor as `python -m harchos_cli.jobs.supervisor JOB_ID` in
-its own session; `revive()` (run at the start of `harchos run` and `harchos jobs`) restarts any
-active job whose supervisor is gone.
+its own session (or, for a job that waits, the scheduler); `revive()` (run at the start of
+`harchos run` and `harchos jobs`) restarts any active job's supervisor that is gone, and the
+scheduler when a detached job waits without one.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ MAX_NODE_RESTARTS = 3
 METER_READ_EVERY_S = 5.0  # real seconds between copies of the hubs' meter samples
 
 
-def _queues_in_slurm(job: Job, request: Request) -> bool:
+def queues_in_slurm(job: Job, request: Request) -> bool:
     """Whether the deferred job waits in a Slurm queue: its hub is a cluster chosen for good
     (with `--hub auto` the choice may still change, so harchos waits until it is final)."""
     if request.hub == "auto" or not job.hub:
@@ -295,7 +297,7 @@ class Supervisor:
     def _wait(self, job: Job) -> None:
         request = Request.from_json(job.request, job.project_dir)
         clock = from_json(request.clock)
-        if not request.defer or job.planned_start is None or _queues_in_slurm(job, request):
+        if not request.defer or job.planned_start is None or queues_in_slurm(job, request):
             # A Slurm hub waits in its own queue (`sbatch --begin`), not in this process.
             self.store.advance(job.id, ["waiting"], "syncing")
             return
@@ -336,22 +338,8 @@ class Supervisor:
     def _replan(
         self, job: Job, request: Request, forecaster: Forecaster, now: datetime, start: datetime
     ) -> datetime:
-        try:
-            plan = make_plan(request, forecaster, now)
-        except HarchosError as exc:
-            self.reporter.notice(f"re-planning failed ({exc}); keeping the plan to start at "
-                                 f"{iso(start)}")  # fmt: skip
-            return start
-        data = plan.as_json()
-        new_start = plan.choice.start
-        hub = self.store.get(job.id).hub
-        if new_start <= now and plan.choice.hub == hub:
-            # Still "start now": the planned window is the one already recorded.
-            return now
-        if new_start != start or plan.choice.hub != hub:
-            self.store.update(job.id, plan=data, planned_start=iso(new_start), hub=plan.choice.hub)
-            self.reporter.planned(self.store.get(job.id), data, replanned=True)
-        return new_start
+        return replan(self.store, self.reporter, job, request=request, forecaster=forecaster,
+                      now=now, start=start)  # fmt: skip
 
     # -- syncing -----------------------------------------------------------------------------
 
@@ -1209,6 +1197,36 @@ def reattach(store: JobStore, job_id: str) -> Job:
         if not is_supervised(job.id):
             spawn(job.id)
     return store.get(job.id)
+
+
+def replan(
+    store: JobStore,
+    reporter: Reporter,
+    job: Job,
+    *,
+    request: Request,
+    forecaster: Forecaster,
+    now: datetime,
+    start: datetime,
+) -> datetime:
+    """Plan a waiting job again at `now` (a new hour's forecast, or its start has come): record
+    a new start or hub, and return the start (`now` when it is still "start now"). The rule of
+    both the job's supervisor and the scheduler that holds waiting jobs."""
+    try:
+        plan = make_plan(request, forecaster, now, job_id=job.id)
+    except HarchosError as exc:
+        reporter.notice(f"re-planning failed ({exc}); keeping the plan to start at {iso(start)}")
+        return start
+    data = plan.as_json()
+    new_start = plan.choice.start
+    hub = store.get(job.id).hub
+    if new_start <= now and plan.choice.hub == hub:
+        # Still "start now": the planned window is the one already recorded.
+        return now
+    if new_start != start or plan.choice.hub != hub:
+        store.update(job.id, plan=data, planned_start=iso(new_start), hub=plan.choice.hub)
+        reporter.planned(store.get(job.id), data, replanned=True)
+    return new_start
 
 
 def create_job(

@@ -76,11 +76,31 @@ TIE_RELATIVE = 1e-9
 @dataclass(frozen=True)
 class Candidate:
     """A hub the job may run on, with the forecast for its region (None: no data, start now),
-    and the earliest it could start there (a Slurm cluster's queue; None: at once)."""
+    the earliest it could start there (a Slurm cluster's queue; None: at once), and what the
+    hub's slots hold already: `booked`, the planned windows of its other jobs, and `slots`, how
+    many jobs it runs at once (None: no limit)."""
 
     hub: Hub
     forecast: Forecast | None
     earliest: datetime | None = None
+    booked: tuple[tuple[datetime, datetime], ...] = ()
+    slots: int | None = None
+
+
+# The intensity a full hour counts with in the window search: no real grid comes near it, so a
+# window through a full hour is chosen only when every window is.
+FULL_HOUR_PENALTY = 1e6
+
+
+def _full(candidate: Candidate, points: Sequence[Point]) -> list[bool]:
+    """Which forecast periods already hold `slots` of the hub's other jobs."""
+    if candidate.slots is None or not candidate.booked:
+        return [False] * len(points)
+    return [
+        sum(1 for start, end in candidate.booked if start < p.end and p.start < end)
+        >= candidate.slots
+        for p in points
+    ]
 
 
 @dataclass(frozen=True)
@@ -413,24 +433,44 @@ def _option(
 
     if first >= latest_start(deadline, duration):
         return make(first, "deadline: starting at once")
+    full = _full(candidate, points)
     if threshold is not None:
-        for point in points:
+        for point, taken in zip(points, full, strict=True):
             moment = max(point.start, first)
-            if point.end <= first or moment > last:
+            if point.end <= first or moment > last or taken:
                 continue
             if point.intensity <= threshold:
                 return make(moment, "under threshold")
-    try:
-        found = best_window(points, duration, earliest=first, deadline=deadline)
-    except HarchosError:
-        # The forecast does not reach a whole window before the deadline: the greenest window it
-        # does cover, and failing that, the soonest start.
-        covered = candidate_windows(points, duration, earliest=first, latest_start=last)
-        if not covered:
-            return make(first, "forecast too short: starting at once")
-        window = min(covered, key=lambda w: (w.mean_intensity, w.start))
-        return worth_waiting(window.start, "greenest window the forecast covers")
-    return worth_waiting(min(found.best.start, last), "greenest window")
+
+    def greenest(searched: Sequence[Point]) -> tuple[datetime, str]:
+        try:
+            found = best_window(searched, duration, earliest=first, deadline=deadline)
+        except HarchosError:
+            # The forecast does not reach a whole window before the deadline: the greenest
+            # window it does cover, and failing that, the soonest start.
+            covered = candidate_windows(searched, duration, earliest=first, latest_start=last)
+            if not covered:
+                return first, "forecast too short: starting at once"
+            window = min(covered, key=lambda w: (w.mean_intensity, w.start))
+            return window.start, "greenest window the forecast covers"
+        return min(found.best.start, last), "greenest window"
+
+    start, reason = greenest(points)
+    if any(full):
+        # A full hour costs so much that a window through one is chosen only when all are.
+        penalised = [
+            Point(p.start, p.end, FULL_HOUR_PENALTY, FULL_HOUR_PENALTY, FULL_HOUR_PENALTY)
+            if taken else p
+            for p, taken in zip(points, full, strict=True)
+        ]  # fmt: skip
+        unbooked = start
+        start, reason = greenest(penalised)
+        if start != unbooked:
+            reason += (f" left (greener hours hold {candidate.slots} of hub {hub.name}'s jobs "
+                       "already)")  # fmt: skip
+    if reason.startswith("forecast too short"):
+        return make(start, reason)
+    return worth_waiting(start, reason)
 
 
 def _mean(points: Sequence[Point], start: datetime, duration: timedelta) -> float | None:

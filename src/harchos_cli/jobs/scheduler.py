@@ -1,0 +1,191 @@
+"""The scheduler: one process per `HARCHOS_HOME` holds every detached job that waits for its
+green window, so a thousand waiting jobs cost one process, not a thousand supervisors.
+
+What it holds: a `waiting` job with a deferred plan that no process supervises (a foreground
+`harchos run` supervises its own job; a job bound for a Slurm queue waits there instead). Each
+pass it re-plans a held job when its clock enters a new hour (the supervisor's own rule, through
+`supervisor.replan`), with one forecast per provider, region and hour shared by every job; when a
+job's planned start comes, it hands the job to a supervisor of its own (`liveness.spawn`), which
+checks the plan once more, then syncs, launches and follows it. A cancel of a held job is done
+here. With nothing left to hold for `IDLE_EXIT_S`, it exits; the next detached deferred job, or
+any harchos command that finds a held job without a scheduler (`liveness.revive`), starts one.
+
+Exactly one scheduler runs: an exclusive `flock` on `scheduler.lock`, released by the kernel
+when the process dies, even by SIGKILL. Its death loses nothing: the plan and the clock's anchor
+of every job are in the store, and a job is handed over at most once at a time (the supervisor's
+own lock), so a job runs once whatever is killed when.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from harchos_cli.carbon.types import Forecast, Region
+from harchos_cli.errors import HarchosError
+from harchos_cli.jobs.clock import from_json
+from harchos_cli.jobs.liveness import (
+    AlreadySchedulingError,
+    is_supervised,
+    scheduler_dir,
+    scheduler_lock,
+    spawn,
+)
+from harchos_cli.jobs.request import Forecaster, Request
+from harchos_cli.jobs.spec import Project, load_project
+from harchos_cli.jobs.store import Job, JobStore
+from harchos_cli.timeparse import floor_hour, iso, parse_instant, utcnow
+
+TICK_S = 0.25  # real seconds between passes at most
+IDLE_EXIT_S = 10.0  # with no job to hold for this long, the scheduler exits
+HANDOFF_RETRY_S = 15.0  # a job handed to a supervisor that never took it is handed again
+
+
+def held(job: Job) -> bool:
+    """Whether `job` is the scheduler's to hold: a detached job waiting for its window (whether
+    a process supervises it already is checked apart, `is_supervised`)."""
+    return job.state == "waiting" and job.detached
+
+
+class SharedForecaster(Forecaster):
+    """A `Forecaster` whose forecasts are shared by every job planned in this process: one per
+    region and hour (fetched for the longest horizon asked so far)."""
+
+    def __init__(self, provider: str | None, project: Project) -> None:
+        super().__init__(provider, project)
+        # (region, hour): (the hours fetched, the forecast from the hour's start)
+        self.memo: dict[tuple[str, datetime], tuple[int, Forecast]] = {}
+
+    def forecast(self, region: Region, now: datetime, hours: int) -> Forecast:
+        hour = floor_hour(now)
+        # From the hour's start, one hour more: it covers every `now` inside the hour.
+        wanted = hours + 1
+        known = self.memo.get((region.name, hour))
+        if known is None or known[0] < wanted:
+            for key in [k for k in self.memo if k[1] < hour - timedelta(hours=1)]:
+                del self.memo[key]
+            known = (wanted, self.service.forecast(region, hour, wanted))
+            self.memo[(region.name, hour)] = known
+        return known[1]
+
+
+class Scheduler:
+    """Holds the waiting jobs; use `run()`."""
+
+    def __init__(self, store: JobStore | None = None) -> None:
+        self.store = store or JobStore()
+        self.log = scheduler_dir() / "scheduler.log"
+        self.considered: dict[str, datetime] = {}  # job id: the clock hour it was last planned in
+        self.handed: dict[str, float] = {}  # job id: when it was handed to a supervisor
+        self.forecasters: dict[tuple[str | None, str], SharedForecaster] = {}
+        self.projects: dict[str, tuple[float, Project]] = {}  # folder: (harchos.toml mtime, ...)
+
+    def run(self) -> None:
+        with scheduler_lock():
+            self._line(f"scheduler {os.getpid()} started")
+            idle_since = time.monotonic()
+            while True:
+                holding = self.pass_once()
+                if holding:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > IDLE_EXIT_S:
+                    self._line("nothing to hold: exiting")
+                    return
+                time.sleep(TICK_S)
+
+    def pass_once(self) -> int:
+        """One pass over the waiting jobs: cancel, re-plan, hand over; how many it holds."""
+        holding = 0
+        for job in self.store.list(states=["waiting"]):
+            if not held(job) or is_supervised(job.id):
+                continue
+            holding += 1
+            try:
+                self._consider(job)
+            except HarchosError as exc:
+                # Its project broke meanwhile, say: the job's own supervisor fails it properly.
+                self._line(f"{job.id}: {exc}; handing it to a supervisor")
+                self._hand_over(job)
+        return holding
+
+    def _consider(self, job: Job) -> None:
+        if job.cancel_requested:
+            from harchos_cli.jobs.supervisor import NOTHING_RAN
+
+            if self.store.advance(job.id, ["waiting"], "cancelled", finished_at=iso(utcnow()),
+                                  message=NOTHING_RAN):  # fmt: skip
+                self._line(f"{job.id}: cancelled while waiting")
+            return
+        assert job.planned_start is not None
+        clock = from_json(job.request.get("clock"))
+        now = clock.now()
+        start = parse_instant(job.planned_start)
+        hour = floor_hour(now)
+        first_seen = self.considered.setdefault(job.id, hour)
+        if hour > first_seen and now < start:
+            # A new hour: providers publish a new forecast; re-plan on it (the supervisor's rule).
+            self.considered[job.id] = hour
+            start = self._replan(job, now, start)
+        if now >= start:
+            self._hand_over(job)
+
+    def _replan(self, job: Job, now: datetime, start: datetime) -> datetime:
+        from harchos_cli.jobs.supervisor import FileReporter, replan
+
+        request = Request.from_json(job.request, job.project_dir, project=self._project(job))
+        key = (request.provider, str(request.project.file or job.project_dir))
+        forecaster = self.forecasters.get(key)
+        if forecaster is None:
+            forecaster = SharedForecaster(request.provider, request.project)
+            self.forecasters[key] = forecaster
+        new_start: datetime = replan(self.store, FileReporter(job.id), job, request=request,
+                                     forecaster=forecaster, now=now, start=start)  # fmt: skip
+        return new_start
+
+    def _project(self, job: Job) -> Project:
+        """The job's project, read once per change of its harchos.toml."""
+        file = Path(job.project_dir) / "harchos.toml"
+        try:
+            mtime = file.stat().st_mtime
+        except OSError:
+            mtime = -1.0
+        known = self.projects.get(job.project_dir)
+        if known is None or known[0] != mtime:
+            known = (mtime, load_project(Path(job.project_dir), required=job.kind == "train"))
+            self.projects[job.project_dir] = known
+        return known[1]
+
+    def _hand_over(self, job: Job) -> None:
+        last = self.handed.get(job.id)
+        if last is not None and time.monotonic() - last < HANDOFF_RETRY_S:
+            return
+        self.handed[job.id] = time.monotonic()
+        spawn(job.id)
+        self._line(f"{job.id}: its start came; handed to a supervisor")
+
+    def _line(self, text: str) -> None:
+        fd = os.open(self.log, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "ab") as handle:
+            handle.write(f"{iso(utcnow())} {text}\n".encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m harchos_cli.jobs.scheduler`: the detached scheduler."""
+    args = sys.argv[1:] if argv is None else argv
+    if args:
+        print("usage: python -m harchos_cli.jobs.scheduler", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        Scheduler().run()
+    except AlreadySchedulingError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""One scheduler holds every detached job waiting for its window, and hubs' slots are never
+over-booked: the jobs a user submits with `harchos run batch --detach`, a scheduler killed with
+SIGKILL while they wait and while they launch, each job run exactly once."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import signal
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clirunner import harchos
+from polling import wait_until
+
+from harchos_cli.carbon.types import Forecast, Point, Region, Source
+from harchos_cli.jobs.scheduler import SharedForecaster
+from harchos_cli.jobs.spec import load_project
+from harchos_cli.jobs.store import JobStore
+from harchos_cli.timeparse import parse_instant
+
+DE_TRACE = "eco4cast/DE_2022_hourly.csv"
+JOBS = 12
+SLOTS = 4
+
+
+def processes(module: str) -> list[int]:
+    """The live `python -m MODULE` processes of this test's HARCHOS_HOME."""
+    home = f"HARCHOS_HOME={os.environ['HARCHOS_HOME']}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if module.encode() in argv and home in environ and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def gone(pid: int) -> bool:
+    return pid not in processes("harchos_cli.jobs.scheduler")
+
+
+def test_waiting_jobs_cost_one_scheduler_fill_the_slots_and_each_runs_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, traces: Path
+) -> None:
+    project = tmp_path / "sweep"
+    project.mkdir()
+    ran = tmp_path / "ran.txt"
+    (project / "harchos.toml").write_text(
+        "[job]\n"
+        f'command = ["sh", "-c", "echo $HARCHOS_JOB_ID >> {ran}"]\n'
+        '[carbon]\nregion = "DE"\n'
+        f'[hubs.local]\ntransport = "local"\nmax_jobs = {SLOTS}\n'
+    )
+    os.chdir(project)
+    # Germany from 2022-03-01 03:00 at 1200x: a clock hour is 3 s, the 10 h to the deadline 30 s.
+    submit = ["run", "batch", "--defer-until-green", "--duration", "1h", "--deadline", "10h",
+              "--provider", f"replay:{traces / DE_TRACE}", "--at", "2022-03-01T03:00:00Z",
+              "--speedup", "1200", "--detach", "--json"]  # fmt: skip
+    ids = []
+    for _ in range(JOBS):
+        result = harchos(capsys, *submit)
+        assert result.code == 0, result.err
+        ids.append(str(result.json()["job_id"]))
+
+    # While they wait: one scheduler, no supervisor.
+    (scheduler,) = wait_until(lambda: processes("harchos_cli.jobs.scheduler"))
+    assert processes("harchos_cli.jobs.supervisor") == []
+    # No hour of the plan holds more than the hub's slots.
+    store = JobStore()
+    starts = [store.get(job_id).planned_start for job_id in ids]
+    assert max(Counter(starts).values()) <= SLOTS, starts
+    assert len(set(starts)) >= JOBS // SLOTS
+
+    # Killed twice while they wait: the next harchos command starts another.
+    for _ in range(2):
+        os.kill(scheduler, signal.SIGKILL)
+        wait_until(functools.partial(gone, scheduler))
+        assert harchos(capsys, "jobs", "list").code == 0
+        (scheduler,) = wait_until(lambda: processes("harchos_cli.jobs.scheduler"))
+
+    # Killed once more as the first jobs are handed over to launch.
+    wait_until(lambda: store.list(states=["syncing", "running", "done"]), timeout=90)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(scheduler, signal.SIGKILL)
+    assert harchos(capsys, "jobs", "list").code == 0
+
+    def all_done() -> bool:
+        harchos(capsys, "jobs", "list")  # revives whatever died
+        return all(store.get(job_id).state == "done" for job_id in ids)
+
+    wait_until(all_done, timeout=150)
+    # Each ran exactly once, in its planned slot or later, by its deadline.
+    assert sorted(ran.read_text().split()) == sorted(ids)
+    for job_id in ids:
+        job = store.get(job_id)
+        assert job.planned_start is not None
+        planned = parse_instant(job.planned_start)
+        assert job.plan is not None
+        deadline = parse_instant(job.plan["deadline"])
+        assert planned + timedelta(hours=1) <= deadline
+        assert job.exit_code == 0
+    finals = [store.get(job_id).planned_start for job_id in ids]
+    assert max(Counter(finals).values()) <= SLOTS, finals
+    store.close()
+
+
+def test_jobs_planned_in_one_hour_share_one_forecast(tmp_path: Path) -> None:
+    (tmp_path / "harchos.toml").write_text('[job]\ncommand = "true"\n')
+    forecaster = SharedForecaster("embedded", load_project(tmp_path, required=False))
+    calls: list[tuple[str, datetime, int]] = []
+
+    def forecast(region: Region, now: datetime, hours: int) -> Forecast:
+        calls.append((region.name, now, hours))
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        points = [Point(hour + timedelta(hours=i), hour + timedelta(hours=i + 1), 100.0, 90.0,
+                        110.0) for i in range(hours)]  # fmt: skip
+        source = Source("embedded", "average", "test", "forecast", hour)
+        return Forecast(region, points, source)
+
+    forecaster.service.forecast = forecast  # type: ignore[method-assign]
+    region = Region("de", "DE", "Germany", "zone", ())
+    t0 = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    shared: list[Any] = [forecaster.forecast(region, t0 + timedelta(minutes=m), 12)
+                         for m in (0, 7, 59)]  # fmt: skip
+    assert len(calls) == 1
+    assert all(f is shared[0] for f in shared)
+    forecaster.forecast(region, t0 + timedelta(minutes=10), 30)  # a longer horizon: fetched
+    forecaster.forecast(region, t0 + timedelta(hours=1), 12)  # a new hour: fetched
+    assert [c[1] for c in calls] == [t0, t0, t0 + timedelta(hours=1)]
