@@ -247,7 +247,7 @@ def test_full_hours_are_skipped_and_the_plan_says_the_job_was_pushed() -> None:
     # Hour 1 holds two jobs: the next greenest free hour, 120 g at hour 3.
     assert full.choice.start == T0 + 3 * HOUR
     assert full.choice.reason == (
-        "greenest window left (greener hours hold 2 of hub a's jobs already)"
+        "greenest window left (greener hours are full: hub a runs 2 job(s) at once)"
     )
     assert full.choice.expected_intensity == 120.0
     # A threshold never starts a job in a full hour either.

@@ -138,3 +138,72 @@ def test_jobs_planned_in_one_hour_share_one_forecast(tmp_path: Path) -> None:
     forecaster.forecast(region, t0 + timedelta(minutes=10), 30)  # a longer horizon: fetched
     forecaster.forecast(region, t0 + timedelta(hours=1), 12)  # a new hour: fetched
     assert [c[1] for c in calls] == [t0, t0, t0 + timedelta(hours=1)]
+
+
+def test_an_array_is_one_submission_spread_over_green_hours_and_run_index_by_index(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, traces: Path
+) -> None:
+    project = tmp_path / "shards"
+    project.mkdir()
+    ran = tmp_path / "ran.txt"
+    (project / "harchos.toml").write_text(
+        "[job]\n"
+        f'command = ["sh", "-c", "echo $HARCHOS_ARRAY_ID $HARCHOS_ARRAY_INDEX \\"$1\\" >> {ran}",'
+        ' "shard", "literal $HOME *"]\n'
+        '[carbon]\nregion = "DE"\n'
+    )
+    os.chdir(project)
+    common = ["--defer-until-green", "--duration", "1h", "--deadline", "10h", "--provider",
+              f"replay:{traces / DE_TRACE}", "--at", "2022-03-01T03:00:00Z", "--speedup", "1200",
+              "--json"]  # fmt: skip
+    for bad, message in (
+        (["--array", "5-1"], "not a range from a lower to a higher index"),
+        (["--array", "x"], "is not a range"),
+        (["--max-parallel", "2"], "--max-parallel applies to a job array"),
+    ):
+        refused = harchos(capsys, "run", "batch", *bad, *common)
+        assert refused.code == 2, refused.err
+        assert message in refused.err
+    at_once = harchos(capsys, "run", "batch", "--array", "1-3", "--json")
+    assert at_once.code == 2
+    assert "waits for green hours" in at_once.err
+
+    submitted = harchos(capsys, "run", "batch", "--array", "0-7", "--max-parallel", "2", *common)
+    assert submitted.code == 0, submitted.err
+    array_id = str(submitted.json()["array_id"])
+    made = submitted.json()["jobs"]
+    assert [m["index"] for m in made] == list(range(8))
+    # At most two of the array in any hour: spread over four hours or more.
+    starts = Counter(m["planned_start"] for m in made)
+    assert max(starts.values()) <= 2
+    assert len(starts) >= 4
+    assert processes("harchos_cli.jobs.supervisor") == []
+    wait_until(lambda: processes("harchos_cli.jobs.scheduler"))
+
+    listed = harchos(capsys, "jobs", "list", "--array", array_id, "--json")
+    assert [j["job_id"] for j in listed.json()] == [m["job_id"] for m in made]
+    shown = harchos(capsys, "jobs", "show", array_id, "--json").json()
+    assert (shown["size"], shown["first_planned_start"]) == (8, min(starts))
+
+    def finished() -> bool:
+        harchos(capsys, "jobs", "list")
+        data = harchos(capsys, "jobs", "show", array_id, "--json").json()
+        return bool(data["states"] == {"done": 8})
+
+    wait_until(finished, timeout=150)
+    lines = sorted(ran.read_text().splitlines(), key=lambda line: int(line.split()[1]))
+    # Each index ran once, with the array's id, and its arguments reached it literally.
+    assert lines == [f"{array_id} {index} literal $HOME *" for index in range(8)]
+
+    # A second array, cancelled while it waits: nothing of it runs.
+    second = harchos(capsys, "run", "batch", "--array", "1-3", *common)
+    second_id = str(second.json()["array_id"])
+    cancelled = harchos(capsys, "jobs", "cancel", "--array", second_id)
+    assert cancelled.code == 0, cancelled.err
+    assert "cancel requested for 3 of 3 jobs" in cancelled.out
+    states = harchos(capsys, "jobs", "show", second_id, "--json").json()["states"]
+    assert states == {"cancelled": 3}
+    assert len(ran.read_text().splitlines()) == 8
+    missing = harchos(capsys, "jobs", "list", "--array", "array-nope")
+    assert missing.code == 2
+    assert "no array 'array-nope'" in missing.err

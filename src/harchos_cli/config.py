@@ -210,10 +210,22 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Parsed files by path, with the (mtime, size) they were parsed at: a long-lived process (the
+# scheduler plans many jobs of one project) reads a file again only when it changed.
+_PARSED: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
+    """The file's tables ({} when it does not exist); the result is shared: read it only."""
     try:
+        info = path.stat()
+        known = _PARSED.get(path)
+        if known is not None and known[0] == (info.st_mtime_ns, info.st_size):
+            return known[1]
         with path.open("rb") as handle:
-            return tomllib.load(handle)
+            data = tomllib.load(handle)
+        _PARSED[path] = ((info.st_mtime_ns, info.st_size), data)
+        return data
     except FileNotFoundError:
         return {}
     except tomllib.TOMLDecodeError as exc:

@@ -61,12 +61,31 @@ def list_jobs(
         "page stays the same when new jobs arrive, and any page is as fast as the first.",
         autocompletion=completion.job_ids,
     ),
+    array: str = typer.Option(
+        None, "--array", metavar="ARRAY_ID", help="Only the jobs of this array, by index."
+    ),
     json_output: bool = _JSON,
 ) -> None:
     """Jobs, newest first: state, hub, planned start, exit code; one page (--limit, default
     20) at a time, --before JOB_ID for the next."""
     from harchos_cli.cli.output import print_json
     from harchos_cli.errors import UsageError
+
+    if array is not None:
+        store = _store()
+        try:
+            members = store.array_members(array)
+        finally:
+            store.close()
+        if json_output:
+            print_json([job.as_json() for job in members])
+        else:
+            _print_rows([
+                (job.id, job.name, job.kind, _state(job.state, job.cancel_pending), job.hub,
+                 job.planned_start, job.exit_code)
+                for job in members
+            ])  # fmt: skip
+        return
 
     if all_jobs and limit is not None:
         raise UsageError(
@@ -93,20 +112,29 @@ def list_jobs(
                    "no jobs yet: start one with `harchos run train`")  # fmt: skip
         return
     shown = rows[:size]
+    _print_rows([(row.id, row.name, row.kind, _state(row.state, row.cancel_pending), row.hub,
+                  row.planned_start, row.exit_code) for row in shown])  # fmt: skip
+    if size is not None and len(rows) > size:
+        typer.echo(f"older jobs: harchos jobs list --before {shown[-1].id}", err=True)
+
+
+def _state(state: str, cancel_pending: bool) -> str:
+    return f"{state}, cancel pending" if cancel_pending else state
+
+
+def _print_rows(
+    rows: Sequence[tuple[str, str, str, str, str | None, str | None, int | None]],
+) -> None:
     table = [("job", "name", "kind", "state", "hub", "planned start", "exit")]
     table += [
-        (row.id, row.name, row.kind, f"{row.state}, cancel pending" if row.cancel_pending
-         else row.state, row.hub or "-", row.planned_start or "-",
-         "-" if row.exit_code is None else str(row.exit_code))
-        for row in shown
-    ]  # fmt: skip
+        (job_id, name, kind, state, hub or "-", start or "-", "-" if code is None else str(code))
+        for job_id, name, kind, state, hub, start, code in rows
+    ]
     # Plain aligned columns: no rich import or layout, so --all over many jobs stays quick.
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     lines = ("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
              for line in table)  # fmt: skip
     typer.echo("\n".join(lines))
-    if size is not None and len(rows) > size:
-        typer.echo(f"older jobs: harchos jobs list --before {shown[-1].id}", err=True)
 
 
 @app.command("clean", short_help="Forget finished jobs and their folders on hubs.")
@@ -174,9 +202,13 @@ def clean(
 
 @app.command("show", short_help="One job: its plan, state and decisions.")
 def show(job_id: str = _ID, json_output: bool = _JSON) -> None:
-    """One job: its plan, stage, supervisor, outcome, and every decision taken about it."""
+    """One job: its plan, stage, supervisor, outcome, and every decision taken about it; or,
+    for an array's id, the array: its jobs' states, planned starts and expected saving."""
     from harchos_cli.cli.output import print_json
 
+    if job_id.startswith("array-"):
+        _show_array(job_id, json_output)
+        return
     store = _store()
     try:
         job = store.get(job_id)
@@ -202,6 +234,46 @@ def show(job_id: str = _ID, json_output: bool = _JSON) -> None:
         for decision in decisions:
             where = f" [{decision['hub']}]" if decision["hub"] else ""
             typer.echo(f"  {decision['at']}  {decision['action']}{where}: {decision['reason']}")
+
+
+def _show_array(array_id: str, json_output: bool) -> None:
+    from collections import Counter
+
+    from harchos_cli.cli.output import print_json
+
+    store = _store()
+    try:
+        members = store.array_members(array_id)
+    finally:
+        store.close()
+    states = Counter(job.state for job in members)
+    starts = sorted(job.planned_start for job in members if job.planned_start)
+    savings = [float(s) for job in members
+               if isinstance(s := (job.plan or {}).get("saving_vs_now"), int | float)]  # fmt: skip
+    saving = sum(savings) / len(savings) if savings else None
+    summary = {
+        "array_id": array_id,
+        "size": len(members),
+        "states": dict(sorted(states.items())),
+        "first_planned_start": starts[0] if starts else None,
+        "last_planned_start": starts[-1] if starts else None,
+        "mean_saving_vs_now": None if saving is None else round(saving, 4),
+        "jobs": [{"index": job.request["array"]["index"], "job_id": job.id, "state": job.state,
+                  "hub": job.hub, "planned_start": job.planned_start,
+                  "exit_code": job.exit_code} for job in members],
+    }  # fmt: skip
+    if json_output:
+        print_json(summary)
+        return
+    typer.echo(
+        f"array {array_id}: {len(members)} jobs, "
+        + ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+    )
+    if starts:
+        typer.echo(f"planned starts {starts[0]} to {starts[-1]}")
+    if saving is not None:
+        typer.echo(f"expected saving against starting at once: {saving:.0%} on average")
+    typer.echo(f"jobs: harchos jobs list --array {array_id}")
 
 
 def _masked_launch(launch: Any, marked: Sequence[str]) -> Any:
@@ -269,21 +341,48 @@ def logs(
         raise typer.Exit(exit_code(job))
 
 
-@app.command("cancel", short_help="Cancel a job.")
+@app.command("cancel", short_help="Cancel a job, or an array's jobs.")
 def cancel(
-    job_id: str = _ID,
+    job_id: str = typer.Argument(
+        None,
+        metavar="JOB_ID",
+        help="A job id, or a unique prefix of one.",
+        autocompletion=completion.job_ids,
+        show_default=False,
+    ),
+    array: str = typer.Option(
+        None, "--array", metavar="ARRAY_ID", help="Cancel every job of this array instead."
+    ),
     wait: float = typer.Option(
         45.0, "--wait", help="Seconds to wait for the job to stop (0: do not wait)."
     ),
     json_output: bool = _JSON,
 ) -> None:
     """Cancel a job: a waiting one never starts; a running one is stopped on its hub (SIGTERM:
-    training saves a checkpoint and exits)."""
+    training saves a checkpoint and exits)."""  # fmt: skip
     import time
 
     from harchos_cli.cli.output import print_json
+    from harchos_cli.errors import UsageError
     from harchos_cli.jobs.supervisor import request_cancel
 
+    if (job_id is None) == (array is None):
+        raise UsageError("give a job id or --array ARRAY_ID",
+                         hint="harchos jobs list shows the ids")  # fmt: skip
+    if array is not None:
+        store = _store()
+        try:
+            members = store.array_members(array)
+            asked = [request_cancel(store, job.id) for job in members if job.active]
+        finally:
+            store.close()
+        if json_output:
+            print_json({"array_id": array, "cancelled": [job.id for job in asked],
+                        "already_finished": len(members) - len(asked)})  # fmt: skip
+        else:
+            typer.echo(f"array {array}: cancel requested for {len(asked)} of {len(members)} "
+                       "jobs (the others had finished)")  # fmt: skip
+        return
     store = _store()
     try:
         job = store.get(job_id)

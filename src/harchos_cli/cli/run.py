@@ -81,6 +81,15 @@ _OBJECTIVE = typer.Option(
     help="What chooses the hub and time: emissions (default), money, or money plus "
     "emissions at cost.carbon_price_per_tonne.", show_default=False,
 )  # fmt: skip
+_ARRAY = typer.Option(
+    None, "--array", metavar="A-B",
+    help="A job array: one waiting job per index A..B (HARCHOS_ARRAY_INDEX), held by the "
+    "scheduler; needs --defer-until-green or --threshold.", show_default=False,
+)  # fmt: skip
+_MAX_PARALLEL = typer.Option(
+    None, "--max-parallel", metavar="K", min=1,
+    help="At most K of the array's jobs planned into any one hour.", show_default=False,
+)  # fmt: skip
 _DRY_RUN = typer.Option(False, "--dry-run", help="Show the plan and exact commands; run nothing.")
 _JSON = typer.Option(False, "--json", help="Print one JSON object (docs/run.md) on stdout.")
 
@@ -133,6 +142,8 @@ def train(
         help="Where the other machines reach the main node (default: its SSH host).",
     ),
     objective: str = _OBJECTIVE,
+    array: str = _ARRAY,
+    max_parallel: int = _MAX_PARALLEL,
     dry_run: bool = _DRY_RUN,
     json_output: bool = _JSON,
 ) -> None:
@@ -145,7 +156,8 @@ def train(
     options = RunOptions(
         "train", list(args or []), hub, defer, duration, deadline, threshold, provider, at,
         speedup, detach, fresh=fresh, migrate=migrate, interruptible=interruptible, scale=scale,
-        hubs=hubs, nodes=nodes, main_address=main_address, objective=objective,
+        hubs=hubs, nodes=nodes, main_address=main_address, objective=objective, array=array,
+        max_parallel=max_parallel,
     )  # fmt: skip
     raise typer.Exit(_run(options, dry_run=dry_run, json_output=json_output))
 
@@ -174,6 +186,8 @@ def batch(
     migrate: str = _MIGRATE,
     interruptible: bool = _INTERRUPTIBLE,
     objective: str = _OBJECTIVE,
+    array: str = _ARRAY,
+    max_parallel: int = _MAX_PARALLEL,
     dry_run: bool = _DRY_RUN,
     json_output: bool = _JSON,
 ) -> None:
@@ -183,6 +197,7 @@ def batch(
     options = RunOptions(
         "batch", list(command or []), hub, defer, duration, deadline, threshold, provider, at,
         speedup, detach, migrate=migrate, interruptible=interruptible, objective=objective,
+        array=array, max_parallel=max_parallel,
     )  # fmt: skip
     raise typer.Exit(_run(options, dry_run=dry_run, json_output=json_output))
 
@@ -287,6 +302,8 @@ def _run(options: RunOptions, *, dry_run: bool, json_output: bool) -> int:
     from harchos_cli.jobs.supervisor import dry_run as describe
 
     revive()
+    if options.array is not None or options.max_parallel is not None:
+        return _submit_array(options, dry_run=dry_run, json_output=json_output)
     prepared = prepare(options)
     run_id = _run_id(prepared, options.fresh)
     warn_all(prepared.plan.warnings)
@@ -318,6 +335,63 @@ def _run(options: RunOptions, *, dry_run: bool, json_output: bool) -> int:
         lambda: create_job(prepared, detached=False, job_id=job_id, run_id=run_id),
         json_output,
     )
+
+
+def _submit_array(options: RunOptions, *, dry_run: bool, json_output: bool) -> int:
+    """`--array A-B`: one waiting job per index, planned one after the other (so that each
+    sees the slots the ones before took), all held by the scheduler."""
+    from dataclasses import replace
+
+    from harchos_cli.cli.output import print_json, warn_all
+    from harchos_cli.errors import UsageError
+    from harchos_cli.jobs.liveness import start_scheduler
+    from harchos_cli.jobs.request import Prepared, array_indices, make_plan, prepare
+    from harchos_cli.jobs.scheduler import SharedForecaster
+    from harchos_cli.jobs.store import new_id
+    from harchos_cli.jobs.supervisor import create_job
+
+    if options.array is None:
+        raise UsageError("--max-parallel applies to a job array", hint="add --array A-B")
+    indices = array_indices(options.array)
+    if dry_run:
+        raise UsageError("--dry-run shows one job, not an array",
+                         hint="drop --array to see one job's plan and commands")  # fmt: skip
+    first = prepare(replace(options, array=None, max_parallel=None))
+    request = first.request
+    if not request.defer:
+        raise UsageError(
+            "a job array waits for green hours in the scheduler",
+            hint="add --defer-until-green (or --threshold) with a --deadline that fits the array",
+        )
+    problems = _launcher_problems(first)
+    if problems:
+        raise UsageError(problems[0], hint="install it where the job runs, then run again")
+    forecaster = SharedForecaster(request.provider, request.project)
+    array_id = f"array-{new_id()}"
+    made = []
+    for index in indices:
+        member = replace(request, array={"id": array_id, "index": index, "size": len(indices),
+                                         "max_parallel": options.max_parallel})  # fmt: skip
+        plan = make_plan(member, forecaster, first.plan.now)
+        if index == indices[0]:
+            warn_all(plan.warnings)
+        made.append((index, create_job(Prepared(member, plan, first.clock), detached=True)))
+    start_scheduler()
+    if json_output:
+        print_json({"array_id": array_id, "jobs": [
+            {"index": index, "job_id": job.id, "hub": job.hub, "planned_start": job.planned_start}
+            for index, job in made
+        ]})  # fmt: skip
+        return 0
+    starts = sorted(job.planned_start or "" for _, job in made)
+    typer.echo(array_id)
+    typer.echo(
+        f"{len(made)} jobs waiting for their windows, {starts[0]} to {starts[-1]}: list them "
+        f"with `harchos jobs list --array {array_id}`, cancel them with `harchos jobs cancel "
+        f"--array {array_id}`",
+        err=True,
+    )
+    return 0
 
 
 def _launcher_problems(prepared: Prepared) -> list[str]:

@@ -59,6 +59,8 @@ class RunOptions:
     nodes: int | None = None
     main_address: str | None = None
     objective: str | None = None  # carbon, cost or balanced; None: carbon
+    array: str | None = None  # "1-200": one job per index
+    max_parallel: int | None = None  # at most this many of the array's jobs in one hour
 
 
 @dataclass
@@ -87,6 +89,8 @@ class Request:
     # Multi-node training inside a Slurm cluster (`--hub CLUSTER --nodes N`): Slurm places the
     # machines, `srun` starts one `accelerate launch` on each.
     cluster_nodes: int = 1
+    # One job of an array: {"id", "index", "size", "max_parallel"} (None: not in one).
+    array: dict[str, Any] | None = None
 
     @property
     def machines(self) -> int:
@@ -111,6 +115,7 @@ class Request:
             "nodes": self.nodes,
             "main_address": self.main_address,
             "cluster_nodes": self.cluster_nodes,
+            "array": self.array,
             "objective": self.objective,
             # For display: which values `jobs show` masks (harchos_cli.secrets).
             "secret_env": list(self.project.spec.job.secret_env),
@@ -141,6 +146,7 @@ class Request:
             main_address=data.get("main_address"),
             objective=str(data.get("objective") or "carbon"),
             cluster_nodes=int(data.get("cluster_nodes") or 1),
+            array=data.get("array"),
         )
 
 
@@ -193,6 +199,29 @@ def resolve(options: RunOptions) -> Request:
         objective=_objective(options.objective),
         cluster_nodes=cluster_nodes(options, project),
     )
+
+
+MAX_ARRAY = 10_000
+
+
+def array_indices(spec: str) -> list[int]:
+    """`--array A-B` (or `N`, one index) as the list of indices, A <= B."""
+    text = spec.strip()
+    first, dash, last = text.partition("-")
+    try:
+        low = int(first)
+        high = int(last) if dash else low
+    except ValueError:
+        raise UsageError(
+            f"--array {spec!r} is not a range", hint="e.g. --array 1-200, or --array 0-9"
+        ) from None
+    if low < 0 or high < low:
+        raise UsageError(f"--array {spec!r} is not a range from a lower to a higher index",
+                         hint="e.g. --array 1-200")  # fmt: skip
+    if high - low + 1 > MAX_ARRAY:
+        raise UsageError(f"--array {spec!r} makes {high - low + 1} jobs",
+                         hint=f"at most {MAX_ARRAY:,} in one array")  # fmt: skip
+    return list(range(low, high + 1))
 
 
 def _objective(value: str | None) -> str:
@@ -527,7 +556,7 @@ def make_plan(
     queue_notes: list[str] = []
     if len(candidates) > 1:
         candidates = [queue_wait(request, c, now, queue_notes) for c in candidates]
-    candidates = booked(candidates, job_id)
+    candidates = booked(candidates, job_id, request.array)
     if len(candidates) == 1 and candidates[0].forecast is None:
         name = candidates[0].hub.name
         raise UsageError(
@@ -618,30 +647,44 @@ def main_address(request: Request, hubs: Sequence[Hub]) -> str:
     )
 
 
-def booked(candidates: Sequence[Candidate], job_id: str | None) -> list[Candidate]:
-    """`candidates` with what each hub's slots hold: the planned windows of the hub's other
-    waiting and running jobs (a hub without `max_jobs` has no limit to plan against)."""
+def booked(
+    candidates: Sequence[Candidate], job_id: str | None, array: dict[str, Any] | None = None
+) -> list[Candidate]:
+    """`candidates` with what their slots hold: the planned windows of each hub's other waiting
+    and running jobs (a hub without `max_jobs` has no limit), and of the job's array's other
+    jobs on any hub (`--max-parallel`)."""
     limited = {c.hub.name: c.hub.max_jobs for c in candidates if c.hub.max_jobs}
-    if not limited:
+    parallel = int((array or {}).get("max_parallel") or 0)
+    if not limited and not parallel:
         return list(candidates)
     from harchos_cli.jobs.store import JobStore
 
     windows: dict[str, list[tuple[datetime, datetime]]] = {name: [] for name in limited}
+    siblings: list[tuple[datetime, datetime]] = []
     store = JobStore()
     try:
         for job in store.list(states=["waiting", "syncing", "running"]):
-            if job.id == job_id or job.hub not in windows or not job.planned_start:
+            if job.id == job_id or not job.planned_start:
                 continue
             start = parse_instant(job.planned_start)
             end = (job.plan or {}).get("planned_end")
-            windows[job.hub].append((start, parse_instant(end) if end else start))
+            window = (start, parse_instant(end) if end else start)
+            if job.hub in windows:
+                windows[job.hub].append(window)
+            if parallel and (job.request.get("array") or {}).get("id") == (array or {}).get("id"):
+                siblings.append(window)
     finally:
         store.close()
     return [
-        replace(c, booked=tuple(windows[c.hub.name]), slots=limited[c.hub.name])
-        if c.hub.name in limited else c
+        replace(
+            c,
+            booked=tuple(windows.get(c.hub.name, ())),
+            slots=limited.get(c.hub.name),
+            array_booked=tuple(siblings),
+            array_slots=parallel or None,
+        )
         for c in candidates
-    ]  # fmt: skip
+    ]
 
 
 def queue_wait(

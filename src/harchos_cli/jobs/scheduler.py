@@ -40,7 +40,8 @@ from harchos_cli.jobs.spec import Project, load_project
 from harchos_cli.jobs.store import Job, JobStore
 from harchos_cli.timeparse import floor_hour, iso, parse_instant, utcnow
 
-TICK_S = 0.25  # real seconds between passes at most
+TICK_S = 0.25  # real seconds between passes at least...
+NAP_S = 2.0  # ... and at most: a new job is taken up within this (it is planned already)
 IDLE_EXIT_S = 10.0  # with no job to hold for this long, the scheduler exits
 HANDOFF_RETRY_S = 15.0  # a job handed to a supervisor that never took it is handed again
 
@@ -83,6 +84,7 @@ class Scheduler:
         self.handed: dict[str, float] = {}  # job id: when it was handed to a supervisor
         self.forecasters: dict[tuple[str | None, str], SharedForecaster] = {}
         self.projects: dict[str, tuple[float, Project]] = {}  # folder: (harchos.toml mtime, ...)
+        self.wake = NAP_S
 
     def run(self) -> None:
         with scheduler_lock():
@@ -95,11 +97,13 @@ class Scheduler:
                 elif time.monotonic() - idle_since > IDLE_EXIT_S:
                     self._line("nothing to hold: exiting")
                     return
-                time.sleep(TICK_S)
+                time.sleep(min(max(self.wake, TICK_S), NAP_S))
 
     def pass_once(self) -> int:
-        """One pass over the waiting jobs: cancel, re-plan, hand over; how many it holds."""
+        """One pass over the waiting jobs: cancel, re-plan, hand over; how many it holds.
+        `wake` is then the real seconds to the next moment a job needs it (a start, an hour)."""
         holding = 0
+        self.wake = NAP_S
         for job in self.store.list(states=["waiting"]):
             if not held(job) or is_supervised(job.id):
                 continue
@@ -132,6 +136,9 @@ class Scheduler:
             start = self._replan(job, now, start)
         if now >= start:
             self._hand_over(job)
+            return
+        nearest = min(start, hour + timedelta(hours=1))
+        self.wake = min(self.wake, clock.real_seconds((nearest - now).total_seconds()))
 
     def _replan(self, job: Job, now: datetime, start: datetime) -> datetime:
         from harchos_cli.jobs.supervisor import FileReporter, replan

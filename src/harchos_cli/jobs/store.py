@@ -322,6 +322,16 @@ class JobStore:
             )  # fmt: skip
         return summaries
 
+    def array_members(self, array_id: str) -> list[Job]:
+        """The jobs of array `array_id` (`harchos run --array`), by index; `UsageError` (exit 2)
+        when there is no such array."""
+        members = [job for job in self.list() if (job.request.get("array") or {}).get("id")
+                   == array_id]  # fmt: skip
+        if not members:
+            raise UsageError(f"no array {array_id!r}",
+                             hint="harchos run --array prints its id (array-...)")  # fmt: skip
+        return sorted(members, key=lambda job: int(job.request["array"]["index"]))
+
     def held_ids(self) -> list[str]:
         """The detached jobs waiting for their window: the scheduler's to hold (nothing
         decoded; one search of `jobs_state`)."""

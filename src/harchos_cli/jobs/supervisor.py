@@ -565,6 +565,9 @@ class Supervisor:
         from harchos_cli.secrets import is_secret
 
         hub_id = job.hub_job_id if not node or node.rank == 0 else f"{job.hub_job_id}-n{node.rank}"
+        if request.array:
+            env["HARCHOS_ARRAY_ID"] = str(request.array["id"])
+            env["HARCHOS_ARRAY_INDEX"] = str(request.array["index"])
         full = {**command.env, **env}
         secret = [name for name in full if is_secret(name, project.spec.job.secret_env)]
         # The meter watches the batch script's machine; Slurm's other machines go unseen, so a

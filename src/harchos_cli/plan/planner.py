@@ -85,6 +85,9 @@ class Candidate:
     earliest: datetime | None = None
     booked: tuple[tuple[datetime, datetime], ...] = ()
     slots: int | None = None
+    # The same for the job's array (`--max-parallel`): its other jobs' windows, on any hub.
+    array_booked: tuple[tuple[datetime, datetime], ...] = ()
+    array_slots: int | None = None
 
 
 # The intensity a full hour counts with in the window search: no real grid comes near it, so a
@@ -93,14 +96,15 @@ FULL_HOUR_PENALTY = 1e6
 
 
 def _full(candidate: Candidate, points: Sequence[Point]) -> list[bool]:
-    """Which forecast periods already hold `slots` of the hub's other jobs."""
-    if candidate.slots is None or not candidate.booked:
-        return [False] * len(points)
-    return [
-        sum(1 for start, end in candidate.booked if start < p.end and p.start < end)
-        >= candidate.slots
-        for p in points
-    ]
+    """Which forecast periods already hold `slots` of the hub's other jobs, or `array_slots` of
+    the array's."""
+
+    def holding(booked: Sequence[tuple[datetime, datetime]], point: Point) -> int:
+        return sum(1 for start, end in booked if start < point.end and point.start < end)
+
+    pairs = ((candidate.booked, candidate.slots), (candidate.array_booked, candidate.array_slots))
+    limits = [(booked, slots) for booked, slots in pairs if slots and booked]
+    return [any(holding(booked, p) >= slots for booked, slots in limits) for p in points]
 
 
 @dataclass(frozen=True)
@@ -466,8 +470,12 @@ def _option(
         unbooked = start
         start, reason = greenest(penalised)
         if start != unbooked:
-            reason += (f" left (greener hours hold {candidate.slots} of hub {hub.name}'s jobs "
-                       "already)")  # fmt: skip
+            limits = []
+            if candidate.slots and candidate.booked:
+                limits.append(f"hub {hub.name} runs {candidate.slots} job(s) at once")
+            if candidate.array_slots and candidate.array_booked:
+                limits.append(f"the array runs {candidate.array_slots} at once")
+            reason += f" left (greener hours are full: {'; '.join(limits)})"
     if reason.startswith("forecast too short"):
         return make(start, reason)
     return worth_waiting(start, reason)
