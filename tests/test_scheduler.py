@@ -207,3 +207,24 @@ def test_an_array_is_one_submission_spread_over_green_hours_and_run_index_by_ind
     missing = harchos(capsys, "jobs", "list", "--array", "array-nope")
     assert missing.code == 2
     assert "no array 'array-nope'" in missing.err
+
+
+def test_jobs_made_in_one_second_never_share_an_id(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, traces: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from harchos_cli.jobs import supervisor
+
+    # Ids are random within a second; make the draw repeat itself, as it can in an array.
+    drawn = iter(["20220301-000000-aaaa", "20220301-000000-aaaa", "20220301-000000-aaaa",
+                  "20220301-000000-bbbb", "20220301-000000-cccc"])  # fmt: skip
+    monkeypatch.setattr(supervisor, "new_id", lambda: next(drawn))
+    (tmp_path / "harchos.toml").write_text('[job]\ncommand = ["true"]\n[carbon]\nregion = "DE"\n')
+    os.chdir(tmp_path)
+    made = harchos(capsys, "run", "batch", "--array", "1-3", "--defer-until-green", "--deadline",
+                   "10h", "--provider", f"replay:{traces / DE_TRACE}", "--at",
+                   "2022-03-01T03:00:00Z", "--json")  # fmt: skip
+    assert made.code == 0, made.err
+    ids = [job["job_id"] for job in made.json()["jobs"]]
+    assert ids == ["20220301-000000-aaaa", "20220301-000000-bbbb", "20220301-000000-cccc"]
+    harchos(capsys, "jobs", "cancel", "--array", made.json()["array_id"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -1253,7 +1254,15 @@ def create_job(
     )
     store = JobStore()
     try:
-        store.create(job)
+        for _ in range(20):
+            try:
+                store.create(job)
+                break
+            except sqlite3.IntegrityError:
+                if job_id is not None:
+                    raise
+                # Ids are random within a second: an array makes hundreds a second. Draw again.
+                job = replace(job, id=new_id())
         when = "start now" if not request.defer else f"start at {iso(plan.choice.start)}"
         store.decide(
             job.id, "defer" if request.defer else "plan", job.hub,
