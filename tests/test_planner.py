@@ -255,3 +255,14 @@ def test_full_hours_are_skipped_and_the_plan_says_the_job_was_pushed() -> None:
                            now=T0, duration=HOUR, deadline=T0 + 12 * HOUR, threshold=130.0,
                            gpus=0)  # fmt: skip
     assert under.choice.start == T0 + 3 * HOUR
+
+
+def test_a_hub_full_until_the_deadline_loses_to_a_free_one_however_green() -> None:
+    every_hour = tuple((T0 + i * HOUR, T0 + (i + 1) * HOUR) for i in range(4))
+    full = Candidate(hub("green"), forecast([50.0] * 13), booked=every_hour, slots=1)
+    free = Candidate(hub("dirty"), forecast([400.0] * 13))
+    plan = planner.choose([full, free], now=T0, duration=HOUR, deadline=T0 + 4 * HOUR,
+                          threshold=None, gpus=0, min_saving=0.02)  # fmt: skip
+    assert plan.choice.hub == "dirty"
+    (green,) = plan.alternatives
+    assert "every hour before the deadline is full" in green.reason

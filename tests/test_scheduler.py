@@ -9,6 +9,7 @@ import functools
 import os
 import signal
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,15 @@ from typing import Any
 import pytest
 from clirunner import harchos
 from polling import wait_until
+from sshd import Sshd, client_key_fixture, sshd_factory_fixture
 
 from harchos_cli.carbon.types import Forecast, Point, Region, Source
 from harchos_cli.jobs.scheduler import SharedForecaster
 from harchos_cli.jobs.spec import load_project
 from harchos_cli.jobs.store import JobStore
 from harchos_cli.timeparse import parse_instant
+
+__all__ = ["client_key_fixture", "sshd_factory_fixture"]
 
 DE_TRACE = "eco4cast/DE_2022_hourly.csv"
 JOBS = 12
@@ -228,3 +232,37 @@ def test_jobs_made_in_one_second_never_share_an_id(
     ids = [job["job_id"] for job in made.json()["jobs"]]
     assert ids == ["20220301-000000-aaaa", "20220301-000000-bbbb", "20220301-000000-cccc"]
     harchos(capsys, "jobs", "cancel", "--array", made.json()["array_id"])
+
+
+def test_an_array_on_two_ssh_hubs_fills_the_greener_hubs_hours_first(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, traces: Path,
+    sshd_factory: Callable[..., Sshd],
+) -> None:  # fmt: skip
+    fr, de = sshd_factory("fr"), sshd_factory("de")
+    for server, region in ((fr, "FR"), (de, "DE")):
+        added = harchos(capsys, "hubs", "add", server.name, "--ssh",
+                        f"root@127.0.0.1:{server.port}", "--identity", str(server.client_key),
+                        "--region", region, "--python", server.hub().python,
+                        "--max-jobs", "2")  # fmt: skip
+        assert added.code == 0, added.err
+    (tmp_path / "harchos.toml").write_text(
+        '[job]\ncommand = ["true"]\n[carbon]\nhubs = ["fr", "de"]\n'
+    )
+    os.chdir(tmp_path)
+    replay = f"replay:{traces / 'eco4cast' / 'FR_2022_hourly.csv'},{traces / DE_TRACE}"
+    # Three start hours before the deadline, two slots an hour on each hub: France's grid is the
+    # greener all day, so it takes six jobs and Germany the other two.
+    made = harchos(capsys, "run", "batch", "--array", "1-8", "--hub", "auto",
+                   "--defer-until-green", "--duration", "1h", "--deadline", "3h", "--provider",
+                   replay, "--at", "2022-03-01T03:00:00Z", "--json")  # fmt: skip
+    assert made.code == 0, made.err
+    jobs = made.json()["jobs"]
+    try:
+        assert [job["hub"] for job in jobs] == ["fr"] * 6 + ["de"] * 2
+        per_hour = Counter((job["hub"], job["planned_start"]) for job in jobs)
+        assert max(per_hour.values()) == 2
+        assert {start for hub, start in per_hour if hub == "fr"} == {
+            "2022-03-01T03:00:00Z", "2022-03-01T04:00:00Z", "2022-03-01T05:00:00Z"
+        }  # fmt: skip
+    finally:
+        harchos(capsys, "jobs", "cancel", "--array", made.json()["array_id"])

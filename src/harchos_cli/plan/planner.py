@@ -28,7 +28,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -121,6 +121,8 @@ class Choice:
     emissions_kg: float | None
     cost: float | None
     signal: str | None = None
+    # It lands in an hour whose slots are full (every hour before the deadline was).
+    overbooked: bool = False
 
     @property
     def saving_vs_now(self) -> float | None:
@@ -311,9 +313,11 @@ def choose(
         )
     met = [o for o in options if o.reason.startswith("under threshold")]
     pool = met or options
-    # A hub whose queue cannot start the job in time loses to any that can.
+    # A hub whose queue cannot start the job in time loses to any that can, and one whose slots
+    # are full to any that are not.
     in_time = [o for o in pool if o.start <= max(now, latest_start(deadline, duration))]
     pool = in_time or pool
+    pool = [o for o in pool if not o.overbooked] or pool
     by_objective: dict[str, str | None] = {}
     for name in OBJECTIVES:
         if name == "balanced" and carbon_price is None:
@@ -424,11 +428,18 @@ def _option(
         return Choice(hub.name, start, start + duration, reason + queued, expected,
                       now_intensity, energy, emissions, price, signal)  # fmt: skip
 
+    full = _full(candidate, points)
+
     def worth_waiting(start: datetime, reason: str) -> Choice:
-        """A later window, unless it saves less than `min_saving` against the soonest start."""
+        """A later window, unless it saves less than `min_saving` against the soonest start
+        (when that start is free: a full hour is no start to fall back on)."""
         soonest = _mean(points, first, duration)
         later = _mean(points, start, duration)
-        if start > first and soonest and later is not None and min_saving > 0:
+        soonest_full = any(
+            taken and p.start < first + duration and first < p.end
+            for p, taken in zip(points, full, strict=True)
+        )
+        if start > first and soonest and later is not None and min_saving > 0 and not soonest_full:
             saving = 1.0 - later / soonest
             if saving < min_saving:
                 why = f"the greenest window saves only {max(saving, 0.0):.1%}"
@@ -437,7 +448,6 @@ def _option(
 
     if first >= latest_start(deadline, duration):
         return make(first, "deadline: starting at once")
-    full = _full(candidate, points)
     if threshold is not None:
         for point, taken in zip(points, full, strict=True):
             moment = max(point.start, first)
@@ -469,6 +479,13 @@ def _option(
         ]  # fmt: skip
         unbooked = start
         start, reason = greenest(penalised)
+        overbooked = any(
+            taken and p.start < start + duration and start < p.end
+            for p, taken in zip(points, full, strict=True)
+        )
+        if overbooked:
+            return replace(make(start, reason + " (every hour before the deadline is full)"),
+                           overbooked=True)  # fmt: skip
         if start != unbooked:
             limits = []
             if candidate.slots and candidate.booked:
