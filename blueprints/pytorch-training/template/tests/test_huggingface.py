@@ -20,9 +20,12 @@ BERT = {
 }  # fmt: skip
 
 
-def test_a_transformers_model_on_dict_batches(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def tiny_bert_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dataset: str, args: str, eval_args: str
+) -> train.TrainConfig:
+    """Train the tiny BERT for 60 steps on the package's `dataset` factory; check that it
+    evaluated at steps 30 and 60, that the loss (the model's own) went down, and that it beat
+    chance on the evaluation set. Its config."""
     monkeypatch.setenv("HARCHOS_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing to download, and nothing is
     package = train.TrainConfig().model.split(".")[0]
@@ -30,9 +33,8 @@ def test_a_transformers_model_on_dict_batches(
     cfg = train.load_config(
         train.PROJECT_CONFIG,
         [f'model="{package}.model:hf_model"', f"model_args={{ config = {{ {bert} }} }}",
-         f'dataset="{package}.data:synthetic_tokens"', "dataset_args={}",
-         f'eval_dataset="{package}.data:synthetic_tokens"',
-         'eval_dataset_args={ samples = 100, split = "eval" }',
+         f'dataset="{package}.data:{dataset}"', f"dataset_args={{ {args} }}",
+         f'eval_dataset="{package}.data:{dataset}"', f"eval_dataset_args={{ {eval_args} }}",
          "steps=60", "eval_every=30", "learning_rate=0.01", "log_every=10",
          f'output_dir="{tmp_path / "out"}"', f'logging_dir="{tmp_path / "runs"}"',
          'trackers=["jsonl"]'],
@@ -44,7 +46,16 @@ def test_a_transformers_model_on_dict_batches(
     # The loss came from the model's ModelOutput (labels in the batch) and went down.
     losses = [m["train/loss"] for m in logged if "train/loss" in m]
     assert losses[-1] < losses[0]  # type: ignore[operator]
+    # The labels came through: better than the majority class by chance.
     assert evals[-1]["eval/accuracy"] > 0.6  # type: ignore[operator]
+    return cfg
+
+
+def test_a_transformers_model_on_dict_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tiny_bert_run(tmp_path, monkeypatch, "synthetic_tokens", "",
+                        'samples = 100, split = "eval"')  # fmt: skip
 
     # save_pretrained under accelerate: from_pretrained gives back the trained weights.
     import torch
@@ -68,8 +79,6 @@ def test_a_datasets_dataset_tokenized_by_a_local_tokenizer(
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    monkeypatch.setenv("HARCHOS_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # A tokenizer and a text dataset made here: what hf_dataset loads from the Hub in real use.
     words = ["green", "sun", "wind", "dirty", "coal", "gas"]
     vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", *words])}
@@ -90,24 +99,6 @@ def test_a_datasets_dataset_tokenized_by_a_local_tokenizer(
         return datasets.Dataset.from_dict({"text": texts, "label": labels})
 
     datasets.DatasetDict({"train": split(256), "eval": split(100)}).save_to_disk(tmp_path / "data")
-    package = train.TrainConfig().model.split(".")[0]
-    bert = ", ".join(f"{k} = {v!r}" for k, v in BERT.items()).replace("'", '"')
     data = f'path = "{tmp_path / "data"}", tokenizer = "{tmp_path / "tokenizer"}", max_length = 8'
-    cfg = train.load_config(
-        train.PROJECT_CONFIG,
-        [f'model="{package}.model:hf_model"', f"model_args={{ config = {{ {bert} }} }}",
-         f'dataset="{package}.data:hf_dataset"', f"dataset_args={{ {data} }}",
-         f'eval_dataset="{package}.data:hf_dataset"',
-         f'eval_dataset_args={{ {data}, split = "eval" }}',
-         "steps=60", "eval_every=30", "learning_rate=0.01", "log_every=10",
-         f'output_dir="{tmp_path / "out"}"', f'logging_dir="{tmp_path / "runs"}"',
-         'trackers=["jsonl"]'],
-    )  # fmt: skip
-    assert train.train(cfg).status == "finished"
-    logged = metrics(tmp_path / "runs")
-    evals = [m for m in logged if "eval/accuracy" in m]
-    assert [m["step"] for m in evals] == [30, 60]
-    losses = [m["train/loss"] for m in logged if "train/loss" in m]
-    assert losses[-1] < losses[0]  # type: ignore[operator]
-    # The labels came through (renamed `labels`): more than the majority class by chance.
-    assert evals[-1]["eval/accuracy"] > 0.6  # type: ignore[operator]
+    # The labels reach the model renamed `labels`, as hf_dataset promises.
+    tiny_bert_run(tmp_path, monkeypatch, "hf_dataset", data, f'{data}, split = "eval"')
