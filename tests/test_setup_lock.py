@@ -97,3 +97,39 @@ def test_the_setup_of_a_killed_supervisor_is_ended_and_setup_completes_once(
     assert (final.state, final.exit_code) == ("done", 0), final.message
     assert lines(sshd.root / "setup.done") == ["done"]
     assert "ran" in log_path(job_id).read_text()
+
+
+def rsyncs_into(target: Path) -> list[int]:
+    """The live rsync processes on this machine whose arguments name `target`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"rsync") and state != "Z" and any(
+            str(target).encode() in arg or target.name.encode() in arg for arg in argv
+        ):  # fmt: skip
+            found.append(int(entry.name))
+    return found
+
+
+def test_the_copy_of_a_killed_supervisor_ends_with_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, sshd: Sshd
+) -> None:
+    root = batch_project(tmp_path)
+    # Enough data that the copy is still going when its supervisor is killed.
+    with (root / "big.bin").open("wb") as handle:
+        handle.truncate(4 << 30)  # sparse here; seconds of copying
+    add_h1(capsys, sshd)
+    job_id = start(capsys)
+    wait_until(lambda: rsyncs_into(root), timeout=30)
+    kill_supervisor(job_id)
+    # The copy stops with it at once, not when its file is done (rsync's own ssh and the hub's
+    # side go with the connection).
+    wait_until(lambda: not rsyncs_into(root), timeout=3)
+    (root / "big.bin").unlink()  # the next supervisor's copy is then short
+    assert harchos(capsys, "jobs", "cancel", job_id).code == 0

@@ -89,6 +89,16 @@ def _protected(name: str, patterns: Sequence[str]) -> bool:
     return False
 
 
+# A copy ends with the harchos that started it: harchos holds the other end of this shell's stdin
+# (`run_holding_stdin`), and a watcher stops rsync when it closes (harchos died, even by SIGKILL),
+# so the copy of a killed supervisor never runs on beside the next one's.
+_WATCHED_COPY = (
+    'exec 3<&0; "$@" < /dev/null 3<&- & copy=$!; '
+    '{ cat > /dev/null; kill -TERM "$copy" 2>/dev/null; } <&3 > /dev/null 2>&1 & watch=$!; '
+    'exec 3<&-; wait "$copy"; code=$?; kill "$watch" 2>/dev/null; exit "$code"'
+)
+
+
 def run_holding_stdin(
     command: Sequence[str], *, env: dict[str, str] | None = None, timeout: float | None = None
 ) -> subprocess.CompletedProcess[bytes]:
@@ -404,9 +414,7 @@ class SshTransport:
         ]
 
         def attempt() -> subprocess.CompletedProcess[bytes]:
-            return subprocess.run(
-                command, stdin=subprocess.DEVNULL, capture_output=True, check=False
-            )
+            return run_holding_stdin(["sh", "-c", _WATCHED_COPY, "harchos-rsync", *command])
 
         result = self._with_retries(attempt, lambda code: code in _RSYNC_OK, what)
         if result.returncode not in _RSYNC_OK:
