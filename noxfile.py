@@ -16,7 +16,7 @@ TORCH = "torch==2.13.0"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite (two workers, as on CI's two cores)."""
+    """The test suite (three workers on CI's two cores)."""
     session.install(TORCH)
     # The training blueprint's own tests: TensorBoard as a tracker, and a tiny transformers
     # model built from a config on a datasets dataset made on the fly (nothing is downloaded).
@@ -24,8 +24,10 @@ def tests(session: nox.Session) -> None:
         TORCH, "accelerate>=1.0", "tensorboard>=2.14", "transformers>=4.46", "datasets>=3.0"
     )
     session.install("-e", ".[test]")
-    # worksteal: a worker left with one slow test hands its queue to the other.
-    session.run("pytest", "-n", "2", "--dist", "worksteal", *session.posargs)
+    # Three workers on two cores: much of the suite waits on real processes (sshd, Slurm,
+    # supervisors, simulated clocks) rather than computing. worksteal: a worker left with one
+    # slow test hands its queue to the others.
+    session.run("pytest", "-n", "3", "--dist", "worksteal", *session.posargs)
 
 
 @nox.session

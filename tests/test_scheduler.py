@@ -67,10 +67,10 @@ def test_waiting_jobs_cost_one_scheduler_fill_the_slots_and_each_runs_once(
         f'[hubs.local]\ntransport = "local"\nmax_jobs = {SLOTS}\n'
     )
     os.chdir(project)
-    # Germany from 2022-03-01 03:00 at 1200x: a clock hour is 3 s, the 10 h to the deadline 30 s.
+    # Germany from 2022-03-01 03:00 at 2400x: a clock hour is 1.5 s, the 10 h to the deadline 15 s.
     submit = ["run", "batch", "--defer-until-green", "--duration", "1h", "--deadline", "10h",
               "--provider", f"replay:{traces / DE_TRACE}", "--at", "2022-03-01T03:00:00Z",
-              "--speedup", "1200", "--detach", "--json"]  # fmt: skip
+              "--speedup", "2400", "--detach", "--json"]  # fmt: skip
     ids = []
     for _ in range(JOBS):
         result = harchos(capsys, *submit)
@@ -158,7 +158,7 @@ def test_an_array_is_one_submission_spread_over_green_hours_and_run_index_by_ind
     )
     os.chdir(project)
     common = ["--defer-until-green", "--duration", "1h", "--deadline", "10h", "--provider",
-              f"replay:{traces / DE_TRACE}", "--at", "2022-03-01T03:00:00Z", "--speedup", "1200",
+              f"replay:{traces / DE_TRACE}", "--at", "2022-03-01T03:00:00Z", "--speedup", "2400",
               "--json"]  # fmt: skip
     for bad, message in (
         (["--array", "5-1"], "not a range from a lower to a higher index"),
