@@ -266,3 +266,34 @@ def test_an_array_on_two_ssh_hubs_fills_the_greener_hubs_hours_first(
         }  # fmt: skip
     finally:
         harchos(capsys, "jobs", "cancel", "--array", made.json()["array_id"])
+
+
+def test_a_job_whose_project_breaks_while_it_waits_fails_alone_with_the_reason(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, traces: Path
+) -> None:
+    broken, sound = tmp_path / "broken", tmp_path / "sound"
+    for project in (broken, sound):
+        project.mkdir()
+        (project / "harchos.toml").write_text(
+            '[job]\ncommand = ["true"]\n[carbon]\nregion = "DE"\n'
+        )
+    submit = ["run", "batch", "--defer-until-green", "--duration", "1h", "--deadline", "10h",
+              "--provider", f"replay:{traces / DE_TRACE}", "--at", "2022-03-01T03:00:00Z",
+              "--speedup", "2400", "--detach", "--json"]  # fmt: skip
+    ids = []
+    for project in (broken, sound):
+        os.chdir(project)
+        ids.append(str(harchos(capsys, *submit).json()["job_id"]))
+    (broken / "harchos.toml").write_text("[job\n")  # while it waits
+    store = JobStore()
+
+    def settled() -> bool:
+        harchos(capsys, "jobs", "list")
+        return not any(store.get(job_id).active for job_id in ids)
+
+    wait_until(settled, timeout=90)
+    failed, done = (store.get(job_id) for job_id in ids)
+    assert failed.state == "failed"
+    assert "harchos.toml" in (failed.message or ""), failed.message
+    assert (done.state, done.exit_code) == ("done", 0)
+    store.close()

@@ -26,7 +26,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from harchos_cli.carbon.types import Forecast, Region
-from harchos_cli.errors import HarchosError
 from harchos_cli.jobs.clock import from_json
 from harchos_cli.jobs.liveness import (
     AlreadySchedulingError,
@@ -110,9 +109,10 @@ class Scheduler:
             holding += 1
             try:
                 self._consider(job)
-            except HarchosError as exc:
-                # Its project broke meanwhile, say: the job's own supervisor fails it properly.
-                self._line(f"{job.id}: {exc}; handing it to a supervisor")
+            except Exception as exc:
+                # One job's trouble must not stop the others. Its project broke meanwhile, say:
+                # the job's own supervisor, which re-plans it at once, fails it and says why.
+                self._line(f"{job.id}: {type(exc).__name__}: {exc}; handing it to a supervisor")
                 self._hand_over(job)
         return holding
 
