@@ -43,7 +43,7 @@ def test_pull_to_an_unknown_users_home_is_a_usage_error(
 
 
 def test_following_a_job_exits_with_its_exit_code_and_says_when_it_waits(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, traces: Path
 ) -> None:
     (tmp_path / "harchos.toml").write_text(
         '[job]\nkind = "batch"\ncommand = "python3 -c \\"raise SystemExit(3)\\""\n'
@@ -56,9 +56,11 @@ def test_following_a_job_exits_with_its_exit_code_and_says_when_it_waits(
     assert followed.code == 3
     assert "failed (exit code 3)" in followed.err
     assert harchos(capsys, "jobs", "logs", failed.json()["job_id"]).code == 0
-    # A job that waits (no hour is ever under 1 g): following it says until when; cancelled,
-    # following ends with 130.
-    waiting = harchos(capsys, "run", "batch", "--threshold", "1", "--deadline", "20h",
+    # A job that waits (Germany on 2022-03-01 from 03:00: greenest at 10:00, far greener than
+    # now, seven real hours away): following it says until when; cancelled, it ends with 130.
+    trace = traces / "eco4cast" / "DE_2022_hourly.csv"
+    waiting = harchos(capsys, "run", "batch", "--defer-until-green", "--deadline", "20h",
+                      "--provider", f"replay:{trace}", "--at", "2022-03-01T03:00:00Z",
                       "--detach", "--json", "--", "true")  # fmt: skip
     assert waiting.code == 0, waiting.err
     job_id = waiting.json()["job_id"]
