@@ -48,7 +48,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
@@ -527,14 +527,19 @@ class _Handler(BaseHTTPRequestHandler):
         engine = self.engine
         path = urlsplit(self.path).path
         if path.startswith("/debug/"):  # the double's own, for tests; open like vLLM's /health
-            if path == "/debug/kill-engine":
-                engine.kill()
-            elif path in ("/debug/hold", "/debug/release"):
-                engine.hold(path == "/debug/hold")
-            else:
+            actions: dict[str, Callable[[], None]] = {
+                "/debug/kill-engine": engine.kill,
+                "/debug/hold": lambda: engine.hold(True),
+                "/debug/release": lambda: engine.hold(False),
+            }
+            action = actions.get(path)
+            if action is None:
                 self._send_json(404, {"detail": "Not Found"})
                 return
+            # Answer first: a release can let a draining server finish its last request and
+            # exit before a later answer is written.
             self._send_json(200, {"ok": True})
+            action()
             return
         if not self._authorised(path):
             return
