@@ -297,3 +297,30 @@ def test_a_job_whose_project_breaks_while_it_waits_fails_alone_with_the_reason(
     assert "harchos.toml" in (failed.message or ""), failed.message
     assert (done.state, done.exit_code) == ("done", 0)
     store.close()
+
+
+@pytest.mark.parametrize("sql_json", [True, False])
+def test_bookings_read_the_windows_with_or_without_sqlites_json_functions(
+    monkeypatch: pytest.MonkeyPatch, sql_json: bool
+) -> None:
+    from harchos_cli.jobs import store as store_module
+    from harchos_cli.jobs.store import Booking, Job, JobStateName
+
+    monkeypatch.setattr(store_module, "_sql_json", lambda db: sql_json)
+    store = JobStore()
+    plan = {"planned_end": "2022-03-01T11:00:00Z"}
+    rows: list[tuple[str, JobStateName, dict[str, Any], str | None]] = [
+        ("a", "waiting", {"array": {"id": "array-x", "index": 1}}, "2022-03-01T10:00:00Z"),
+        ("b", "running", {}, "2022-03-01T10:00:00Z"),
+        ("c", "done", {}, "2022-03-01T10:00:00Z"),  # finished: holds no slot
+        ("d", "waiting", {}, None),  # no plan yet
+    ]
+    for job_id, state, request, start in rows:
+        store.create(Job(job_id, "batch", "p", "/p", state, request, hub="h", planned_start=start,
+                         plan=plan))  # fmt: skip
+    found = sorted(store.bookings(), key=lambda b: b.id)
+    store.close()
+    assert found == [
+        Booking("a", "h", "2022-03-01T10:00:00Z", "2022-03-01T11:00:00Z", "array-x"),
+        Booking("b", "h", "2022-03-01T10:00:00Z", "2022-03-01T11:00:00Z", None),
+    ]

@@ -663,18 +663,18 @@ def booked(
     siblings: list[tuple[datetime, datetime]] = []
     store = JobStore()
     try:
-        for job in store.list(states=["waiting", "syncing", "running"]):
-            if job.id == job_id or not job.planned_start:
-                continue
-            start = parse_instant(job.planned_start)
-            end = (job.plan or {}).get("planned_end")
-            window = (start, parse_instant(end) if end else start)
-            if job.hub in windows:
-                windows[job.hub].append(window)
-            if parallel and (job.request.get("array") or {}).get("id") == (array or {}).get("id"):
-                siblings.append(window)
+        bookings = store.bookings()
     finally:
         store.close()
+    for booking in bookings:
+        if booking.id == job_id:
+            continue
+        start = parse_instant(booking.planned_start)
+        window = (start, parse_instant(booking.planned_end) if booking.planned_end else start)
+        if booking.hub in windows:
+            windows[booking.hub].append(window)
+        if parallel and booking.array_id == (array or {}).get("id"):
+            siblings.append(window)
     return [
         replace(
             c,

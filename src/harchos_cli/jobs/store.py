@@ -132,6 +132,17 @@ class Job:
         }
 
 
+@dataclass(frozen=True)
+class Booking:
+    """A job's planned window, for planning the others around it (`JobStore.bookings`)."""
+
+    id: str
+    hub: str | None
+    planned_start: str
+    planned_end: str | None
+    array_id: str | None
+
+
 def _cancel_pending(state: str, cancel_requested: bool) -> bool:
     return bool(cancel_requested) and state in (*ACTIVE, LOST)
 
@@ -331,6 +342,24 @@ class JobStore:
             raise UsageError(f"no array {array_id!r}",
                              hint="harchos run --array prints its id (array-...)")  # fmt: skip
         return sorted(members, key=lambda job: int(job.request["array"]["index"]))
+
+    def bookings(self) -> list[Booking]:
+        """The planned windows of the waiting, syncing and running jobs: what hubs' slots (and
+        arrays' `--max-parallel`) hold. Read in SQL where SQLite has its JSON functions: a plan
+        made while a thousand jobs wait must not decode each of them."""
+        if not _sql_json(self.db):
+            return [
+                Booking(job.id, job.hub, job.planned_start, (job.plan or {}).get("planned_end"),
+                        (job.request.get("array") or {}).get("id"))
+                for job in self.list(states=ACTIVE) if job.planned_start
+            ]  # fmt: skip
+        rows = self.db.execute(
+            "SELECT id, hub, planned_start, json_extract(plan, '$.planned_end') AS planned_end, "
+            "json_extract(request, '$.array.id') AS array_id FROM jobs "
+            "WHERE state IN ('waiting', 'syncing', 'running') AND planned_start IS NOT NULL"
+        ).fetchall()
+        return [Booking(r["id"], r["hub"], r["planned_start"], r["planned_end"], r["array_id"])
+                for r in rows]  # fmt: skip
 
     def held_ids(self) -> list[str]:
         """The detached jobs waiting for their window: the scheduler's to hold (nothing

@@ -99,12 +99,23 @@ def _full(candidate: Candidate, points: Sequence[Point]) -> list[bool]:
     """Which forecast periods already hold `slots` of the hub's other jobs, or `array_slots` of
     the array's."""
 
-    def holding(booked: Sequence[tuple[datetime, datetime]], point: Point) -> int:
-        return sum(1 for start, end in booked if start < point.end and point.start < end)
-
+    full = [False] * len(points)
+    starts = [p.start for p in points]  # in time order
     pairs = ((candidate.booked, candidate.slots), (candidate.array_booked, candidate.array_slots))
-    limits = [(booked, slots) for booked, slots in pairs if slots and booked]
-    return [any(holding(booked, p) >= slots for booked, slots in limits) for p in points]
+    for booked, slots in pairs:
+        if not slots or not booked:
+            continue
+        # Each window counted in the periods it overlaps only (found by bisection), so a plan
+        # among a thousand booked jobs costs a thousand short walks, not a thousand per period.
+        holding = [0] * len(points)
+        for start, end in booked:
+            index = max(0, bisect.bisect_right(starts, start) - 1)
+            while index < len(points) and points[index].start < end:
+                if start < points[index].end:
+                    holding[index] += 1
+                index += 1
+        full = [was or count >= slots for was, count in zip(full, holding, strict=True)]
+    return full
 
 
 @dataclass(frozen=True)
