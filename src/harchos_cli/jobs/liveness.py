@@ -30,13 +30,20 @@ class AlreadySupervisedError(Exception):
 @contextlib.contextmanager
 def supervisor_lock(job_id: str) -> Iterator[None]:
     """Hold the job's supervisor lock; `AlreadySupervisedError` when another process holds it."""
-    folder = ensure_job_dir(job_id)
-    fd = os.open(folder / "supervisor.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    with _holding(ensure_job_dir(job_id) / "supervisor.lock", AlreadySupervisedError(job_id)):
+        yield
+
+
+@contextlib.contextmanager
+def _holding(path: Path, taken: Exception) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (this process's pid written in it); raise `taken`
+    when another process holds it."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise AlreadySupervisedError(job_id) from None
+            raise taken from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
@@ -75,17 +82,8 @@ def scheduler_dir() -> Path:
 @contextlib.contextmanager
 def scheduler_lock() -> Iterator[None]:
     """Hold the scheduler lock; `AlreadySchedulingError` when another process holds it."""
-    fd = os.open(scheduler_dir() / "scheduler.lock", os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AlreadySchedulingError() from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+    with _holding(scheduler_dir() / "scheduler.lock", AlreadySchedulingError()):
         yield
-    finally:
-        os.close(fd)
 
 
 def is_scheduling() -> bool:
@@ -97,17 +95,7 @@ def start_scheduler() -> subprocess.Popen[bytes] | None:
     """Start the scheduler unless one runs; the process started, or None."""
     if is_scheduling():
         return None
-    folder = scheduler_dir()
-    err_fd = os.open(folder / "scheduler.err", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
-    with os.fdopen(err_fd, "ab") as err:
-        return subprocess.Popen(
-            [sys.executable, "-m", "harchos_cli.jobs.scheduler"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            start_new_session=True,
-            close_fds=True,
-        )
+    return _detached(["harchos_cli.jobs.scheduler"], scheduler_dir() / "scheduler.err")
 
 
 def spawn(job_id: str, module: str = "harchos_cli.jobs.supervisor") -> int:
@@ -117,11 +105,16 @@ def spawn(job_id: str, module: str = "harchos_cli.jobs.supervisor") -> int:
 
 
 def _start(job_id: str, module: str) -> subprocess.Popen[bytes]:
-    folder = ensure_job_dir(job_id)
-    err_fd = os.open(folder / "supervisor.err", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+    return _detached([module, job_id], ensure_job_dir(job_id) / "supervisor.err")
+
+
+def _detached(module_args: list[str], errors: Path) -> subprocess.Popen[bytes]:
+    """`python -m MODULE ARGS...` in a session of its own (it outlives the terminal), its
+    errors appended to `errors` (0600)."""
+    err_fd = os.open(errors, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
     with os.fdopen(err_fd, "ab") as err:
         return subprocess.Popen(
-            [sys.executable, "-m", module, job_id],
+            [sys.executable, "-m", *module_args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,
