@@ -294,7 +294,6 @@ def _serve_json(status: dict[str, Any]) -> dict[str, Any]:
 
 def _run(options: RunOptions, *, dry_run: bool, json_output: bool) -> int:
     from harchos_cli.cli.output import print_json, warn_all
-    from harchos_cli.errors import UsageError
     from harchos_cli.jobs.liveness import revive
     from harchos_cli.jobs.request import prepare
     from harchos_cli.jobs.store import new_id
@@ -307,21 +306,15 @@ def _run(options: RunOptions, *, dry_run: bool, json_output: bool) -> int:
     prepared = prepare(options)
     run_id = _run_id(prepared, options.fresh)
     warn_all(prepared.plan.warnings)
-    problems = _launcher_problems(prepared)
-    if problems and not dry_run:
-        raise UsageError(
-            problems[0],
-            hint="install it where the job runs (pip install 'accelerate>=1.0' in the project's "
-            "environment, or with [job] setup), then run again; --dry-run shows this check",
-        )
     if dry_run:
         plan = masked(describe(prepared, run_id), prepared.request.project.spec.job.secret_env)
-        plan["checks"] = {"launcher": problems or "ok"}
+        plan["checks"] = {"launcher": _launcher_problems(prepared) or "ok"}
         if json_output:
             print_json(plan)
         else:
             _print_dry_run(plan)
         return 0
+    _refuse_launcher_problems(prepared)
     from harchos_cli.jobs.clean import clean_when_due
 
     clean_when_due()  # `jobs.retention`: in the background, at most hourly; never waited on
@@ -338,17 +331,13 @@ def _run(options: RunOptions, *, dry_run: bool, json_output: bool) -> int:
 
 
 def _submit_array(options: RunOptions, *, dry_run: bool, json_output: bool) -> int:
-    """`--array A-B`: one waiting job per index, planned one after the other (so that each
-    sees the slots the ones before took), all held by the scheduler."""
+    """`--array A-B`: one waiting job per index, all held by the scheduler."""
     from dataclasses import replace
 
     from harchos_cli.cli.output import print_json, warn_all
     from harchos_cli.errors import UsageError
-    from harchos_cli.jobs.liveness import start_scheduler
-    from harchos_cli.jobs.request import Prepared, array_indices, make_plan, prepare
-    from harchos_cli.jobs.scheduler import SharedForecaster
-    from harchos_cli.jobs.store import new_id
-    from harchos_cli.jobs.supervisor import create_job
+    from harchos_cli.jobs.request import array_indices, prepare
+    from harchos_cli.jobs.scheduler import submit_array
 
     if options.array is None:
         raise UsageError("--max-parallel applies to a job array", hint="add --array A-B")
@@ -357,26 +346,14 @@ def _submit_array(options: RunOptions, *, dry_run: bool, json_output: bool) -> i
         raise UsageError("--dry-run shows one job, not an array",
                          hint="drop --array to see one job's plan and commands")  # fmt: skip
     first = prepare(replace(options, array=None, max_parallel=None))
-    request = first.request
-    if not request.defer:
+    if not first.request.defer:
         raise UsageError(
             "a job array waits for green hours in the scheduler",
             hint="add --defer-until-green (or --threshold) with a --deadline that fits the array",
         )
-    problems = _launcher_problems(first)
-    if problems:
-        raise UsageError(problems[0], hint="install it where the job runs, then run again")
-    forecaster = SharedForecaster(request.provider, request.project)
-    array_id = f"array-{new_id()}"
-    made = []
-    for index in indices:
-        member = replace(request, array={"id": array_id, "index": index, "size": len(indices),
-                                         "max_parallel": options.max_parallel})  # fmt: skip
-        plan = make_plan(member, forecaster, first.plan.now)
-        if index == indices[0]:
-            warn_all(plan.warnings)
-        made.append((index, create_job(Prepared(member, plan, first.clock), detached=True)))
-    start_scheduler()
+    _refuse_launcher_problems(first)
+    array_id, made, warnings = submit_array(first, indices, options.max_parallel)
+    warn_all(warnings)
     if json_output:
         print_json({"array_id": array_id, "jobs": [
             {"index": index, "job_id": job.id, "hub": job.hub, "planned_start": job.planned_start}
@@ -392,6 +369,18 @@ def _submit_array(options: RunOptions, *, dry_run: bool, json_output: bool) -> i
         err=True,
     )
     return 0
+
+
+def _refuse_launcher_problems(prepared: Prepared) -> None:
+    from harchos_cli.errors import UsageError
+
+    problems = _launcher_problems(prepared)
+    if problems:
+        raise UsageError(
+            problems[0],
+            hint="install it where the job runs (pip install 'accelerate>=1.0' in the project's "
+            "environment, or with [job] setup), then run again; --dry-run shows this check",
+        )
 
 
 def _launcher_problems(prepared: Prepared) -> list[str]:

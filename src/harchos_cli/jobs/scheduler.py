@@ -34,7 +34,7 @@ from harchos_cli.jobs.liveness import (
     scheduler_lock,
     spawn,
 )
-from harchos_cli.jobs.request import Forecaster, Request
+from harchos_cli.jobs.request import Forecaster, Prepared, Request
 from harchos_cli.jobs.spec import Project, load_project
 from harchos_cli.jobs.store import Job, JobStore
 from harchos_cli.timeparse import floor_hour, iso, parse_instant, utcnow
@@ -71,6 +71,34 @@ class SharedForecaster(Forecaster):
             known = (wanted, self.service.forecast(region, hour, wanted))
             self.memo[(region.name, hour)] = known
         return known[1]
+
+
+def submit_array(
+    first: Prepared, indices: list[int], max_parallel: int | None
+) -> tuple[str, list[tuple[int, Job]], list[str]]:
+    """Record one waiting job per index of an array like `first`'s request, planned one after
+    the other (each sees the slots those before it took) on shared forecasts, and start the
+    scheduler that holds them: the array's id, (index, job) of each, and the plan's warnings."""
+    from dataclasses import replace
+
+    from harchos_cli.jobs.liveness import start_scheduler
+    from harchos_cli.jobs.request import make_plan
+    from harchos_cli.jobs.store import new_id
+    from harchos_cli.jobs.supervisor import create_job
+
+    request = first.request
+    forecaster = SharedForecaster(request.provider, request.project)
+    array_id = f"array-{new_id()}"
+    made: list[tuple[int, Job]] = []
+    warnings: list[str] = []
+    for index in indices:
+        member = replace(request, array={"id": array_id, "index": index, "size": len(indices),
+                                         "max_parallel": max_parallel})  # fmt: skip
+        plan = make_plan(member, forecaster, first.plan.now)
+        warnings.extend(w for w in plan.warnings if w not in warnings)
+        made.append((index, create_job(Prepared(member, plan, first.clock), detached=True)))
+    start_scheduler()
+    return array_id, made, warnings
 
 
 class Scheduler:
