@@ -37,6 +37,16 @@ def test_a_window_saving_less_than_the_minimum_is_not_waited_for() -> None:
     assert (under.choice.start, under.choice.reason) == (T0 + HOUR, "under threshold")
 
 
+def test_a_waiting_job_keeps_to_its_greenest_window_however_small_the_saving() -> None:
+    # At submission the minimum decides whether to wait at all; a re-plan (`waiting`) of a job
+    # that already waits moves to the greenest window even when it saves under the minimum, as
+    # the rolling policy of `plan evaluate` measures (checking every hour lost 3 points of share).
+    values = [100.0, 99.0] + [120.0] * 11
+    assert choose(values, min_saving=0.02).choice.start == T0
+    replanned = choose(values, min_saving=0.02, waiting=True)
+    assert (replanned.choice.start, replanned.choice.reason) == (T0 + HOUR, "greenest window")
+
+
 def test_the_minimum_counts_from_the_soonest_start_a_queue_allows() -> None:
     # Queued until hour 2 (120), the greenest hour after it is 110: 8 % saved, over a 5 % minimum.
     values = [10.0, 10.0, 120.0, 110.0] + [130.0] * 9

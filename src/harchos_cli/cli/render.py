@@ -384,16 +384,41 @@ def print_backtest(result: dict[str, Any]) -> None:
 
 def print_evaluation(result: dict[str, Any]) -> None:
     kind = "interruptible" if result["interruptible"] else "non-interruptible"
+    history = result.get("history_hours")
+    seen = "all the history" if history is None else f"{history} h of history"
+    where = result["zone"] if "zones" not in result else " + ".join(result["hubs"])
     stdout.print(
-        f"[bold]{result['zone']}[/]: {result['jobs']} {kind} jobs of {result['job_hours']} h "
-        f"with {result['slack_hours']} h slack"
+        f"[bold]{where}[/]: {result['jobs']} {kind} jobs of {result['job_hours']} h "
+        f"with {result['slack_hours']} h slack; the model sees {seen}"
     )
     saving, share = result["saving"], result["share_of_oracle"]
-    rows = [
-        ("oracle (knows the future)", percent(saving["oracle"], 1), "100%"),
-        ("harchos forecast", percent(saving["forecast"], 1), percent(share["forecast"], 0)),
-        ("persistence 24 h", percent(saving["persistence"], 1), percent(share["persistence"], 0)),
+    names = {
+        "forecast": "harchos forecast, once",
+        "rolling": "harchos, re-planned hourly",
+        "persistence": "persistence 24 h",
+    }
+    first = result.get("first_hub")
+    rows: list[tuple[str, ...]] = [
+        ("oracle (knows the future)", percent(saving["oracle"], 1), "100%")
     ]
-    stdout.print(_metric_table(rows, ("policy", "saving vs run now", "share of oracle")))
+    rows += [
+        (label, percent(saving[name], 1), percent(share[name], 0))
+        for name, label in names.items()
+        if name in saving
+    ]
+    headers: tuple[str, ...] = ("policy", "saving vs run now", "share of oracle")
+    if first is not None:
+        rows = [
+            (*row, percent(first["saving"][name], 1))
+            for row, name in zip(rows, ("oracle", *[n for n in names if n in saving]), strict=True)
+        ]
+        headers = (*headers, f"on {first['zone']} alone")
+    stdout.print(_metric_table(rows, headers))
+    if first is not None:
+        chosen = result["chosen_hub"]["rolling"]
+        stdout.print(
+            "re-planned hourly, jobs ran on: "
+            + ", ".join(f"{hub} {percent(part, 0)}" for hub, part in chosen.items())
+        )
     if result.get("fit_overlap"):
         warn("the model was fitted on data from this period: these scores are in-sample")

@@ -524,10 +524,16 @@ class Forecaster:
 
 
 def make_plan(
-    request: Request, forecaster: Forecaster | None, now: datetime, job_id: str | None = None
+    request: Request,
+    forecaster: Forecaster | None,
+    now: datetime,
+    job_id: str | None = None,
+    *,
+    replanning: bool = False,
 ) -> Plan:
     """Plan the job at `now` (job `job_id`, when it is one already): start at once unless
-    deferred; with `--hub auto`, choose the hub; never into an hour its hub's slots are full."""
+    deferred; with `--hub auto`, choose the hub; never into an hour its hub's slots are full.
+    `replanning`: the job waits already (see `planner.choose`'s `waiting`)."""
     hubs = candidate_hubs(request)
     every = [get_hub(name, request.project) for name in request.nodes or []]
     clusters = [hub.name for hub in every if hub.transport == "slurm"]
@@ -574,6 +580,7 @@ def make_plan(
         carbon_price=_carbon_price(request),
         power=power,
         min_saving=_min_saving(request),
+        waiting=replanning,
     )
     plan.warnings[:0] = [w for w in forecaster.warnings + queue_notes if w not in plan.warnings]
     from harchos_cli.carbon.service import horizon_warning

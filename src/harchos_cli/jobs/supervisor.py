@@ -1217,7 +1217,7 @@ def replan(
     a new start or hub, and return the start (`now` when it is still "start now"). The rule of
     both the job's supervisor and the scheduler that holds waiting jobs."""
     try:
-        plan = make_plan(request, forecaster, now, job_id=job.id)
+        plan = make_plan(request, forecaster, now, job_id=job.id, replanning=True)
     except HarchosError as exc:
         reporter.notice(f"re-planning failed ({exc}); keeping the plan to start at {iso(start)}")
         return start

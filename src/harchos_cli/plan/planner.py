@@ -278,6 +278,7 @@ def choose(
     carbon_price: float | None = None,
     power: Power | None = None,
     min_saving: float = 0.0,
+    waiting: bool = False,
 ) -> Plan:
     """Pick the hub and start time (see the module docstring for the rules).
 
@@ -294,6 +295,11 @@ def choose(
         power: The draw expected (default: the flat estimate for `gpus`).
         min_saving: The least fraction a later window must save against the soonest start for
             the job to wait for it (a threshold the user set is followed as given).
+        waiting: The job waits already (a re-plan): `min_saving` decided, at submission,
+            whether waiting is worth it at all, and a re-plan keeps to the greenest window
+            however little it saves. Checking the minimum again every hour started jobs on
+            any hour whose forecast dipped within it of the best: on the 2022 DE trace, 1 h jobs
+            kept 82 % of the oracle's saving instead of 85 % (`plan evaluate`'s rolling policy).
 
     Raises:
         UsageError: No candidates, the job cannot finish by the deadline, or `balanced`
@@ -305,6 +311,8 @@ def choose(
             hint="set cost.carbon_price_per_tonne (harchos config, or HARCHOS_CARBON_PRICE)",
         )
     power = power or Power.flat(gpus)
+    if waiting:
+        min_saving = 0.0
     if not candidates:
         raise UsageError("no hub to run on", hint="add one with: harchos hubs add")
     warnings: list[str] = []
