@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ from test_pause_migrate import (
     straight_run,
 )
 
+from harchos_cli.jobs.liveness import is_supervised, scheduler_dir
 from harchos_cli.jobs.store import log_path
 
 __all__ = ["client_key_fixture", "sshd_factory_fixture"]
@@ -212,6 +214,16 @@ def test_a_deferred_job_waits_in_slurms_queue_then_runs_and_a_replan_moves_it(
     # The planned hour on the job's clock, on the wall clock: within the second Slurm keeps.
     expected = job_created_wall(job_id) + timedelta(seconds=hours_ahead * 3600 / SPEEDUP)
     assert abs((first_begin - expected).total_seconds()) <= 3
+    # Slurm holds it: no process of its own, the scheduler re-plans it (and is revived after
+    # a SIGKILL by the next harchos command, which starts no supervisor for the job).
+    wait_until(lambda: bool(job(job_id).request.get("parked")), timeout=30)
+    assert not is_supervised(job_id)
+    scheduler = wait_until(scheduler_pid, timeout=10)
+    os.kill(scheduler, signal.SIGKILL)
+    wait_until(lambda: scheduler_pid() is None, timeout=10)
+    assert harchos(capsys, "jobs", "list").code == 0
+    assert wait_until(scheduler_pid, timeout=10) != scheduler
+    assert not is_supervised(job_id)
 
     # The forecast moves: the hour after next (on the job's clock) becomes by far the greenest.
     greener = job_clock_now(job_id).replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
@@ -229,6 +241,15 @@ def test_a_deferred_job_waits_in_slurms_queue_then_runs_and_a_replan_moves_it(
     assert (root / "ran").read_text() == "yes"
     after = squeue(cluster, slurm_id)
     assert after is None or after[0] == "COMPLETED", after
+
+
+def scheduler_pid() -> int | None:
+    """The pid of the scheduler holding its lock, None when none does."""
+    from harchos_cli.jobs.liveness import is_scheduling
+
+    if not is_scheduling():
+        return None
+    return int((scheduler_dir() / "scheduler.lock").read_text().split()[0])
 
 
 def job_clock_now(job_id: str) -> datetime:

@@ -7,8 +7,13 @@ pass it re-plans a held job when its clock enters a new hour (the supervisor's o
 `supervisor.replan`), with one forecast per provider, region and hour shared by every job; when a
 job's planned start comes, it hands the job to a supervisor of its own (`liveness.spawn`), which
 checks the plan once more, then syncs, launches and follows it. A cancel of a held job is done
-here. With nothing left to hold for `IDLE_EXIT_S`, it exits; the next detached deferred job, or
-any harchos command that finds a held job without a scheduler (`liveness.revive`), starts one.
+here. It also holds a detached deferred job that its supervisor parked in a Slurm queue
+(submitted with `--begin`: the hub holds it): each new hour it re-plans it and moves its begin
+time (`supervisor.follow_queue`), every `QUEUE_POLL_S` it asks Slurm where it stands, and it hands
+the job back to a supervisor at its begin time, or sooner when Slurm moved it on or a cancel,
+pause or move is asked. With nothing left to hold for `IDLE_EXIT_S`, it exits; the next
+detached deferred job, or any harchos command that finds a held job without a scheduler
+(`liveness.revive`), starts one.
 
 Exactly one scheduler runs: an exclusive `flock` on `scheduler.lock`, released by the kernel
 when the process dies, even by SIGKILL. Its death loses nothing: the plan and the clock's anchor
@@ -43,6 +48,7 @@ TICK_S = 0.25  # real seconds between passes at least...
 NAP_S = 2.0  # ... and at most: a new job is taken up within this (it is planned already)
 IDLE_EXIT_S = 10.0  # with no job to hold for this long, the scheduler exits
 HANDOFF_RETRY_S = 15.0  # a job handed to a supervisor that never took it is handed again
+QUEUE_POLL_S = 15.0  # real seconds between looks at a parked job in Slurm's queue
 
 
 def held(job: Job) -> bool:
@@ -111,6 +117,7 @@ class Scheduler:
         self.handed: dict[str, float] = {}  # job id: when it was handed to a supervisor
         self.forecasters: dict[tuple[str | None, str], SharedForecaster] = {}
         self.projects: dict[str, tuple[float, Project]] = {}  # folder: (harchos.toml mtime, ...)
+        self.polled: dict[str, float] = {}  # parked job id: when Slurm was last asked about it
         self.wake = NAP_S
 
     def run(self) -> None:
@@ -142,7 +149,52 @@ class Scheduler:
                 # the job's own supervisor, which re-plans it at once, fails it and says why.
                 self._line(f"{job.id}: {type(exc).__name__}: {exc}; handing it to a supervisor")
                 self._hand_over(job)
+        for job_id in self.store.parked_ids():
+            if is_supervised(job_id):
+                continue
+            holding += 1
+            job = self.store.get(job_id)
+            try:
+                self._consider_parked(job)
+            except Exception as exc:
+                self._line(f"{job.id}: {type(exc).__name__}: {exc}; handing it to a supervisor")
+                self._hand_over(job)
         return holding
+
+    def _consider_parked(self, job: Job) -> None:
+        """A job Slurm queues: hand it back when something is asked of it or Slurm moved it on;
+        else look at the queue now and then, re-planning its begin time each new hour."""
+        from harchos_cli.hubs import inventory, jobs_for
+        from harchos_cli.jobs.supervisor import FileReporter, follow_queue, parkable
+
+        clock = from_json(job.request.get("clock"))
+        now = clock.now()
+        begins = parse_instant(job.planned_start) if job.planned_start else now
+        if job.cancel_requested or job.intent or now >= begins:
+            # At its begin time its supervisor takes it back, to follow it from its first line.
+            self._hand_over(job)
+            return
+        self.wake = min(self.wake, clock.real_seconds((begins - now).total_seconds()))
+        hour = floor_hour(now)
+        considered = self.considered.setdefault(job.id, hour)
+        last = self.polled.get(job.id)
+        if last is not None and time.monotonic() - last < QUEUE_POLL_S and hour <= considered:
+            return  # passes come every NAP_S at most: a new hour is seen within one
+        self.polled[job.id] = time.monotonic()
+        saved = job.request["launch"]
+        remote_jobs = jobs_for(inventory.from_json(saved["hub"]))
+        status = remote_jobs.status(job.hub_job_id or "")
+        queue = status.queue
+        if queue is None or not parkable(job, queue):
+            self._line(f"{job.id}: Slurm moved it on ({status.state}); handing it to a supervisor")
+            self._hand_over(job)
+            return
+        request = Request.from_json(job.request, job.project_dir, project=self._project(job))
+        replanned = follow_queue(
+            self.store, FileReporter(job.id), job, queue, remote_jobs, considered=considered,
+            forecaster=self._forecaster(request),
+        )  # fmt: skip
+        self.considered[job.id] = max(replanned, hour)
 
     def _consider(self, job: Job) -> None:
         if job.cancel_requested:
@@ -172,14 +224,19 @@ class Scheduler:
         from harchos_cli.jobs.supervisor import FileReporter, replan
 
         request = Request.from_json(job.request, job.project_dir, project=self._project(job))
-        key = (request.provider, str(request.project.file or job.project_dir))
+        new_start: datetime = replan(self.store, FileReporter(job.id), job, request=request,
+                                     forecaster=self._forecaster(request), now=now,
+                                     start=start)  # fmt: skip
+        return new_start
+
+    def _forecaster(self, request: Request) -> SharedForecaster:
+        """The forecasts shared by every job of the same provider and project."""
+        key = (request.provider, str(request.project.file or request.project.root))
         forecaster = self.forecasters.get(key)
         if forecaster is None:
             forecaster = SharedForecaster(request.provider, request.project)
             self.forecasters[key] = forecaster
-        new_start: datetime = replan(self.store, FileReporter(job.id), job, request=request,
-                                     forecaster=forecaster, now=now, start=start)  # fmt: skip
-        return new_start
+        return forecaster
 
     def _project(self, job: Job) -> Project:
         """The job's project, read once per change of its harchos.toml."""

@@ -362,9 +362,20 @@ class JobStore:
                 for r in rows]  # fmt: skip
 
     def held_ids(self) -> list[str]:
-        """The detached jobs waiting for their window: the scheduler's to hold (nothing
-        decoded; one search of `jobs_state`)."""
-        rows = self.db.execute("SELECT id FROM jobs WHERE state = 'waiting' AND detached = 1")
+        """The scheduler's jobs: detached ones waiting for their window, and those parked in a
+        Slurm queue (one search of `jobs_state`; only running jobs' requests are read)."""
+        rows = self.db.execute(
+            "SELECT id FROM jobs WHERE (state = 'waiting' AND detached = 1) OR (state = 'running' "
+            "AND json_extract(request, '$.parked') IS NOT NULL)"
+        )
+        return [row["id"] for row in rows.fetchall()]
+
+    def parked_ids(self) -> list[str]:
+        """The running jobs left to the scheduler while Slurm queues them (`supervisor.PARKED`)."""
+        rows = self.db.execute(
+            "SELECT id FROM jobs WHERE state = 'running' "
+            "AND json_extract(request, '$.parked') IS NOT NULL"
+        )
         return [row["id"] for row in rows.fetchall()]
 
     def ids(self, *, states: Iterable[str]) -> list[str]:

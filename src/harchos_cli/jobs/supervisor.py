@@ -86,6 +86,22 @@ MAX_NODE_RESTARTS = 3
 METER_READ_EVERY_S = 5.0  # real seconds between copies of the hubs' meter samples
 
 
+PARKED = "parked"
+"""Request key: when a detached job pending in Slurm's queue was left to the scheduler."""
+
+
+def parkable(job: Job, queue: SlurmQueue) -> bool:
+    """Whether a job in Slurm's queue needs no process of its own for now: deferred and held by
+    its begin time (Slurm starts it), detached (nobody follows its output), and nothing asked of
+    it (a cancel, a pause, a move). A job pending for resources may start any second, and its
+    output and meter are followed from then: its supervisor stays."""
+    return (
+        queue.pending and queue.reason == "BeginTime" and bool(job.request.get("defer"))
+        and job.detached and job.state == "running" and job.launched
+        and not job.cancel_requested and not job.intent
+    )  # fmt: skip
+
+
 def queues_in_slurm(job: Job, request: Request) -> bool:
     """Whether the deferred job waits in a Slurm queue: its hub is a cluster chosen for good
     (with `--hub auto` the choice may still change, so harchos waits until it is final)."""
@@ -211,6 +227,7 @@ class Supervisor:
         self.store = store or JobStore()
         self.reporter: Reporter = reporter or FileReporter(job_id)
         self.sleep = sleep
+        self.parked = False  # left to the scheduler while Slurm queues it
 
     def run(self, create: Callable[[], object] | None = None) -> Job:
         """Supervise until the job is done, failed or cancelled; return its final row.
@@ -240,7 +257,7 @@ class Supervisor:
             stage = stages.get(job.state)
             if job.state == "paused" and job.request.get("resume_at"):
                 stage = self._wait_resume  # paused by the policy, until greener hours
-            if stage is None:
+            if stage is None or self.parked:
                 return job
             try:
                 stage(job)
@@ -589,6 +606,11 @@ class Supervisor:
         ]
         main = nodes[0]
         hub, hub_id, remote_jobs = main.hub, main.hub_id, main.jobs
+        if job.request.get(PARKED):
+            # Taken back from the scheduler: Slurm started it, or something is asked of it.
+            unparked = {k: v for k, v in job.request.items() if k != PARKED}
+            self.store.update(job.id, request=unparked)
+            job = self.store.get(job.id)
         pause_code = int(saved.get("pause_exit_code") or 85)
         peek = _LocalPeek(remote_jobs, hub_id) if in_place(hub) else None
         # A supervisor killed between appending to the local log and recording it would
@@ -640,6 +662,8 @@ class Supervisor:
                     last_status = time.monotonic()
                 if status is not None and status.queue is not None:
                     queue_hour = self._follow_queue(job, status.queue, remote_jobs, queue_hour)
+                    if self.parked:
+                        return
                 if delay > 1.0:
                     self.reporter.notice(f"reconnected to hub {hub.name}")
                     self.store.update(job.id, message=None)
@@ -826,36 +850,22 @@ class Supervisor:
     def _follow_queue(
         self, job: Job, queue: SlurmQueue, remote_jobs: Any, considered: datetime
     ) -> datetime:
-        """A job in a Slurm queue: say where it stands, and while it waits for its begin time,
-        re-plan it each new hour and move the begin time when the plan moves. The hour last
-        considered."""
+        considered = follow_queue(
+            self.store, self.reporter, job, queue, remote_jobs, considered=considered
+        )
         current = self.store.get(job.id)
-        message = f"running in Slurm as job {queue.job_id} ({queue.state})"
-        if queue.pending:
-            message = f"queued in Slurm as job {queue.job_id}: {queue.state}"
-            if queue.reason not in ("", "None"):
-                message += f" ({queue.reason})"
-            if queue.start:
-                message += f", starts {queue.start} UTC"
-        if current.message != message:
-            self.store.update(job.id, message=message)
-        waiting = queue.pending and queue.reason == "BeginTime" and current.request.get("defer")
-        clock = from_json(current.request.get("clock"))
-        now = clock.now()
-        if not waiting or floor_hour(now) <= considered or current.planned_start is None:
-            return considered
-        request = Request.from_json(current.request, current.project_dir)
-        planned = parse_instant(current.planned_start)
-        forecaster = Forecaster(request.provider, request.project)
-        new_start = self._replan(current, request, forecaster, now, planned)
-        if new_start != planned and new_start > now:
-            wait = clock.real_seconds((new_start - now).total_seconds())
-            remote_jobs.set_begin(queue.job_id, utcnow() + timedelta(seconds=wait))
-            self.store.decide(job.id, "replan", current.hub, f"the forecast moved: Slurm job "
-                              f"{queue.job_id} now begins at {iso(new_start)}",
-                              planned_start=iso(new_start))  # fmt: skip
-            self.reporter.notice(f"re-planned: Slurm job {queue.job_id} begins at {iso(new_start)}")
-        return floor_hour(now)
+        if parkable(current, queue):
+            # Slurm holds and starts it: no process of its own until it runs (the scheduler
+            # re-plans it hourly and hands it back when it leaves the queue or is stopped).
+            from harchos_cli.jobs.liveness import start_scheduler
+
+            self.store.update(job.id, request={**current.request, PARKED: iso(utcnow())})
+            self.reporter.notice(
+                f"Slurm queues the job: the scheduler holds it until it runs ({current.message})"
+            )
+            start_scheduler()
+            self.parked = True
+        return considered
 
     def _read_meters(self, job_id: str, nodes: list[_Node]) -> None:
         """Copy the machines' new meter samples into the store (from where the store says the
@@ -1201,6 +1211,49 @@ def reattach(store: JobStore, job_id: str) -> Job:
         if not is_supervised(job.id):
             spawn(job.id)
     return store.get(job.id)
+
+
+def follow_queue(
+    store: JobStore,
+    reporter: Reporter,
+    job: Job,
+    queue: SlurmQueue,
+    remote_jobs: Any,
+    *,
+    considered: datetime,
+    forecaster: Forecaster | None = None,
+) -> datetime:
+    """A job in a Slurm queue: say where it stands, and while it waits for its begin time,
+    re-plan it each new hour and move the begin time when the plan moves. The hour last
+    considered. (The job's supervisor, or the scheduler while the job is parked.)"""
+    current = store.get(job.id)
+    message = f"running in Slurm as job {queue.job_id} ({queue.state})"
+    if queue.pending:
+        message = f"queued in Slurm as job {queue.job_id}: {queue.state}"
+        if queue.reason not in ("", "None"):
+            message += f" ({queue.reason})"
+        if queue.start:
+            message += f", starts {queue.start} UTC"
+    if current.message != message:
+        store.update(job.id, message=message)
+    waiting = queue.pending and queue.reason == "BeginTime" and current.request.get("defer")
+    clock = from_json(current.request.get("clock"))
+    now = clock.now()
+    if not waiting or floor_hour(now) <= considered or current.planned_start is None:
+        return considered
+    request = Request.from_json(current.request, current.project_dir)
+    planned = parse_instant(current.planned_start)
+    forecaster = forecaster or Forecaster(request.provider, request.project)
+    new_start = replan(store, reporter, current, request=request, forecaster=forecaster,
+                       now=now, start=planned)  # fmt: skip
+    if new_start != planned and new_start > now:
+        wait = clock.real_seconds((new_start - now).total_seconds())
+        remote_jobs.set_begin(queue.job_id, utcnow() + timedelta(seconds=wait))
+        store.decide(job.id, "replan", current.hub, f"the forecast moved: Slurm job "
+                          f"{queue.job_id} now begins at {iso(new_start)}",
+                          planned_start=iso(new_start))  # fmt: skip
+        reporter.notice(f"re-planned: Slurm job {queue.job_id} begins at {iso(new_start)}")
+    return floor_hour(now)
 
 
 def replan(
