@@ -119,6 +119,60 @@ def test_waiting_jobs_cost_one_scheduler_fill_the_slots_and_each_runs_once(
     store.close()
 
 
+def test_five_hundred_waiting_jobs_cost_one_scheduler_and_never_overbook_the_hub(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, traces: Path
+) -> None:
+    # The issue's scale, while they wait (the full run of 500 with kills during the launches is
+    # benchmarks/bench_scheduler.py --run: 500 supervisors' start-ups are minutes of CPU).
+    project = tmp_path / "sweep"
+    project.mkdir()
+    ran = tmp_path / "ran.txt"
+    (project / "harchos.toml").write_text(
+        "[job]\n"
+        f'command = ["sh", "-c", "echo $HARCHOS_JOB_ID >> {ran}"]\n'
+        '[carbon]\nregion = "DE"\n'
+        f'[hubs.local]\ntransport = "local"\nmax_jobs = {SLOTS}\n'
+    )
+    os.chdir(project)
+    submitted = harchos(capsys, "run", "batch", "--array", "1-500", "--defer-until-green",
+                        "--duration", "1h", "--deadline", "150h", "--provider",
+                        f"replay:{traces / DE_TRACE}", "--at", "2022-03-01T03:00:00Z",
+                        "--json")  # fmt: skip
+    assert submitted.code == 0, submitted.err
+    array_id = str(submitted.json()["array_id"])
+    starts = Counter(m["planned_start"] for m in submitted.json()["jobs"])
+    assert sum(starts.values()) == 500
+    assert max(starts.values()) <= SLOTS
+    assert len(starts) >= 500 // SLOTS
+    store = JobStore()
+
+    def one_scheduler_and_no_idle_supervisor() -> int:
+        (scheduler,) = wait_until(lambda: processes("harchos_cli.jobs.scheduler"))
+        # At real speed only the first hour's jobs may have started (their own supervisors).
+        started = store.list(states=["syncing", "running", "done"])
+        assert len(processes("harchos_cli.jobs.supervisor")) <= len(started) <= SLOTS
+        return int(scheduler)
+
+    scheduler = one_scheduler_and_no_idle_supervisor()
+    for _ in range(2):
+        os.kill(scheduler, signal.SIGKILL)
+        wait_until(functools.partial(gone, scheduler))
+        assert harchos(capsys, "jobs", "list").code == 0
+        scheduler = one_scheduler_and_no_idle_supervisor()
+    finals = Counter(j.planned_start for j in store.list(states=["waiting"]))
+    assert max(finals.values()) <= SLOTS
+
+    cancelled = harchos(capsys, "jobs", "cancel", "--array", array_id)
+    assert cancelled.code == 0, cancelled.err
+    wait_until(lambda: not store.list(states=["waiting", "syncing", "running"]), timeout=60)
+    states = harchos(capsys, "jobs", "show", array_id, "--json").json()["states"]
+    assert set(states) <= {"cancelled", "done"}
+    assert states["cancelled"] >= 500 - SLOTS
+    ran_ids = ran.read_text().split() if ran.exists() else []
+    assert len(ran_ids) == len(set(ran_ids)) == states.get("done", 0)
+    store.close()
+
+
 def test_jobs_planned_in_one_hour_share_one_forecast(tmp_path: Path) -> None:
     (tmp_path / "harchos.toml").write_text('[job]\ncommand = "true"\n')
     forecaster = SharedForecaster("embedded", load_project(tmp_path, required=False))
