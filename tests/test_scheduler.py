@@ -50,6 +50,19 @@ def processes(module: str) -> list[int]:
     return found
 
 
+def most_at_once(jobs: list[Any]) -> int:
+    """The most of `jobs` that ran at the same time, by their recorded start and end."""
+    events = sorted(
+        [(parse_instant(j.started_at), 1) for j in jobs]
+        + [(parse_instant(j.finished_at), -1) for j in jobs]
+    )  # an end sorts before a start at the same instant
+    running = most = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return most
+
+
 def gone(pid: int) -> bool:
     return pid not in processes("harchos_cli.jobs.scheduler")
 
@@ -114,8 +127,9 @@ def test_waiting_jobs_cost_one_scheduler_fill_the_slots_and_each_runs_once(
         deadline = parse_instant(job.plan["deadline"])
         assert planned + timedelta(hours=1) <= deadline
         assert job.exit_code == 0
-    finals = [store.get(job_id).planned_start for job_id in ids]
-    assert max(Counter(finals).values()) <= SLOTS, finals
+    # Never more than the hub's slots ran at once (a job late into another hour takes that
+    # hour's slot; one that finished early frees its own).
+    assert most_at_once([store.get(job_id) for job_id in ids]) <= SLOTS
     store.close()
 
 

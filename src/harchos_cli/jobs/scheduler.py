@@ -149,6 +149,15 @@ class Scheduler:
                 # the job's own supervisor, which re-plans it at once, fails it and says why.
                 self._line(f"{job.id}: {type(exc).__name__}: {exc}; handing it to a supervisor")
                 self._hand_over(job)
+        for job_id, handed in list(self.handed.items()):
+            # Handed over and never taken (its supervisor died starting): hand it again.
+            job = self.store.get(job_id)
+            if job.state not in ("waiting", "syncing") or is_supervised(job_id):
+                if time.monotonic() - handed > HANDOFF_RETRY_S:
+                    del self.handed[job_id]
+                continue
+            if job.state == "syncing":
+                self._hand_over(job)
         for job_id in self.store.parked_ids():
             if is_supervised(job_id):
                 continue
@@ -215,8 +224,17 @@ class Scheduler:
             self.considered[job.id] = hour
             start = self._replan(job, now, start)
         if now >= start:
-            self._hand_over(job)
-            return
+            # Once more just before it starts, here rather than in each job's supervisor: one
+            # process plans the jobs whose hour came one after the other, so each sees the slots
+            # those before it took (supervisors checking at once would all see them free).
+            start = self._replan(job, now, start)
+            if start <= now:
+                from harchos_cli.jobs.supervisor import FileReporter
+
+                if self.store.advance(job.id, ["waiting"], "syncing"):
+                    FileReporter(job.id).stage(job, "syncing", f"starting on hub {job.hub}")
+                self._hand_over(job)
+                return
         nearest = min(start, hour + timedelta(hours=1))
         self.wake = min(self.wake, clock.real_seconds((nearest - now).total_seconds()))
 

@@ -1278,7 +1278,11 @@ def replan(
     new_start = plan.choice.start
     hub = store.get(job.id).hub
     if new_start <= now and plan.choice.hub == hub:
-        # Still "start now": the planned window is the one already recorded.
+        # Still "start now": the planned window is the one already recorded, unless the job is
+        # late into another hour (the machine slept, or the scheduler was down): it takes this
+        # hour's slot, and the plans of the jobs after it must see it there.
+        if floor_hour(now) != floor_hour(start):
+            store.update(job.id, plan=data, planned_start=iso(now))
         return now
     if new_start != start or plan.choice.hub != hub:
         store.update(job.id, plan=data, planned_start=iso(new_start), hub=plan.choice.hub)
