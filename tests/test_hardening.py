@@ -353,7 +353,7 @@ def test_help_names_values_after_what_they_are(capsys: pytest.CaptureFixture[str
     assert "<str>" not in train
     assert "[[--" not in train
     assert (
-        "Usage: harchos forecast [OPTIONS] [backtest TRACE]"
+        "Usage: harchos forecast [OPTIONS] [backtest TRACE | history]"
         in harchos(capsys, "forecast", "--help").out
     )
     assert "{trace}" not in harchos(capsys, "forecast", "backtest", "--help").out

@@ -239,6 +239,47 @@ def _m009_hub_slots(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE hubs ADD COLUMN max_jobs INTEGER")
 
 
+@migration
+def _m010_carbon_history(db: sqlite3.Connection) -> None:
+    """The history store (owned by harchos_cli.carbon.history): every hourly actual a live
+    provider returned, one row per series (zone, signal, method, provider's sub-area), hour and
+    provider, and per provider and series what the last backfill did and which hours
+    [since, through) it covered (`carbon_history_backfill`)."""
+    db.execute(
+        """
+        CREATE TABLE carbon_history (
+            zone TEXT NOT NULL,
+            signal TEXT NOT NULL,
+            method TEXT NOT NULL,
+            area TEXT NOT NULL,
+            start TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            intensity REAL NOT NULL,
+            estimated INTEGER NOT NULL,
+            fetched_at TEXT NOT NULL,
+            PRIMARY KEY (zone, signal, method, area, start, provider)
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE carbon_history_backfill (
+            provider TEXT NOT NULL,
+            zone TEXT NOT NULL,
+            signal TEXT NOT NULL,
+            method TEXT NOT NULL,
+            area TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempted_at TEXT NOT NULL,
+            since TEXT,
+            through TEXT,
+            note TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (provider, zone, signal, method, area)
+        )
+        """
+    )
+
+
 def connect(path: Path | None = None) -> sqlite3.Connection:
     """Open (creating and migrating as needed) the state database.
 

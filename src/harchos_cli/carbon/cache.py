@@ -27,6 +27,11 @@ class ResponseCache:
         self._enabled = enabled
         self._db: sqlite3.Connection | None = None
 
+    @property
+    def path(self) -> Path | None:
+        """The state database the cache lives in (None: the user's default one)."""
+        return self._path
+
     def _connection(self) -> sqlite3.Connection | None:
         if not self._enabled:
             return None

@@ -213,9 +213,7 @@ def region_json(
         "model": source.model or None,
         "source_detail": source.detail or None,
         "fetched_at": iso(source.fetched_at),
-        "history": {"provider": forecast.history_source, "hours": len(forecast.history)}
-        if forecast.history
-        else None,
+        "history": forecast.history_json(),
         "unit": UNIT,
         "now": iso(outlook.now),
         "duration": format_duration(outlook.duration),

@@ -2,6 +2,13 @@
 
 Offline first: whatever goes wrong with a live provider, the embedded model answers and the result
 says so. Only a replay trace that cannot serve the request is an error (exit 3).
+
+Every hourly actual a live provider returns is kept in the history store (carbon/history.py), and
+the first time a region is used with a provider that offers past ranges, a week is backfilled.
+The embedded model conditions on the store's average lifecycle values for the zone together with
+what was just fetched: the longest recent history harchos has. Replayed traces are neither
+recorded nor read: they are recordings (often of other years), not fetches, and carry their own
+history.
 """
 
 from __future__ import annotations
@@ -12,8 +19,26 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from harchos_cli.carbon.cache import ResponseCache
-from harchos_cli.carbon.embedded import MAX_LEAD, EmbeddedModel
-from harchos_cli.carbon.providers.base import LiveProvider, ProviderData
+from harchos_cli.carbon.embedded import HISTORY_HOURS, MAX_LEAD, EmbeddedModel
+from harchos_cli.carbon.history import (
+    RETENTION,
+    RETRY_FAILED,
+    RETRY_REFUSED,
+    Gathered,
+    HistoryStore,
+    Series,
+    StoredHour,
+    area_for,
+    complete_hours,
+    lifecycle_series,
+    resolve,
+)
+from harchos_cli.carbon.providers.base import (
+    HistoryBackfill,
+    LiveProvider,
+    PlanRefused,
+    ProviderData,
+)
 from harchos_cli.carbon.providers.live import LIVE_PROVIDERS, make_live_provider, worth_trying
 from harchos_cli.carbon.providers.replay import ReplayProvider, parse_replay_spec
 from harchos_cli.carbon.types import Comparison, Forecast, Observation, Point, Region, Source
@@ -28,6 +53,10 @@ PROVIDER_CHOICES = ("auto", "embedded", *LIVE_PROVIDERS, "replay:PATH")
 # gives actuals only (a week of them), which the embedded model forecasts from (no zone in the
 # catalog has both a WattTime region and an ENTSO-E area).
 AUTO_ORDER = ("electricitymaps", "ukgrid", "watttime", "entsoe")
+HOUR = timedelta(hours=1)
+#: How far back a backfill reaches: a week, or the model's whole window when that is longer,
+#: never past what the store keeps.
+BACKFILL_HOURS = min(max(168, HISTORY_HOURS), int(RETENTION / HOUR))
 
 
 @dataclass
@@ -37,6 +66,8 @@ class ForecastService:
     config: Config
     cache: ResponseCache
     provider_spec: str = "auto"
+    #: The history store (default: in the state database the response cache uses).
+    history: HistoryStore | None = None
 
     def __post_init__(self) -> None:
         spec = self.provider_spec.strip()
@@ -52,6 +83,7 @@ class ForecastService:
         )
         self._replay = self._replays[0] if self._replays else None
         self._live: dict[str, LiveProvider] = {}
+        self.store = self.history or HistoryStore(self.cache.path)
 
     @classmethod
     def from_settings(
@@ -96,18 +128,19 @@ class ForecastService:
                 )
             return forecast
         if self._name == "embedded":
-            return self._embedded(region, now, hours)
+            return self._embedded(region, now, hours, self._gather(region, now))
         warnings: list[str] = []
         for name in self._candidates(region, warnings):
+            provider = self._provider(name)
             try:
-                data = self._provider(name).fetch(region, now, hours)
+                data = provider.fetch(region, now, hours)
             except ProviderError as exc:
                 warnings.append(f"{exc}; using the embedded model instead")
                 continue
-            forecast = self._from_live(region, now, hours, data)
+            forecast = self._from_live(name, region, now, hours, data)
             forecast.warnings[:0] = warnings
             return forecast
-        forecast = self._embedded(region, now, hours)
+        forecast = self._embedded(region, now, hours, self._gather(region, now))
         forecast.warnings[:0] = warnings
         return forecast
 
@@ -133,21 +166,114 @@ class ForecastService:
             self._live[name] = make_live_provider(name, self.config, self.cache)
         return self._live[name]
 
-    def _embedded(
+    def _gather(
         self,
         region: Region,
         now: datetime,
-        hours: int,
-        history: Sequence[Observation] = (),
-        history_source: str | None = None,
+        series: Series | None = None,
+        *,
+        provider: str | None = None,
+        fetched: Sequence[Observation] = (),
+        backfilled: Sequence[Observation] = (),
+        backfill: str | None = None,
+    ) -> Gathered:
+        """The recent history of `series` (default: the zone's average lifecycle intensity):
+        the last `HISTORY_HOURS` whole hours before `now`, from the store and this run's fetch
+        and backfill, one value per hour (the rule in carbon/history.py, `provider` first)."""
+        series = series or lifecycle_series(region.zone)
+        end = floor_hour(now)
+        start = end - HISTORY_HOURS * HOUR
+        rows = self.store.rows(series, start, end)
+        if provider is not None:
+            fresh = complete_hours([*fetched, *backfilled], now)
+            rows.extend(
+                StoredHour(o.start, o.intensity, o.estimated, provider, now)
+                for o in fresh
+                if start <= o.start < end
+            )
+        return Gathered(
+            series,
+            resolve(rows, provider),
+            provider,
+            fetched={o.start for o in fetched},
+            backfilled={o.start for o in backfilled},
+            backfill=backfill,
+        )
+
+    def _backfill(
+        self, name: str, region: Region, series: Series, now: datetime
+    ) -> tuple[str | None, list[Observation], str | None]:
+        """Fill the hours of the last `BACKFILL_HOURS` that the store lacks from `name`, older
+        than what every fetch returns, where the provider offers past ranges.
+
+        Returns (status for `HistoryInfo.backfill`, the observations fetched, a warning). At most
+        one attempt per series and provider: a marker in the store says what was done, so a later
+        call asks only for hours the last backfill did not cover (the gap after days away, or
+        older hours when the model's window grew), waits `RETRY_FAILED` after a failure and
+        `RETRY_REFUSED` after the plan refused. Without a working store nothing is backfilled
+        (it could not be remembered).
+        """
+        provider = self._provider(name)
+        if not isinstance(provider, HistoryBackfill):
+            return None, [], None
+        end = floor_hour(now) - provider.recent_hours * HOUR
+        start = floor_hour(now) - BACKFILL_HOURS * HOUR
+        if end <= start:
+            return None, [], None
+        if not self.store.writable:
+            return None, [], None
+        mark = self.store.marker(name, series)
+        if mark is not None:
+            age = now - mark.attempted_at
+            if mark.status == "refused" and age < RETRY_REFUSED:
+                return "not offered", [], None
+            if mark.status == "failed" and age < RETRY_FAILED:
+                return "failed", [], None
+        known = self.store.known(series, name, start, end)
+        # Hours a completed backfill asked for and did not get are not asked for again.
+        missing = [
+            hour
+            for hour in (start + i * HOUR for i in range(int((end - start) / HOUR)))
+            if hour not in known and not (mark is not None and mark.covers(hour))
+        ]
+        if not missing:
+            return "not needed", [], None
+        first, last = missing[0], missing[-1] + HOUR
+        try:
+            found = provider.backfill(region, first, last, now)
+        except PlanRefused as exc:
+            self.store.mark(name, series, "refused", attempted_at=now, note=str(exc))
+            return (
+                "not offered",
+                [],
+                f"{exc}; the history builds up from each run's last "
+                f"{provider.recent_hours} h instead (asked again in {RETRY_REFUSED.days} days)",
+            )
+        except ProviderError as exc:
+            self.store.mark(name, series, "failed", attempted_at=now, note=str(exc))
+            hours = int(RETRY_FAILED / HOUR)
+            return (
+                "failed",
+                [],
+                f"{exc}; no backfill of {region.zone} history now (tried again in {hours} h)",
+            )
+        self.store.record(series, name, found, now)
+        # Every hour of [start, end) is now stored, was asked for, or was covered before.
+        self.store.mark(
+            name, series, "done", attempted_at=now, since=start, through=end, note=f"{len(found)} h"
+        )
+        return "fetched", found, None
+
+    def _embedded(
+        self, region: Region, now: datetime, hours: int, gathered: Gathered | None = None
     ) -> Forecast:
         model = EmbeddedModel.load()
+        history = gathered.observations if gathered is not None else []
         points = model.forecast(region.zone, now, hours, history=history)
-        detail = (
-            f"conditioned on {len(history)} h of {history_source} history"
-            if history
-            else "seasonal profile only (no recent history)"
-        )
+        if gathered is not None and history:
+            detail = f"conditioned on {gathered.describe()}"
+        else:
+            detail = "seasonal profile only (no recent history)"
         source = Source(
             provider="embedded",
             signal="average",
@@ -157,15 +283,35 @@ class ForecastService:
             model=model.model_name,
             detail=detail,
         )
-        return Forecast(region, points, source, list(history), history_source)
+        forecast = Forecast(region, points, source, list(history))
+        if gathered is not None and history:
+            forecast.history_source = gathered.main_source
+            forecast.history_info = gathered.info(used_by_model=True)
+        return forecast
 
-    def _from_live(self, region: Region, now: datetime, hours: int, data: ProviderData) -> Forecast:
+    def _from_live(
+        self, name: str, region: Region, now: datetime, hours: int, data: ProviderData
+    ) -> Forecast:
         # The embedded model knows average lifecycle intensity only: it neither conditions on,
         # nor lends its error band to, marginal or direct-emission data.
         same_kind = data.source.signal == "average" and data.source.method == "lifecycle"
+        series = Series(region.zone, data.source.signal, data.source.method, area_for(name, region))
+        self.store.record(series, name, data.history, now)
+        status, backfilled, note = self._backfill(name, region, series, now)
+        own = self._gather(
+            region,
+            now,
+            series,
+            provider=name,
+            fetched=data.history,
+            backfilled=backfilled,
+            backfill=status,
+        )
         if data.forecast is None:
-            history = data.history if same_kind else []
-            forecast = self._embedded(region, now, hours, history, data.source.provider)
+            # Without the provider's own series the model still has the zone's stored lifecycle
+            # history (from earlier runs, other providers).
+            gathered = own if same_kind else self._gather(region, now)
+            forecast = self._embedded(region, now, hours, gathered)
             if not same_kind and data.history:
                 forecast.warnings.append(
                     f"{data.source.provider} gave {data.source.signal} {data.source.method} "
@@ -173,9 +319,15 @@ class ForecastService:
                 )
         else:
             points = _with_band(region, now, hours, data.forecast, same_kind)
-            forecast = Forecast(region, points, data.source, data.history, data.source.provider)
+            history = own.observations
+            forecast = Forecast(region, points, data.source, history, data.source.provider)
+            if history:
+                forecast.history_source = own.main_source
+                forecast.history_info = own.info(used_by_model=same_kind)
             if same_kind:
-                forecast.comparison = _compare(region, now, hours, data.history, points)
+                forecast.comparison = _compare(region, now, hours, history, points)
+        if note:
+            forecast.warnings.append(note)
         forecast.warnings.extend(data.warnings)
         return forecast
 

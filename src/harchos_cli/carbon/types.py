@@ -75,6 +75,27 @@ class Source:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class HistoryInfo:
+    """Where a forecast's recent history came from (see `harchos_cli.carbon.history`).
+
+    The hours of `Forecast.history` split into those this run fetched, those this run backfilled
+    and those the history store held from earlier runs. `backfill` is what the backfill did:
+    `fetched`, `not needed` (the store had the hours), `not offered` (the provider or the plan has
+    no past ranges), `failed` (now, or recently: asked again later), or None (the provider offers
+    none). `used_by_model` says whether the embedded model conditioned on this history.
+    """
+
+    fetched_hours: int = 0
+    stored_hours: int = 0
+    backfilled_hours: int = 0
+    backfill: str | None = None
+    sources: tuple[str, ...] = ()
+    signal: str = "average"
+    method: str = "lifecycle"
+    used_by_model: bool = False
+
+
 @dataclass
 class Forecast:
     """The intensity ahead for one region, with the history it was conditioned on."""
@@ -86,6 +107,36 @@ class Forecast:
     history_source: str | None = None
     warnings: list[str] = field(default_factory=list)
     comparison: Comparison | None = None
+    history_info: HistoryInfo | None = None
+
+    def history_json(self) -> dict[str, Any] | None:
+        """The documented `history` object of `harchos forecast --json` (None: no history)."""
+        if not self.history:
+            return None
+        from harchos_cli.timeparse import iso
+
+        info = self.history_info or HistoryInfo(
+            fetched_hours=len(self.history),
+            sources=(self.history_source,) if self.history_source else (),
+            signal=self.source.signal,
+            method=self.source.method,
+        )
+        starts = [o.start for o in self.history]
+        return {
+            "provider": self.history_source,
+            "hours": len(self.history),
+            "fetched_hours": info.fetched_hours,
+            "stored_hours": info.stored_hours,
+            "backfilled_hours": info.backfilled_hours,
+            "backfilled": info.backfilled_hours > 0,
+            "backfill": info.backfill,
+            "sources": list(info.sources),
+            "signal": info.signal,
+            "method": info.method,
+            "oldest": iso(min(starts)),
+            "newest": iso(max(starts)),
+            "used_by_model": info.used_by_model,
+        }
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ app = typer.Typer(
     short_help="Carbon intensity ahead and the greenest window.",
     invoke_without_command=True,
     rich_markup_mode=None,
-    # It runs on its own; `backtest` is the one subcommand.
-    subcommand_metavar="[backtest TRACE]",
+    # It runs on its own; the subcommands are named in the usage line with what they take.
+    subcommand_metavar="[backtest TRACE | history]",
 )
 
 
@@ -105,3 +105,54 @@ def backtest(
         from harchos_cli.cli import render
 
         render.print_backtest(result)
+
+
+@app.command(short_help="The recent history kept per zone; --clear forgets it.")
+def history(
+    region: str | None = typer.Option(
+        None,
+        "--region",
+        "-r",
+        help="Only this region's zone.",
+        autocompletion=completion.regions,
+    ),
+    clear: bool = typer.Option(False, "--clear", help="Forget the stored values and backfills."),
+    json_: bool = typer.Option(False, "--json", help="Print JSON (schema in docs/json.md)."),
+) -> None:
+    """List the hourly actuals harchos keeps for the embedded model, per zone, series and
+    provider (docs/forecast.md), or forget them with --clear."""
+    from harchos_cli.carbon.history import HistoryStore
+    from harchos_cli.cli import output
+
+    zone = None
+    if region:
+        from harchos_cli.carbon import regions
+
+        zone = regions.resolve(region).zone
+    store = HistoryStore()
+    try:
+        if clear:
+            removed = store.clear(zone)
+            if json_:
+                output.print_json({"cleared": removed, "zone": zone})
+            else:
+                typer.echo(f"forgot {removed} stored hours" + (f" of {zone}" if zone else ""))
+            return
+        rows = store.summary(zone)
+    finally:
+        store.close()
+    if json_:
+        output.print_json(rows)
+        return
+    if not rows:
+        typer.echo("no stored history" + (f" for {zone}" if zone else ""))
+        return
+    for row in rows:
+        series = f"{row['signal']} {row['method']}" + (f" ({row['area']})" if row["area"] else "")
+        span = f"{row['first']} to {row['last']}" if row["hours"] else "no values"
+        mark = row["backfill"]
+        backfill = f"; backfill {mark['status']} at {mark['attempted_at']}" if mark else ""
+        typer.echo(
+            f"{row['zone']}  {series}  {row['provider']}: {row['hours']} h "
+            f"({row['estimated_hours']} estimated), {span}{backfill}"
+        )

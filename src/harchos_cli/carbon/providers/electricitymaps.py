@@ -2,23 +2,27 @@
 
 History (`carbon-intensity/history`, last 24 h) is on the free plan; the forecast needs a paid or
 trial plan. Without it harchos keeps the history and lets the embedded model forecast from it.
+Past ranges (`carbon-intensity/past-range`, at most 10 days per request at hourly granularity)
+also need a paid or trial plan; the forecast service backfills a week from it where it answers.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 
 from harchos_cli.carbon.cache import ResponseCache
-from harchos_cli.carbon.providers.base import ProviderData
+from harchos_cli.carbon.providers.base import PlanRefused, ProviderData
 from harchos_cli.carbon.providers.http import (
     HOUR,
     HttpStatusError,
     ProviderHttp,
     Sleep,
+    cache_key,
+    chunks,
     hourly_means,
     number,
     parse_time,
@@ -28,11 +32,13 @@ from harchos_cli.carbon.providers.http import (
 from harchos_cli.carbon.types import Observation, Region, Signal, Source, ValueKind
 from harchos_cli.config import Config
 from harchos_cli.errors import ProviderError, UsageError
-from harchos_cli.timeparse import as_utc, floor_hour
+from harchos_cli.timeparse import as_utc, floor_hour, iso
 
 NAME = "electricitymaps"
 EMISSION_FACTORS = ("lifecycle", "direct")
 HORIZONS = (6, 24, 48, 72)
+#: `carbon-intensity/past-range` answers at most 10 days per request at hourly granularity.
+PAST_RANGE_MAX = timedelta(days=10)
 TOKEN_HINT = "set ELECTRICITYMAPS_API_TOKEN or electricitymaps.token in `harchos config path`"
 
 
@@ -56,6 +62,9 @@ class ElectricityMaps:
 
     name = NAME
     signal: Signal = "average"
+    #: `carbon-intensity/history` gives the last 24 hours.
+    recent_hours = 24
+    backfill_chunk = PAST_RANGE_MAX
 
     def __init__(
         self,
@@ -181,19 +190,62 @@ class ElectricityMaps:
         entries = data.get("history")
         if not isinstance(entries, list):
             raise ProviderError(NAME, "unexpected history answer: no 'history' list")
-        points = []
-        for entry in entries:
-            if not isinstance(entry, dict) or entry.get("carbonIntensity") is None:
-                continue  # Electricity Maps reports hours it has no value for as null.
-            points.append(
-                (
-                    parse_time(entry.get("datetime"), NAME),
-                    number(entry["carbonIntensity"], NAME),
-                    bool(entry.get("isEstimated")),
-                )
+        return [o for o in _actuals(entries) if o.start < now], detail
+
+    def backfill(
+        self, region: Region, start: datetime, end: datetime, now: datetime
+    ) -> list[Observation]:
+        """Hourly actuals for hours starting in [start, end) from `carbon-intensity/past-range`
+        (10 days per request; a paid or trial plan).
+
+        Raises:
+            PlanRefused: HTTP 401, 403 or 404 on past-range (the plan lacks it; the same token
+                just read the history).
+            ProviderError: Any other failure.
+        """
+        now = as_utc(now)
+        if self._token is None:
+            raise ProviderError(NAME, f"no API token ({TOKEN_HINT})", permanent=True)
+        zone = region.zone
+        endpoint = "carbon-intensity/past-range"
+        found: list[Observation] = []
+        for index, (first, last) in enumerate(chunks(start, end, PAST_RANGE_MAX)):
+            params: dict[str, str | int] = {
+                "zone": zone,
+                "start": iso(first),
+                "end": iso(last),
+                "emissionFactorType": self.emission_factor,
+                "temporalGranularity": "hourly",
+            }
+            # One cache row per chunk of a backfill (its times follow from the gap being filled),
+            # replaced by the next backfill instead of piling up.
+            key = (
+                cache_key(endpoint, {"zone": zone, "emissionFactorType": self.emission_factor})
+                + f"#{index}"
             )
-        observations = hourly_means(with_spacing(points))
-        return [o for o in observations if o.start < now], detail
+            try:
+                fetched = self.http.get_json(
+                    endpoint,
+                    params,
+                    zone=zone,
+                    now=now,
+                    key=key,
+                    headers={"auth-token": self._token},
+                )
+            except HttpStatusError as exc:
+                if exc.status in (401, 403, 404):
+                    raise PlanRefused(
+                        NAME,
+                        f"your plan has no past-range endpoint (HTTP {exc.status})",
+                        status=exc.status,
+                    ) from exc
+                raise
+            data = fetched.data
+            entries = data.get("data", data.get("history")) if isinstance(data, dict) else None
+            if not isinstance(entries, list):
+                raise ProviderError(NAME, "unexpected past-range answer: no 'data' list")
+            found.extend(o for o in _actuals(entries) if first <= o.start < last)
+        return found
 
     def _forecast(self, zone: str, now: datetime, hours: int) -> tuple[list[Observation], str]:
         params: dict[str, str | int] = {
@@ -212,3 +264,20 @@ class ElectricityMaps:
         ]
         start = floor_hour(now)
         return window(hourly_means(with_spacing(points)), start, start + hours * HOUR), detail
+
+
+def _actuals(entries: list[Any]) -> list[Observation]:
+    """Hourly observations from `history` / `past-range` entries; null hours are skipped, values
+    Electricity Maps estimated are marked estimated."""
+    points = []
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("carbonIntensity") is None:
+            continue  # Electricity Maps reports hours it has no value for as null.
+        points.append(
+            (
+                parse_time(entry.get("datetime"), NAME),
+                number(entry["carbonIntensity"], NAME),
+                bool(entry.get("isEstimated")),
+            )
+        )
+    return hourly_means(with_spacing(points))

@@ -44,6 +44,7 @@ from harchos_cli.carbon.providers.http import (
     Sample,
     Sleep,
     cache_key,
+    chunks,
     hourly_means,
     parse_time,
 )
@@ -63,6 +64,9 @@ HISTORY_HOURS = 168
 #: The day-ahead wind and solar forecast is fetched for at least this many hours ahead.
 FORECAST_MIN_HOURS = 24
 FORECAST_MAX_HOURS = 72
+#: The platform answers a period of at most one year per request; older actuals (beyond the week
+#: every fetch gets) are backfilled in pieces of this size.
+BACKFILL_MAX = timedelta(days=365)
 #: A production type whose data end at most this long before the newest hour is late, not gone:
 #: the hours after its last value are left out rather than computed without it.
 PUBLICATION_LAG = timedelta(hours=6)
@@ -396,6 +400,9 @@ class Entsoe:
 
     name = NAME
     signal: Signal = "average"
+    #: Every fetch gets the last week of actual generation.
+    recent_hours = HISTORY_HOURS
+    backfill_chunk = BACKFILL_MAX
 
     def __init__(
         self,
@@ -498,6 +505,42 @@ class Entsoe:
             wind_solar_note=note,
         )
 
+    def backfill(
+        self, region: Region, start: datetime, end: datetime, now: datetime
+    ) -> list[Observation]:
+        """Hourly lifecycle intensity of actual generation (A75) for hours starting in
+        [start, end): the history older than the week every fetch gets, for a model that looks
+        further back. "No matching data" is an empty answer, not an error.
+
+        Raises:
+            ProviderError: No token, a rejected token, or the request failed.
+        """
+        now = as_utc(now)
+        if self._token is None:
+            raise ProviderError(NAME, f"no security token ({TOKEN_HINT})", permanent=True)
+        eic = entsoe_eic(region.zone)
+        if eic is None:
+            raise ProviderError(
+                NAME, f"zone {region.zone} is not an ENTSO-E area harchos knows", permanent=True
+            )
+        query = {"documentType": "A75", "processType": "A16", "in_Domain": eic}
+        found: list[Observation] = []
+        for index, (first, last) in enumerate(chunks(start, end, BACKFILL_MAX)):
+            try:
+                body, _ = self._get(
+                    query, first, last, region.zone, now, suffix=f"#backfill{index}"
+                )
+            except AcknowledgementError as exc:
+                if exc.code == NO_DATA_CODE:
+                    continue
+                raise
+            mix, _ = hourly_mix(parse_document(body))
+            for hour in mix:
+                value = intensity(hour.mw, LIFECYCLE)
+                if value is not None and first <= hour.start < last:
+                    found.append(Observation(hour.start, hour.end, value))
+        return found
+
     def _wind_solar(
         self, eic: str, zone: str, now: datetime, hours: int
     ) -> tuple[list[GenerationHour], str]:
@@ -526,7 +569,14 @@ class Entsoe:
         return text.replace(self._token, MASK) if self._token else text
 
     def _get(
-        self, query: dict[str, str], start: datetime, end: datetime, zone: str, now: datetime
+        self,
+        query: dict[str, str],
+        start: datetime,
+        end: datetime,
+        zone: str,
+        now: datetime,
+        *,
+        suffix: str = "",
     ) -> tuple[bytes, bool]:
         params = {
             **query,
@@ -536,7 +586,7 @@ class Entsoe:
         }
         # The key leaves out the period (it follows from `now`'s slot, so a new slot replaces the
         # old row) and masks the token: it is stored in the state database.
-        key = cache_key(PATH, {**query, "securityToken": MASK})
+        key = cache_key(PATH, {**query, "securityToken": MASK}) + suffix
         try:
             fetched = self.http.get_json(
                 PATH, params, zone=zone, now=now, key=key, check=check_answer

@@ -424,6 +424,16 @@ def native_series(samples: Iterable[Sample]) -> list[Observation]:
     ]
 
 
+def chunks(start: datetime, end: datetime, size: timedelta) -> list[tuple[datetime, datetime]]:
+    """[start, end) cut into consecutive ranges of at most `size`, for providers that limit the
+    range one request may ask for."""
+    out = []
+    while start < end:
+        out.append((start, min(end, start + size)))
+        start = out[-1][1]
+    return out
+
+
 def window(
     observations: Iterable[Observation], start: datetime, end: datetime
 ) -> list[Observation]:

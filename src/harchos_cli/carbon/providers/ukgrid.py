@@ -4,7 +4,9 @@ National: `/intensity/{from}/fw48h` (forecast) and `/intensity/{from}/pt24h` (hi
 where published else the forecast value, marked estimated). Regional: the API publishes forecast
 values only, so history for a region is `/regional/intensity/{from-24h}/{to}/regionid/{id}`,
 every hour marked estimated. The forecast keeps the API's half-hour slots (the window search
-uses them as they are); history becomes hourly means, which the embedded model conditions on.
+uses them as they are); history becomes hourly means. Past ranges (`/intensity/{from}/{to}`,
+`/regional/intensity/{from}/{to}/regionid/{id}`, at most 14 days per request) fill the history
+store with a week on first use (`backfill`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from harchos_cli.carbon.providers.http import (
     ProviderHttp,
     Sample,
     Sleep,
+    chunks,
     hourly_means,
     native_series,
     number,
@@ -36,6 +39,8 @@ from harchos_cli.timeparse import as_utc, floor_hour
 
 NAME = "ukgrid"
 SLOT = timedelta(minutes=30)
+#: The API answers a range of at most 14 days (`/intensity/{from}/{to}` and the regional one).
+RANGE_MAX = timedelta(days=14)
 REGIONS = {
     1: "North Scotland",
     2: "South Scotland",
@@ -90,6 +95,9 @@ class UkGrid:
 
     name = NAME
     signal: Signal = "average"
+    #: `/intensity/{from}/pt24h` and the regional range give the last 24 hours.
+    recent_hours = 24
+    backfill_chunk = RANGE_MAX
 
     def __init__(
         self,
@@ -163,6 +171,31 @@ class UkGrid:
             detail=f"/{path} ({label})" + (" (cached)" if cached else ""),
         )
         return ProviderData(forecast=forecast, history=history, source=source, warnings=warnings)
+
+    def backfill(
+        self, region: Region, start: datetime, end: datetime, now: datetime
+    ) -> list[Observation]:
+        """Hourly history for hours starting in [start, end), 14 days per request: national
+        `/intensity/{from}/{to}` (`actual` where published, else the forecast, estimated) or
+        regional `/regional/intensity/{from}/{to}/regionid/{id}` (forecast values, estimated).
+
+        Raises:
+            ProviderError: The request failed or answered with an error body.
+        """
+        now = as_utc(now)
+        if not self.covers(region):
+            raise ProviderError(NAME, f"zone {region.zone} is not in Great Britain", permanent=True)
+        rid = region.ukgrid_region
+        found: list[Observation] = []
+        for index, (first, last) in enumerate(chunks(start, end, RANGE_MAX)):
+            if rid is None:
+                path = f"intensity/{api_time(first)}/{api_time(last)}"
+            else:
+                path = f"regional/intensity/{api_time(first)}/{api_time(last)}/regionid/{rid}"
+            payload, _ = self._get(path, f"intensity/range#{index}", rid, now)
+            samples = self._samples(payload, rid, history=True)
+            found.extend(o for o in hourly_means(samples) if first <= o.start < last)
+        return found
 
     def _get(self, path: str, what: str, rid: int | None, now: datetime) -> tuple[Any, bool]:
         # The path's timestamps derive from `now`'s slot, so the key leaves them out and a new

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from harchos_cli.carbon.cache import ResponseCache
-from harchos_cli.carbon.providers.base import ProviderData
+from harchos_cli.carbon.providers.base import PlanRefused, ProviderData
 from harchos_cli.carbon.providers.http import (
     HOUR,
     HttpStatusError,
@@ -24,6 +24,7 @@ from harchos_cli.carbon.providers.http import (
     Sample,
     Sleep,
     cache_key,
+    chunks,
     hourly_means,
     native_series,
     number,
@@ -51,6 +52,8 @@ UNIT_FACTORS = {
 }
 TOKEN_LIFETIME_S = 25 * 60  # WattTime tokens live about 30 minutes; renew a little early.
 MAX_HORIZON_H = 72
+#: `/v3/historical` ranges are asked for in 30-day pieces, as WattTime's own client does.
+HISTORICAL_MAX = timedelta(days=30)
 CREDENTIALS_HINT = "set WATTTIME_USER and WATTTIME_PASSWORD, or put them in `harchos config path`"
 
 
@@ -81,6 +84,9 @@ class WattTime:
     """
 
     name = NAME
+    #: `/v3/historical` is asked for the last 24 hours on every fetch.
+    recent_hours = 24
+    backfill_chunk = HISTORICAL_MAX
 
     def __init__(
         self,
@@ -175,6 +181,49 @@ class WattTime:
         )
         return ProviderData(forecast=forecast, history=history, source=source, warnings=warnings)
 
+    def backfill(
+        self, region: Region, start: datetime, end: datetime, now: datetime
+    ) -> list[Observation]:
+        """Hourly means of `/v3/historical` for hours starting in [start, end), 30 days per
+        request. Historical data beyond CAISO_NORTH needs a subscription.
+
+        Raises:
+            PlanRefused: HTTP 403 after a fresh login (the subscription lacks the region's
+                historical data).
+            ProviderError: Any other failure.
+        """
+        now = as_utc(now)
+        if not self.configured():
+            raise ProviderError(NAME, f"no credentials ({CREDENTIALS_HINT})", permanent=True)
+        ba = region.watttime_region
+        if ba is None:
+            raise ProviderError(NAME, f"no WattTime region for zone {region.zone}", permanent=True)
+        found: list[Observation] = []
+        warnings: list[str] = []
+        for index, (first, last) in enumerate(chunks(start, end, HISTORICAL_MAX)):
+            try:
+                data, _ = self._data(
+                    "v3/historical",
+                    {
+                        "region": ba,
+                        "start": iso(first),
+                        "end": iso(last),
+                        "signal_type": self.signal_type,
+                    },
+                    ba,
+                    now,
+                    key=f"v3/historical?region={ba}&signal_type={self.signal_type}#{index}",
+                )
+            except PlanRefused as exc:
+                raise PlanRefused(
+                    NAME,
+                    f"your subscription has no historical data for {ba} (HTTP {exc.status})",
+                    status=exc.status,
+                ) from exc
+            samples = self._samples(data, warnings)
+            found.extend(o for o in hourly_means(samples) if first <= o.start < last)
+        return found
+
     def _login(self, *, force: bool = False) -> str:
         fresh = self._clock() - self._token_at < TOKEN_LIFETIME_S
         if self._token is not None and fresh and not force:
@@ -225,11 +274,11 @@ class WattTime:
                 )
             except HttpStatusError as again:
                 if again.status == 403:
-                    raise ProviderError(
+                    raise PlanRefused(
                         NAME,
                         f"region {ba} is outside your WattTime subscription (HTTP 403); "
                         "without a subscription only CAISO_NORTH is available",
-                        permanent=True,
+                        status=403,
                     ) from again
                 if again.status == 401:
                     raise ProviderError(
