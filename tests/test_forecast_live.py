@@ -136,6 +136,12 @@ def test_uk_region_uses_the_uk_api_without_a_key(
     # The UK API's own half-hour periods, six hours of them.
     assert len(data["points"]) == 12
     assert {p["end"][14:16] for p in data["points"]} <= {"00", "30"}
+    # NESO's intensity is not the embedded model's kind (average lifecycle): the explanation
+    # names the provider's own forecast, not what the model would make of its history.
+    explained = harchos(capsys, "forecast", "-r", "uk-south", "--at", AT, "--hours", "6",
+                        "--deadline", "6h", "--explain", "--json").json()["explain"]  # fmt: skip
+    assert explained["used"] == "ukgrid"
+    assert "embedded_on_same_history" not in explained
 
 
 def test_explicit_provider_that_does_not_cover_the_region_is_exit_2(

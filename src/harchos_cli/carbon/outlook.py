@@ -187,7 +187,10 @@ def explain(forecast: Forecast) -> dict[str, Any]:
         "used": source.provider,
         "method": f"{source.provider}'s own forecast ({source.method})",
     }
-    if model.has_zone(forecast.region.zone):
+    # What the embedded model would make of the provider's history: only of history of its own
+    # kind (average lifecycle); marginal or direct values never reach it.
+    same_kind = source.signal == "average" and source.method == "lifecycle"
+    if same_kind and model.has_zone(forecast.region.zone):
         explained["embedded_on_same_history"] = model.explain(
             forecast.region.zone, len(forecast.history)
         )
