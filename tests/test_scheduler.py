@@ -63,13 +63,9 @@ def most_at_once(jobs: list[Any]) -> int:
     return most
 
 
-def gone(pid: int) -> bool:
-    return pid not in processes("harchos_cli.jobs.scheduler")
-
-
-def test_waiting_jobs_cost_one_scheduler_fill_the_slots_and_each_runs_once(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, traces: Path
-) -> None:
+def sweep(tmp_path: Path) -> Path:
+    """A batch project on a local hub with `SLOTS` slots, entered; each job appends its id to
+    the file returned."""
     project = tmp_path / "sweep"
     project.mkdir()
     ran = tmp_path / "ran.txt"
@@ -80,6 +76,17 @@ def test_waiting_jobs_cost_one_scheduler_fill_the_slots_and_each_runs_once(
         f'[hubs.local]\ntransport = "local"\nmax_jobs = {SLOTS}\n'
     )
     os.chdir(project)
+    return ran
+
+
+def gone(pid: int) -> bool:
+    return pid not in processes("harchos_cli.jobs.scheduler")
+
+
+def test_waiting_jobs_cost_one_scheduler_fill_the_slots_and_each_runs_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, traces: Path
+) -> None:
+    ran = sweep(tmp_path)
     # Germany from 2022-03-01 03:00 at 2400x: a clock hour is 1.5 s, the 10 h to the deadline 15 s.
     submit = ["run", "batch", "--defer-until-green", "--duration", "1h", "--deadline", "10h",
               "--provider", f"replay:{traces / DE_TRACE}", "--at", "2022-03-01T03:00:00Z",
@@ -137,17 +144,8 @@ def test_five_hundred_waiting_jobs_cost_one_scheduler_and_never_overbook_the_hub
     capsys: pytest.CaptureFixture[str], tmp_path: Path, traces: Path
 ) -> None:
     # The issue's scale, while they wait (the full run of 500 with kills during the launches is
-    # benchmarks/bench_scheduler.py --run: 500 supervisors' start-ups are minutes of CPU).
-    project = tmp_path / "sweep"
-    project.mkdir()
-    ran = tmp_path / "ran.txt"
-    (project / "harchos.toml").write_text(
-        "[job]\n"
-        f'command = ["sh", "-c", "echo $HARCHOS_JOB_ID >> {ran}"]\n'
-        '[carbon]\nregion = "DE"\n'
-        f'[hubs.local]\ntransport = "local"\nmax_jobs = {SLOTS}\n'
-    )
-    os.chdir(project)
+    # benchmarks/bench_scheduler_run.py: 500 supervisors' start-ups are minutes of CPU).
+    ran = sweep(tmp_path)
     submitted = harchos(capsys, "run", "batch", "--array", "1-500", "--defer-until-green",
                         "--duration", "1h", "--deadline", "150h", "--provider",
                         f"replay:{traces / DE_TRACE}", "--at", "2022-03-01T03:00:00Z",

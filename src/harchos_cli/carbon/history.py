@@ -406,38 +406,22 @@ class HistoryStore:
                 params,
             )
         }
-        out = []
-        for zone_, signal, method, area, provider, hours, first, last, estimated in found:
-            mark = marks.pop((provider, zone_, signal, method, area), None)
-            out.append(
-                {
-                    "zone": zone_,
-                    "signal": signal,
-                    "method": method,
-                    "area": area or None,
-                    "provider": provider,
-                    "hours": int(hours),
-                    "estimated_hours": int(estimated or 0),
-                    "first": first,
-                    "last": last,
-                    "backfill": _mark_json(mark),
-                }
-            )
-        for (provider, zone_, signal, method, area), mark in marks.items():
-            out.append(
-                {
-                    "zone": zone_,
-                    "signal": signal,
-                    "method": method,
-                    "area": area or None,
-                    "provider": provider,
-                    "hours": 0,
-                    "estimated_hours": 0,
-                    "first": None,
-                    "last": None,
-                    "backfill": _mark_json(mark),
-                }
-            )
+
+        def entry(key: tuple[Any, ...], counts: tuple[Any, ...]) -> dict[str, Any]:
+            provider, zone_, signal, method, area = key
+            hours, first, last, estimated = counts
+            return {
+                "zone": zone_, "signal": signal, "method": method, "area": area or None,
+                "provider": provider, "hours": int(hours), "estimated_hours": int(estimated or 0),
+                "first": first, "last": last, "backfill": _mark_json(marks.pop(key, None)),
+            }  # fmt: skip
+
+        out = [
+            entry((provider, zone_, signal, method, area), (hours, first, last, estimated))
+            for zone_, signal, method, area, provider, hours, first, last, estimated in found
+        ]
+        # Series with a backfill marker and no value (the backfill found nothing).
+        out += [entry(key, (0, None, None, 0)) for key in list(marks)]
         return out
 
     def clear(self, zone: str | None = None) -> int:

@@ -134,11 +134,7 @@ class WattTime:
                 no forecast could be had. A failed history only adds a warning.
         """
         now = as_utc(now)
-        if not self.configured():
-            raise ProviderError(NAME, f"no credentials ({CREDENTIALS_HINT})", permanent=True)
-        ba = region.watttime_region
-        if ba is None:
-            raise ProviderError(NAME, f"no WattTime region for zone {region.zone}", permanent=True)
+        ba = self._region_of(region)
         warnings: list[str] = []
         horizon = min(max(hours + 1, 1), MAX_HORIZON_H)
         data, cached = self._data(
@@ -193,11 +189,7 @@ class WattTime:
             ProviderError: Any other failure.
         """
         now = as_utc(now)
-        if not self.configured():
-            raise ProviderError(NAME, f"no credentials ({CREDENTIALS_HINT})", permanent=True)
-        ba = region.watttime_region
-        if ba is None:
-            raise ProviderError(NAME, f"no WattTime region for zone {region.zone}", permanent=True)
+        ba = self._region_of(region)
         found: list[Observation] = []
         warnings: list[str] = []
         for index, (first, last) in enumerate(chunks(start, end, HISTORICAL_MAX)):
@@ -223,6 +215,14 @@ class WattTime:
             samples = self._samples(data, warnings)
             found.extend(o for o in hourly_means(samples) if first <= o.start < last)
         return found
+
+    def _region_of(self, region: Region) -> str:
+        """The region's WattTime region (`ProviderError` without one, or without credentials)."""
+        if not self.configured():
+            raise ProviderError(NAME, f"no credentials ({CREDENTIALS_HINT})", permanent=True)
+        if region.watttime_region is None:
+            raise ProviderError(NAME, f"no WattTime region for zone {region.zone}", permanent=True)
+        return region.watttime_region
 
     def _login(self, *, force: bool = False) -> str:
         fresh = self._clock() - self._token_at < TOKEN_LIFETIME_S
