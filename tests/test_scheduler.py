@@ -23,7 +23,7 @@ from harchos_cli.carbon.types import Forecast, Point, Region, Source
 from harchos_cli.jobs.scheduler import SharedForecaster
 from harchos_cli.jobs.spec import load_project
 from harchos_cli.jobs.store import JobStore
-from harchos_cli.timeparse import parse_instant
+from harchos_cli.timeparse import iso, parse_instant
 
 __all__ = ["client_key_fixture", "sshd_factory_fixture"]
 
@@ -388,5 +388,33 @@ def test_bookings_read_the_windows_with_or_without_sqlites_json_functions(
     store.close()
     assert found == [
         Booking("a", "h", "2022-03-01T10:00:00Z", "2022-03-01T11:00:00Z", "array-x"),
-        Booking("b", "h", "2022-03-01T10:00:00Z", "2022-03-01T11:00:00Z", None),
+        Booking("b", "h", "2022-03-01T10:00:00Z", "2022-03-01T11:00:00Z", None, started=True),
     ]
+
+
+def test_a_job_that_runs_past_its_window_still_holds_its_slot(tmp_path: Path) -> None:
+    from test_planner import HOUR, T0, forecast
+
+    from harchos_cli.hubs.base import Hub
+    from harchos_cli.jobs.request import booked
+    from harchos_cli.jobs.store import Job
+    from harchos_cli.plan import planner
+
+    store = JobStore()
+    # Four jobs planned from T0 - 2 h for an hour each, still running at T0.
+    start, end = (iso(T0 - 2 * HOUR), iso(T0 - HOUR))
+    for index in range(SLOTS):
+        store.create(Job(f"r{index}", "batch", "p", "/p", "running", {}, hub="h",
+                         planned_start=start, plan={"planned_end": end}))  # fmt: skip
+    store.close()
+    hub = Hub("h", "local", max_jobs=SLOTS)
+    values = [100.0, 200.0, 300.0]  # now is the greenest hour
+    (candidate,) = booked([planner.Candidate(hub, forecast(values))], None, now=T0)
+    plan = planner.choose([candidate], now=T0, duration=HOUR, deadline=T0 + 3 * HOUR,
+                          threshold=None, gpus=0)  # fmt: skip
+    assert plan.choice.start == T0 + HOUR  # the current hour is full while they run
+    # Without a "now" (or once they are done) their windows lie in the past: the hour is free.
+    (free,) = booked([planner.Candidate(hub, forecast(values))], None)
+    plan = planner.choose([free], now=T0, duration=HOUR, deadline=T0 + 3 * HOUR,
+                          threshold=None, gpus=0)  # fmt: skip
+    assert plan.choice.start == T0

@@ -562,7 +562,7 @@ def make_plan(
     queue_notes: list[str] = []
     if len(candidates) > 1:
         candidates = [queue_wait(request, c, now, queue_notes) for c in candidates]
-    candidates = booked(candidates, job_id, request.array)
+    candidates = booked(candidates, job_id, request.array, now=now)
     if len(candidates) == 1 and candidates[0].forecast is None:
         name = candidates[0].hub.name
         raise UsageError(
@@ -655,11 +655,16 @@ def main_address(request: Request, hubs: Sequence[Hub]) -> str:
 
 
 def booked(
-    candidates: Sequence[Candidate], job_id: str | None, array: dict[str, Any] | None = None
+    candidates: Sequence[Candidate],
+    job_id: str | None,
+    array: dict[str, Any] | None = None,
+    *,
+    now: datetime | None = None,
 ) -> list[Candidate]:
     """`candidates` with what their slots hold: the planned windows of each hub's other waiting
     and running jobs (a hub without `max_jobs` has no limit), and of the job's array's other
-    jobs on any hub (`--max-parallel`)."""
+    jobs on any hub (`--max-parallel`). A started job holds its slot until it ends: one that
+    runs past its planned window still holds `now`'s hour."""
     limited = {c.hub.name: c.hub.max_jobs for c in candidates if c.hub.max_jobs}
     parallel = int((array or {}).get("max_parallel") or 0)
     if not limited and not parallel:
@@ -677,7 +682,10 @@ def booked(
         if booking.id == job_id:
             continue
         start = parse_instant(booking.planned_start)
-        window = (start, parse_instant(booking.planned_end) if booking.planned_end else start)
+        end = parse_instant(booking.planned_end) if booking.planned_end else start
+        if booking.started and now is not None and end <= now:
+            end = now + timedelta(seconds=1)
+        window = (start, end)
         if booking.hub in windows:
             windows[booking.hub].append(window)
         if parallel and booking.array_id == (array or {}).get("id"):

@@ -141,6 +141,7 @@ class Booking:
     planned_start: str
     planned_end: str | None
     array_id: str | None
+    started: bool = False  # syncing or running: it holds its slot until it ends
 
 
 def _cancel_pending(state: str, cancel_requested: bool) -> bool:
@@ -350,15 +351,16 @@ class JobStore:
         if not _sql_json(self.db):
             return [
                 Booking(job.id, job.hub, job.planned_start, (job.plan or {}).get("planned_end"),
-                        (job.request.get("array") or {}).get("id"))
+                        (job.request.get("array") or {}).get("id"), job.state != "waiting")
                 for job in self.list(states=ACTIVE) if job.planned_start
             ]  # fmt: skip
         rows = self.db.execute(
-            "SELECT id, hub, planned_start, json_extract(plan, '$.planned_end') AS planned_end, "
-            "json_extract(request, '$.array.id') AS array_id FROM jobs "
+            "SELECT id, hub, state, planned_start, json_extract(plan, '$.planned_end') AS "
+            "planned_end, json_extract(request, '$.array.id') AS array_id FROM jobs "
             "WHERE state IN ('waiting', 'syncing', 'running') AND planned_start IS NOT NULL"
         ).fetchall()
-        return [Booking(r["id"], r["hub"], r["planned_start"], r["planned_end"], r["array_id"])
+        return [Booking(r["id"], r["hub"], r["planned_start"], r["planned_end"], r["array_id"],
+                        r["state"] != "waiting")
                 for r in rows]  # fmt: skip
 
     def held_ids(self) -> list[str]:
