@@ -1291,10 +1291,15 @@ def replan(
 
 
 def create_job(
-    prepared: Prepared, *, detached: bool, job_id: str | None = None, run_id: str | None = None
+    prepared: Prepared,
+    *,
+    detached: bool,
+    job_id: str | None = None,
+    run_id: str | None = None,
+    store: JobStore | None = None,
 ) -> Job:
     """Record a planned job (state `waiting`, or `syncing` when it starts at once) of training
-    run `run_id` (None: a run of its own)."""
+    run `run_id` (None: a run of its own), in `store` (default: a connection of its own)."""
     request, plan = prepared.request, prepared.plan
     job = Job(
         id=job_id or new_id(),
@@ -1309,7 +1314,8 @@ def create_job(
         plan=plan.as_json(),
         run_id=run_id,
     )
-    store = JobStore()
+    own = store is None
+    store = store or JobStore()
     try:
         for _ in range(20):
             try:
@@ -1329,7 +1335,8 @@ def create_job(
         )  # fmt: skip
         return job
     finally:
-        store.close()
+        if own:
+            store.close()
 
 
 def dry_run(prepared: Prepared, run_id: str | None = None) -> dict[str, Any]:
