@@ -393,6 +393,39 @@ def test_bookings_read_the_windows_with_or_without_sqlites_json_functions(
     ]
 
 
+def test_a_due_job_waits_for_a_free_slot_rather_than_start_beside_a_full_hub(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, traces: Path
+) -> None:
+    from harchos_cli.jobs.liveness import supervisor_lock
+    from harchos_cli.jobs.store import Job
+
+    ran = sweep(tmp_path)
+    store = JobStore()
+    held = contextlib.ExitStack()
+    # The hub's slots are all taken by jobs that run on past their windows (supervised here, so
+    # that no harchos command revives them).
+    for index in range(SLOTS):
+        held.enter_context(supervisor_lock(f"busy{index}"))
+        store.create(Job(f"busy{index}", "batch", "p", "/p", "running", {}, hub="local",
+                         planned_start="2022-03-01T01:00:00Z",
+                         plan={"planned_end": "2022-03-01T02:00:00Z"}))  # fmt: skip
+    # Its deadline leaves it no other hour: it is due at once.
+    due = harchos(capsys, "run", "batch", "--defer-until-green", "--duration", "1h",
+                  "--deadline", "1h", "--provider", f"replay:{traces / DE_TRACE}", "--at",
+                  "2022-03-01T03:00:00Z", "--detach", "--json")  # fmt: skip
+    assert due.code == 0, due.err
+    job_id = str(due.json()["job_id"])
+    wait_until(lambda: "waiting for a slot" in (store.get(job_id).message or ""), timeout=30)
+    assert store.get(job_id).state == "waiting"
+    assert not ran.exists()
+    for index in range(SLOTS):
+        store.advance(f"busy{index}", ["running"], "done")
+    held.close()
+    wait_until(lambda: store.get(job_id).state == "done", timeout=60)
+    assert ran.read_text().split() == [job_id]
+    store.close()
+
+
 def test_a_job_that_runs_past_its_window_still_holds_its_slot(tmp_path: Path) -> None:
     from test_planner import HOUR, T0, forecast
 

@@ -238,7 +238,9 @@ class Scheduler:
             if start <= now:
                 from harchos_cli.jobs.supervisor import FileReporter
 
-                if self.store.advance(job.id, ["waiting"], "syncing"):
+                if self._slots_full(job):
+                    return  # the next pass looks again
+                if self.store.advance(job.id, ["waiting"], "syncing", message=None):
                     FileReporter(job.id).stage(job, "syncing", f"starting on hub {job.hub}")
                 self._hand_over(job)
                 return
@@ -275,6 +277,26 @@ class Scheduler:
             known = (mtime, load_project(Path(job.project_dir), required=job.kind == "train"))
             self.projects[job.project_dir] = known
         return known[1]
+
+    def _slots_full(self, job: Job) -> bool:
+        """Whether the job's hub runs its `max_jobs` already. Plans never book an hour beyond
+        the slots, but a job that runs past its window, or starts late, can still fill the hour
+        another job is due in; that job then waits for a slot rather than start beside them (and
+        is late for its deadline when every hour before it was full)."""
+        if not job.hub:
+            return False
+        request = Request.from_json(job.request, job.project_dir, project=self._project(job))
+        from harchos_cli.jobs.request import get_hub
+
+        slots = get_hub(job.hub, request.project).max_jobs
+        running = self.store.started_on(job.hub) if slots else 0
+        if not slots or running < slots:
+            return False
+        message = f"waiting for a slot: hub {job.hub} runs {running} job(s), its max_jobs"
+        if job.message != message:
+            self.store.update(job.id, message=message)
+            self._line(f"{job.id}: {message}")
+        return True
 
     def _hand_over(self, job: Job) -> None:
         last = self.handed.get(job.id)

@@ -363,6 +363,13 @@ class JobStore:
                         r["state"] != "waiting")
                 for r in rows]  # fmt: skip
 
+    def started_on(self, hub: str) -> int:
+        """How many jobs are starting or running on `hub` (what its slots hold now)."""
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE hub = ? AND state IN ('syncing', 'running')", (hub,)
+        ).fetchone()
+        return int(row[0])
+
     def held_ids(self) -> list[str]:
         """The scheduler's jobs: detached ones waiting for their window, and those parked in a
         Slurm queue (one search of `jobs_state`; only running jobs' requests are read)."""
