@@ -40,10 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fit_embedded
 
-from harchos_cli.carbon.embedded import EmbeddedModel
+from harchos_cli.carbon.embedded import HISTORY_HOURS, EmbeddedModel
 from harchos_cli.carbon.traces import Trace
 from harchos_cli.plan.evaluate import backtest, evaluate
 
+HISTORIES = (24, 168)
+"""History limits (hours) the rolling policy is also scored with, besides all the model reads."""
 MARK_BEGIN = "<!-- forecast_quality:begin -->"
 MARK_END = "<!-- forecast_quality:end -->"
 SETUPS: dict[str, dict[str, Any]] = {
@@ -95,17 +97,26 @@ def test_trace(data: fit_embedded.ZoneData, since: int, until: int) -> tuple[Tra
 
 
 def run_setup(
-    name: str, traces: Path, zones: dict[str, fit_embedded.ZoneData], fit_args: list[str]
+    name: str,
+    traces: Path,
+    zones: dict[str, fit_embedded.ZoneData],
+    fit_args: list[str],
+    *,
+    rolling: bool = True,
+    model_file: Path | None = None,
 ) -> dict[str, Any]:
-    """Fit with the setup's cutoff into a temporary file and score every eligible zone."""
+    """Fit with the setup's cutoff into a temporary file (or load `model_file`, which must have
+    been fitted with `--until` that cutoff) and score every eligible zone."""
     setup = SETUPS[name]
     since, until = hour_of(setup["cutoff"]), hour_of(setup["end"])
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "heldout.json.gz"
         started = time.perf_counter()
-        args = ["--traces", str(traces), "--until", setup["cutoff"], "--out", str(out), "--quiet"]
-        args += fit_args
-        fit_embedded.main(args)
+        if model_file is None:
+            args = ["--traces", str(traces), "--until", setup["cutoff"], "--out", str(out)]
+            fit_embedded.main([*args, "--quiet", *fit_args])
+        else:
+            out = model_file
         fit_seconds = time.perf_counter() - started
         model = EmbeddedModel.from_file(out)
     rows: dict[str, dict[str, Any]] = {}
@@ -127,14 +138,19 @@ def run_setup(
             "coverage": bt["coverage"],
         }
         for job in (1, 6):
-            ev = evaluate(trace, model, job_hours=job, slack_hours=24)
+            ev = evaluate(trace, model, job_hours=job, slack_hours=24, rolling=False)
             row[f"oracle_saving_{job}h"] = ev["saving"]["oracle"]
             row[f"share_{job}h"] = ev["share_of_oracle"]["forecast"]
             row[f"persistence_share_{job}h"] = ev["share_of_oracle"]["persistence"]
         timings.append(time.perf_counter() - started)
+        for job in (1, 6):
+            for hours in (*HISTORIES, None) if rolling else ():
+                limited = evaluate(trace, model, job_hours=job, slack_hours=24, history_hours=hours)
+                row[f"rolling_{job}h_{hours or 'all'}"] = limited["share_of_oracle"]["rolling"]
         rows[zone] = row
     return {
         "setup": name,
+        "model": model.model_name,
         **setup,
         "fit_seconds": round(fit_seconds, 1),
         "score_seconds_per_zone_year": round(statistics.mean(timings) * 8760 / (until - since), 3),
@@ -171,25 +187,36 @@ def markdown(result: dict[str, Any]) -> str:
     """The per-zone table of one setup, with means."""
     rows = result["zones"]
     m = result["mean"]
+    rolled = "rolling_1h_all" in next(iter(rows.values()))
+    extra = [f"rolling_{j}h_{h}" for j in (1, 6) for h in (*HISTORIES, "all")] if rolled else []
+    head = "".join(
+        f" {j} h rolling, {h if h == 'all' else f'{h} h'} |"
+        for j in (1, 6)
+        for h in (*HISTORIES, "all")
+        if rolled
+    )
     lines = [
         f"#### `{result['setup']}` ({result['role']}): {result['title']}, {len(rows)} zones",
         "",
+        f"Model: {result.get('model', 'n/a')}.",
+        "",
         "| zone | MAPE model | MAPE persistence | P10–P90 coverage | 1 h share model | "
-        "1 h share persistence | 6 h share model | 6 h share persistence |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "1 h share persistence | 6 h share model | 6 h share persistence |" + head,
+        "|---|" + "---:|" * (7 + len(extra)),
+    ]
+    keys = [
+        "mape",
+        "persistence_mape",
+        "coverage",
+        "share_1h",
+        "persistence_share_1h",
+        "share_6h",
+        "persistence_share_6h",
+        *extra,
     ]
     for zone, r in rows.items():
-        lines.append(
-            f"| {zone} | {pct(r['mape'])} | {pct(r['persistence_mape'])} | {pct(r['coverage'])} "
-            f"| {pct(r['share_1h'])} | {pct(r['persistence_share_1h'])} | {pct(r['share_6h'])} "
-            f"| {pct(r['persistence_share_6h'])} |"
-        )
-    lines.append(
-        f"| **mean** | **{pct(m['mape'])}** | **{pct(m['persistence_mape'])}** | "
-        f"**{pct(m['coverage'])}** | **{pct(m['share_1h'])}** | "
-        f"**{pct(m['persistence_share_1h'])}** | **{pct(m['share_6h'])}** | "
-        f"**{pct(m['persistence_share_6h'])}** |"
-    )
+        lines.append(f"| {zone} | " + " | ".join(pct(r[k]) for k in keys) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{pct(m[k])}**" for k in keys) + " |")
     lines += [
         "",
         f"All figures in %. Shares are of the oracle's saving (24 h slack); oracle saving mean "
@@ -198,11 +225,56 @@ def markdown(result: dict[str, Any]) -> str:
         f"worst share gap to persistence {pct(m['worst_gap_1h'])} points (1 h), "
         f"{pct(m['worst_gap_6h'])} (6 h); zones more than 2 points behind: "
         f"{int(m['zones_behind_persistence_by_2pt_1h'])} (1 h), "
-        f"{int(m['zones_behind_persistence_by_2pt_6h'])} (6 h). Fit {result['fit_seconds']} s; "
-        f"backtest plus both evaluations {result['score_seconds_per_zone_year']} s per zone-year.",
+        f"{int(m['zones_behind_persistence_by_2pt_6h'])} (6 h). "
+        + (
+            "Rolling: the supervisor's re-plan every hour on the actuals revealed so far "
+            "(`plan evaluate`'s rolling policy), given the last 24 h, the last 168 h, or all "
+            "the history the model reads. "
+            if rolled
+            else ""
+        )
+        + f"Fit {result['fit_seconds']} s; "
+        f"backtest plus both single-shot evaluations {result['score_seconds_per_zone_year']} s "
+        "per zone-year.",
         "",
     ]
     return "\n".join(lines)
+
+
+SIDE_BY_SIDE = (
+    ("mape", "day-ahead MAPE"),
+    ("coverage", "P10–P90 coverage"),
+    ("share_1h", "1 h jobs, single shot"),
+    ("share_6h", "6 h jobs, single shot"),
+    ("worst_gap_1h", "worst zone vs persistence, 1 h (points)"),
+    ("worst_gap_6h", "worst zone vs persistence, 6 h (points)"),
+    *(
+        (f"rolling_{j}h_{h}", f"{j} h jobs, rolling, {h if h == 'all' else f'{h} h'} history")
+        for j in (1, 6)
+        for h in (24, 168, "all")
+    ),
+)
+
+
+def side_by_side(others: list[dict[str, Any]], results: list[dict[str, Any]]) -> str:
+    """Means of another model's results (e.g. the previous version) beside these, per setup."""
+    lines = []
+    for new in results:
+        for old in others:
+            if old["setup"] != new["setup"]:
+                continue
+            lines += [
+                f"#### `{new['setup']}`: {old.get('model', 'other')} and {new.get('model')}",
+                "",
+                f"| mean over {len(new['zones'])} zones | {old.get('model', 'other')} | "
+                f"{new.get('model')} |",
+                "|---|---:|---:|",
+            ]
+            for key, label in SIDE_BY_SIDE:
+                if key in old["mean"] and key in new["mean"]:
+                    lines.append(f"| {label} | {pct(old['mean'][key])} | {pct(new['mean'][key])} |")
+            lines.append("")
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def timing() -> dict[str, float]:
@@ -210,7 +282,7 @@ def timing() -> dict[str, float]:
     started = time.perf_counter()
     model = EmbeddedModel.load()
     loaded = time.perf_counter() - started
-    history = np.full(168, 300.0)
+    history = np.full(HISTORY_HOURS, 300.0)
     origin = datetime(2025, 6, 1, tzinfo=UTC)
     started = time.perf_counter()
     for _ in range(20):
@@ -255,13 +327,29 @@ def verdicts(results: list[dict[str, Any]]) -> str:
             ),
         )
     row(
+        "issue 12: day-ahead MAPE <= 10.3 %",
+        lambda r: f"{pct(r['mean']['mape'])} %: {mark(r['mean']['mape'] <= 0.103)}",
+    )
+    if any("rolling_1h_all" in r["mean"] for r in results):
+        for hours, goal in ((168, 0.78), (24, 0.74)):
+            for job in (1, 6):
+                row(
+                    f"issue 12: {job} h jobs, rolling, {hours} h of history >= {pct(goal)} %",
+                    lambda r, j=job, h=hours, g=goal: (
+                        f"{pct(r['mean'][f'rolling_{j}h_{h}'])} %: "
+                        f"{mark(r['mean'][f'rolling_{j}h_{h}'] >= g)}"
+                        if f"rolling_{j}h_{h}" in r["mean"]
+                        else "not scored (`--no-rolling`)"
+                    ),
+                )
+    row(
         "P10–P90 coverage 80 % ± 5",
         lambda r: (
             f"{pct(r['mean']['coverage'])} %: {mark(abs(r['mean']['coverage'] - 0.8) <= 0.05)}"
         ),
     )
     row(
-        "a year's backtest + evaluations < 1 min",
+        "a year's backtest + single-shot evaluations < 1 min",
         lambda r: (
             f"{r['score_seconds_per_zone_year']} s: {mark(r['score_seconds_per_zone_year'] < 60)}"
         ),
@@ -292,11 +380,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, help="Markdown file to put the tables into")
     parser.add_argument("--json", type=Path, help="write the raw per-zone results here")
     parser.add_argument("--fit-args", default="", help="extra fit_embedded.py arguments")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="score this model file (fitted with --until the setup's cutoff) instead of fitting",
+    )
+    parser.add_argument(
+        "--no-rolling", action="store_true", help="skip the (slow) rolling-policy columns"
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        action="append",
+        help="render these saved --json results instead of running (repeatable)",
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        action="append",
+        help="saved --json results of another model (e.g. the previous version) to show "
+        "side by side with these (repeatable)",
+    )
     args = parser.parse_args(argv)
-    names = args.setup or ["year-2022", "late-2022"]
-    zones = fit_embedded.collect(args.traces)
-    results = [run_setup(name, args.traces, zones, args.fit_args.split()) for name in names]
-    tables = "\n".join(markdown(r) for r in results)
+    if args.results:
+        results = [r for path in args.results for r in json.loads(path.read_text("utf-8"))]
+    else:
+        names = args.setup or ["year-2022", "late-2022"]
+        zones = fit_embedded.collect(args.traces)
+        results = [
+            run_setup(
+                name,
+                args.traces,
+                zones,
+                args.fit_args.split(),
+                rolling=not args.no_rolling,
+                model_file=args.model,
+            )
+            for name in names
+        ]
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    others = [r for path in args.compare or () for r in json.loads(path.read_text("utf-8"))]
+    tables = side_by_side(others, results) + "\n".join(markdown(r) for r in results)
     tests = [r for r in results if r["role"] == "test"] or results
     speed = timing()
     intro = (
@@ -304,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}. "
         "Reproduce with `python scripts/validate_forecaster.py --write docs/benchmarks.md` "
         "(add `--setup year-2021 --setup late-2021` for the validation splits that chose the "
-        "fit's constants). Each setup fits with `fit_embedded.py --until CUTOFF` into a temporary "
+        "fit's constants; `--no-rolling` skips the slow rolling columns). Each setup fits with "
+        "`fit_embedded.py --until CUTOFF` into a temporary "
         "file and scores the zone's trace after the cutoff with `forecast backtest` / "
         "`plan evaluate` semantics; nothing at or after the cutoff reaches the fit.\n\n"
         + verdicts(tests)
@@ -313,8 +439,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     tables = intro + "\n" + tables
     print(tables)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
     if args.write:
         write_section(args.write, tables)
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harchos_cli.carbon.embedded import HISTORY_HOURS, EmbeddedModel, calendar
+from harchos_cli.carbon.embedded import HISTORY_HOURS, EmbeddedModel, calendar, predict_batch
 from harchos_cli.carbon.traces import Trace
 from harchos_cli.carbon.types import Observation
 from harchos_cli.errors import ExitCode, NoCarbonDataError
@@ -121,7 +121,7 @@ def test_short_and_gappy_history_is_accepted(model: EmbeddedModel) -> None:
     assert np.isfinite(point).all()
     assert (low <= point).all()
     assert (point <= high).all()
-    longer = np.concatenate([np.full(500, 1.0), history])
+    longer = np.concatenate([np.full(HISTORY_HOURS, 1.0), history])
     again, _, _ = model.forecast_values("NL", ORIGIN, 24, longer)
     assert longer[-HISTORY_HOURS:].shape == (HISTORY_HOURS,)
     np.testing.assert_allclose(
@@ -141,10 +141,14 @@ def test_band_ratios_bracket_one_and_history_band_is_narrower(model: EmbeddedMod
 
 
 def test_explain_says_model_history_mode_and_backtest(model: EmbeddedModel) -> None:
+    month = model.explain("DE", HISTORY_HOURS + 100)
+    assert month["history"]["mode"] == "long"
+    assert month["history"]["used_hours"] == HISTORY_HOURS
+    assert f"last {HISTORY_HOURS} h of actuals" in month["method"]
     week = model.explain("DE", 24 * 14)
     assert week["model"] == model.model_name
     assert week["history"]["mode"] == "full"
-    assert week["history"]["used_hours"] == HISTORY_HOURS
+    assert week["history"]["used_hours"] == 168
     assert week["fit"]["sources"] == model.fit_info("DE")["sources"]
     assert week["backtest"]["kind"] == "held-out"
     day = model.explain("DE", 24)
@@ -153,6 +157,12 @@ def test_explain_says_model_history_mode_and_backtest(model: EmbeddedModel) -> N
     none = model.explain("DE", 3)
     assert none["history"]["mode"] == "climatology"
     assert none["history"]["used_hours"] == 0
+    assert "only 3 recent hours" in none["method"]
+    nothing = model.explain("DE", 0)
+    assert nothing["history"]["mode"] == "climatology"
+    assert "no recent actuals were available" in nothing["method"]
+    assert "regression" not in nothing["method"]
+    assert "no recent actuals" in nothing["history"]["description"]
     with pytest.raises(NoCarbonDataError):
         model.explain("XX-NOWHERE", 24)
 
@@ -174,6 +184,27 @@ def test_history_length_selects_the_weights(model: EmbeddedModel) -> None:
     assert (day <= hi_day).all()
     assert (lo_week <= week).all()
     assert (week <= hi_week).all()
+
+
+def test_four_weeks_of_history_select_the_long_weights(model: EmbeddedModel) -> None:
+    """Four weeks use the long weights; the same last week alone gives a different forecast,
+    and a window shorter than HISTORY_HOURS reads as its most recent hours."""
+    past, _, _ = model.forecast_values(
+        "DE", ORIGIN - timedelta(hours=HISTORY_HOURS), HISTORY_HOURS, None
+    )
+    rng = np.random.default_rng(3)
+    month = past * np.exp(0.2 * rng.standard_normal(HISTORY_HOURS))
+    long, lo, hi = model.forecast_values("DE", ORIGIN, 48, month)
+    week, _, _ = model.forecast_values("DE", ORIGIN, 48, month[-168:])
+    assert np.isfinite(long).all()
+    assert (lo <= long).all()
+    assert (long <= hi).all()
+    assert not np.allclose(long, week)
+    assert model.explain("DE", HISTORY_HOURS)["history"]["mode"] == "long"
+    params = model.params("DE")
+    origin = np.array([int(ORIGIN.timestamp() // 3600)])
+    short_window = predict_batch(params, month[None, -168:], origin, 48)[0]
+    np.testing.assert_allclose(short_window[0], week)
 
 
 def test_calendar_day_types() -> None:

@@ -14,6 +14,7 @@ from harchos_cli.carbon.traces import Trace, read_trace
 from harchos_cli.errors import UsageError
 from harchos_cli.plan.evaluate import (
     WARMUP_HOURS,
+    Hourly,
     backtest,
     evaluate,
     evaluate_spatial,
@@ -166,7 +167,7 @@ def test_an_all_zero_trace_has_no_mape_and_no_saving(model: EmbeddedModel) -> No
         evaluate(zeros, model, job_hours=1, slack_hours=4)
 
 
-def known(trace: Trace, idx: np.ndarray, span: int) -> tuple[np.ndarray, ...]:
+def known(trace: Trace, idx: np.ndarray, span: int) -> Hourly:
     """Forecasts made every hour that are exactly right (what an oracle forecaster gives)."""
     hours = np.arange(int(idx.min()), int(idx.max()) + span + 1)
     padded = np.pad(trace.values, (0, span), mode="edge")

@@ -273,7 +273,7 @@ def test_backfill_gives_a_week_on_first_use_and_the_full_weights(
     assert history["backfilled"] is True
     assert history["backfill"] == "fetched"
     assert history["backfilled_hours"] == HISTORY_HOURS - 24
-    assert first["explain"]["history"]["mode"] == "full"
+    assert first["explain"]["history"]["mode"] == "long"  # the model's whole window: 4 weeks
     assert first["explain"]["history"]["given_hours"] == HISTORY_HOURS
     assert "backfilled now" in first["source_detail"]
 
@@ -296,7 +296,7 @@ def test_the_backfilled_week_changes_the_forecast(
     harchos(capsys, "forecast", "history", "--clear")
     em.route(PAST_RANGE, past_range)
     week = forecast_json(capsys, AT, "--explain")
-    assert week["explain"]["history"]["mode"] == "full"
+    assert week["explain"]["history"]["mode"] == "long"
     assert [p["intensity"] for p in week["points"]] != [p["intensity"] for p in day["points"]]
 
 
@@ -438,7 +438,7 @@ def test_the_embedded_provider_uses_stored_lifecycle_history_without_a_request(
     assert history["fetched_hours"] == 0
     assert history["sources"] == ["electricitymaps"]
     assert history["backfill"] is None
-    assert data["explain"]["history"]["mode"] == "full"
+    assert data["explain"]["history"]["mode"] == "long"
     assert (
         f"{HISTORY_HOURS} h of electricitymaps history ({HISTORY_HOURS} h from the history store"
         in data["source_detail"]

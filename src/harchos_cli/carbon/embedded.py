@@ -6,12 +6,14 @@ The model (fitted by `scripts/fit_embedded.py` on real grid traces, stored as gz
 - a climatology `c(t) = level(t) × shape(month, day type, hour)`, where `level` is interpolated
   between mid-month means, the day types are Monday–Friday, Saturday and Sunday, and `shape` is
   the normalised daily profile (UTC hours);
-- per lead hour `h` (1..`MAX_LEAD`), linear weights that predict the log ratio
-  `log(actual / climatology)` at `t + h - 1` from the log ratios of the last week: the mean of the
-  last 168 h (the anchor) plus weighted deviations from it of the mean of the last 24 h, each of
-  the last 24 hours, and the same hour one day, two days and one week back. A second, "short"
-  weight set uses only the last 24 h (what a free live provider gives); with less than 12 of
-  those hours the forecast is the climatology;
+- per lead hour `h` (1..`MAX_LEAD`), ridge-regression weights that predict the log ratio
+  `log(actual / climatology)` at `t + h - 1` from recent log ratios: the mean of the last 168 h
+  (the anchor) plus weighted deviations from it of the mean of the last 24 h, each of the last 24
+  hours, the same hour 1–7 days back and a week back, and (with four weeks known) the 4-week mean
+  of the same hour of the week and of the day and the 4-week mean; plus a term per target hour
+  of day and day type. Three weight sets: `long` (at least 80 % of the last 4 weeks known),
+  `full` (80 % of the last week) and `short` (the last 24 h, what a free live provider gives);
+  with less than 12 of the last 24 hours known the forecast is the climatology;
 - per lead, the P10 and P90 of the log error, scaled by a factor calibrated on held-out data and by
   the recent volatility, giving the ~80 % band.
 
@@ -35,24 +37,55 @@ from harchos_cli.carbon.types import Observation, Point
 from harchos_cli.errors import NoCarbonDataError
 
 MODEL_FILE = "embedded_model.json.gz"
-FORMAT = 2
-HISTORY_HOURS = 168
-"""Hours of history the features look at (older values are ignored)."""
+FORMAT = 3
+HISTORY_HOURS = 672
+"""Hours of history the features look at (four weeks; older values are ignored)."""
 MAX_LEAD = 72
 """Leads beyond this use the weights and band of lead `MAX_LEAD`."""
 DAY_TYPES = 3
 """Monday–Friday, Saturday, Sunday."""
 LAGS = 24
-FULL_FEATURES = ("mean_24h", *(f"lag_{k}" for k in range(1, LAGS + 1)))
-"""Minus the anchor `mean_168h`."""
-FULL_LEAD_FEATURES = ("same_hour_1d", "same_hour_2d", "same_hour_7d")
-SHORT_FEATURES = tuple(f"lag_{k}" for k in range(1, LAGS + 1))
-"""Minus the anchor `mean_24h`."""
-SHORT_LEAD_FEATURES = ("same_hour_1d",)
-FULL_HISTORY_SHARE = 0.8
-"""Share of the last `HISTORY_HOURS` that must be known to use the full weights."""
+MODES = ("long", "full", "short")
+"""The weight sets, by how much recent history is known (else the climatology)."""
+MODE_HOURS = {"long": HISTORY_HOURS, "full": 168, "short": 24}
+"""Hours each weight set looks at; its anchor is the mean of the last 168 h (24 h for short)."""
+KNOWN_SHARE = 0.8
+"""Share of a mode's hours that must be known to use its weights (short: see below)."""
+FULL_HISTORY_SHARE = KNOWN_SHARE
 MIN_HISTORY_FOR_BAND = 12
 """Known values needed in the last 24 h to use the short weights (else the climatology)."""
+DAYS_BACK = {"long": 7, "full": 7, "short": 1}
+"""The same hour 1..N days back are features."""
+CALENDAR_TERMS = 24 + DAY_TYPES
+"""One-hot of the target's UTC hour and day type (per lead, so a per-hour-of-day offset)."""
+COMMON_FEATURES = {
+    "long": ("mean_24h", *(f"lag_{k}" for k in range(1, LAGS + 1)), "mean_672h"),
+    "full": ("mean_24h", *(f"lag_{k}" for k in range(1, LAGS + 1))),
+    "short": tuple(f"lag_{k}" for k in range(1, LAGS + 1)),
+}
+"""Features shared by every lead, minus the anchor."""
+LEAD_FEATURES = {
+    "long": (
+        *(f"same_hour_{k}d" for k in range(1, 8)),
+        "same_hour_week",
+        "hour_of_week_mean_4w",
+        "hour_of_day_mean_28d",
+        *(f"hour_{h}" for h in range(24)),
+        "weekday",
+        "saturday",
+        "sunday",
+    ),
+    "full": (
+        *(f"same_hour_{k}d" for k in range(1, 8)),
+        "same_hour_week",
+        *(f"hour_{h}" for h in range(24)),
+        "weekday",
+        "saturday",
+        "sunday",
+    ),
+    "short": ("same_hour_1d", *(f"hour_{h}" for h in range(24)), "weekday", "saturday", "sunday"),
+}
+"""Features that depend on the lead (the target's hour), minus the anchor except the calendar."""
 VOLATILITY_CLIP = (0.5, 3.0)
 _FLOOR = 1e-3
 _LOG_RATIO_CLIP = (-4.0, 3.0)
@@ -103,51 +136,103 @@ def log_ratios(values: ArrayF, clim: ArrayF) -> ArrayF:
     return np.asarray(np.clip(ratio, *_LOG_RATIO_CLIP))
 
 
-def features(ratios: ArrayF, horizon: int, short: bool) -> tuple[ArrayF, ArrayF, ArrayF]:
+def feature_width(mode: str) -> int:
+    """Number of weights per lead of a mode."""
+    return len(COMMON_FEATURES[mode]) + len(LEAD_FEATURES[mode])
+
+
+def restrict(ratios: ArrayF, mode: str) -> ArrayF:
+    """The history a mode may see: values older than its `MODE_HOURS` become unknown."""
+    out = np.array(ratios, dtype=np.float64)
+    out[:, : out.shape[1] - MODE_HOURS[mode]] = np.nan
+    return out
+
+
+def features(
+    ratios: ArrayF, origin_hours: ArrayF, leads: ArrayF, mode: str
+) -> tuple[ArrayF, ArrayF, ArrayF]:
     """The regression's anchor and features for a batch of origins.
 
-    Every feature is a log ratio minus the anchor (the mean log ratio of the last 168 h, or of
-    the last 24 h for the short weights), and so is the target: the forecast is the anchor plus a
-    weighted sum of deviations from it. A level that moved between years moves the anchor, and
-    nothing pulls the forecast back to the climatology's level.
+    Every log-ratio feature is taken minus the anchor (the mean log ratio of the last 168 h, or
+    of the last 24 h for the short weights), and so is the target: the forecast is the anchor
+    plus a weighted sum of deviations from it and a calendar term. A level that moved between
+    years moves the anchor, and nothing pulls the forecast back to the climatology's level.
 
     Args:
         ratios: (n, HISTORY_HOURS) log ratios to the climatology before each origin, oldest
-            first; NaN where unknown (filled with the mean of the last 24 known hours).
-        horizon: Number of leads.
-        short: Only the last 24 h (the short weights' features).
+            first; NaN where unknown (filled with the mean of the last 24 known hours). Only the
+            last `MODE_HOURS[mode]` are looked at.
+        origin_hours: (n,) epoch hour of each origin (the hour of lead 1).
+        leads: The leads (1-based) to build the per-lead features for.
+        mode: `long`, `full` or `short` (see `MODES`).
 
     Returns:
-        anchor (n,), common (n, len(FULL_FEATURES) or len(SHORT_FEATURES)) and per-lead
-        (n, horizon, len(FULL_LEAD_FEATURES) or len(SHORT_LEAD_FEATURES)) arrays.
+        anchor (n,), common (n, len(COMMON_FEATURES[mode])) and per-lead
+        (n, len(leads), len(LEAD_FEATURES[mode])) arrays.
     """
-    n = ratios.shape[0]
-    valid = ~np.isnan(ratios)
+    span = MODE_HOURS[mode]
+    recent = np.asarray(ratios, dtype=np.float64)[:, -span:]
+    n = recent.shape[0]
+    if recent.shape[1] < span:  # a shorter window: the older hours are unknown
+        pad = np.full((n, span - recent.shape[1]), np.nan)
+        recent = np.concatenate([pad, recent], axis=1)
+    valid = ~np.isnan(recent)
 
-    def mean(span: int, fallback: ArrayF) -> ArrayF:
-        count = valid[:, -span:].sum(axis=1)
-        total = np.where(valid[:, -span:], ratios[:, -span:], 0.0).sum(axis=1)
+    def mean(hours: int, fallback: ArrayF) -> ArrayF:
+        count = valid[:, -hours:].sum(axis=1)
+        total = np.where(valid[:, -hours:], recent[:, -hours:], 0.0).sum(axis=1)
         return np.where(count > 0, total / np.maximum(count, 1), fallback)
 
     mean24 = mean(24, np.zeros(n))
-    filled = np.where(valid, ratios, mean24[:, None])
-    anchor = mean24 if short else mean(HISTORY_HOURS, mean24)
-    lags = filled[:, ::-1][:, :LAGS]
-    common = lags if short else np.column_stack([mean24, lags])
-    common = common - anchor[:, None]
+    filled = np.where(valid, recent, mean24[:, None])
+    anchor = mean24 if mode == "short" else mean(168, mean24)
+    columns = [filled[:, ::-1][:, :LAGS]]
+    if mode != "short":
+        columns.insert(0, mean24[:, None])
+    if mode == "long":
+        columns.append(mean(span, mean24)[:, None])
+    common = np.column_stack(columns) - anchor[:, None]
 
-    leads = np.arange(1, horizon + 1)
+    leads = np.asarray(leads, dtype=np.int64)
     # lead 1 is the hour starting at the origin; "same hour" means the most recent such hour
     back = 24 * ((leads + 23) // 24)
-    offsets = [back] if short else [back, back + 24, 168 * ((leads + 167) // 168)]
-    per = np.empty((n, horizon, len(offsets)))
-    for j, offset in enumerate(offsets):
-        pos = HISTORY_HOURS + leads - 1 - offset
-        # beyond the window (very long horizons) the feature repeats the same hour yesterday
-        pos = np.where(pos >= 0, pos, HISTORY_HOURS + leads - 1 - back)
-        pos = np.where(pos >= 0, pos, HISTORY_HOURS - 1)
-        per[:, :, j] = filled[:, pos] - anchor[:, None]
-    return anchor, common, per
+    offsets = [back + 24 * k for k in range(DAYS_BACK[mode])]
+    if mode != "short":
+        offsets.append(168 * ((leads + 167) // 168))
+    per = []
+    for offset in offsets:
+        pos = span + leads - 1 - offset
+        # beyond the window (long leads) the feature repeats the same hour yesterday
+        pos = np.where(pos >= 0, pos, span + leads - 1 - back)
+        pos = np.where(pos >= 0, pos, span - 1)
+        per.append(filled[:, pos] - anchor[:, None])
+
+    def known_mean(offsets: list[ArrayF]) -> ArrayF:
+        total = np.zeros((n, len(leads)))
+        count = np.zeros((n, len(leads)))
+        for offset in offsets:
+            pos = span + leads - 1 - offset
+            inside = pos >= 0
+            values = recent[:, np.where(inside, pos, 0)]
+            known = ~np.isnan(values) & inside[None, :]
+            total += np.where(known, values, 0.0)
+            count += known
+        return np.where(count > 0, total / np.maximum(count, 1), anchor[:, None])
+
+    if mode == "long":
+        week = 168 * ((leads + 167) // 168)
+        per.append(known_mean([week + 168 * k for k in range(4)]) - anchor[:, None])
+        per.append(known_mean([back + 24 * k for k in range(28)]) - anchor[:, None])
+    target = np.asarray(origin_hours, dtype=np.int64)[:, None] + leads[None, :] - 1
+    _, day_type, hour, _ = calendar(target.ravel())
+    terms = np.zeros((n * len(leads), CALENDAR_TERMS))
+    rows = np.arange(n * len(leads))
+    terms[rows, hour] = 1.0
+    terms[rows, 24 + day_type] = 1.0
+    lead_part = np.concatenate(
+        [np.stack(per, axis=2), terms.reshape(n, len(leads), CALENDAR_TERMS)], axis=2
+    )
+    return anchor, common, lead_part
 
 
 def lead_rows(table: ArrayF, horizon: int) -> ArrayF:
@@ -165,16 +250,23 @@ def volatility(ratios: ArrayF) -> ArrayF:
     return np.where(count >= 24, total / np.maximum(count, 1), np.nan)
 
 
+def history_modes(ratios: ArrayF) -> dict[str, ArrayF]:
+    """Which origins (rows of `ratios`, (n, HISTORY_HOURS)) each weight set serves."""
+    known = ~np.isnan(ratios)
+    long = known.mean(axis=1) >= KNOWN_SHARE
+    full = ~long & (known[:, -168:].mean(axis=1) >= KNOWN_SHARE)
+    short = ~long & ~full & (known[:, -24:].sum(axis=1) >= MIN_HISTORY_FOR_BAND)
+    return {"long": long, "full": full, "short": short}
+
+
 @dataclass(frozen=True)
 class ZoneParams:
     """The fitted parameters of one zone, as arrays."""
 
     level: ArrayF  # (12,) mean g/kWh per calendar month
     shape: ArrayF  # (12, DAY_TYPES, 24) daily profile per month, day type, UTC hour
-    weights_full: ArrayF  # (MAX_LEAD, len(FULL_FEATURES) + len(FULL_LEAD_FEATURES))
-    weights_short: ArrayF  # (MAX_LEAD, len(SHORT_FEATURES) + len(SHORT_LEAD_FEATURES))
-    band_full: ArrayF  # (MAX_LEAD, 2) P10, P90 of log(actual / forecast), unscaled
-    band_short: ArrayF  # (MAX_LEAD, 2)
+    weights: dict[str, ArrayF]  # per mode: (MAX_LEAD, feature_width(mode))
+    bands: dict[str, ArrayF]  # per mode: (MAX_LEAD, 2) P10, P90 of log(actual / forecast)
     band_climatology: ArrayF  # (MAX_LEAD, 2)
     volatility_ref: float  # typical `volatility` in the fit data
     band_scale: float = 1.0  # calibration factor on the band's log width
@@ -185,9 +277,12 @@ class ZoneParams:
         return climatology(self.level, self.shape, hours)
 
 
-def regress(ratios: ArrayF, weights: ArrayF, horizon: int, short: bool) -> ArrayF:
+def regress(
+    ratios: ArrayF, origin_hours: ArrayF, weights: ArrayF, horizon: int, mode: str
+) -> ArrayF:
     """Predicted log ratios (n, horizon) from history log ratios and per-lead weights."""
-    anchor, common, per = features(ratios, horizon, short)
+    leads = np.arange(1, horizon + 1)
+    anchor, common, per = features(ratios, origin_hours, leads, mode)
     rows = lead_rows(weights, horizon)
     n_common = common.shape[1]
     out = anchor[:, None] + common @ rows[:, :n_common].T
@@ -202,7 +297,8 @@ def predict_batch(
 
     Args:
         params: The zone's parameters.
-        history: (n, HISTORY_HOURS) values in the hours before each origin, NaN where unknown.
+        history: (n, HISTORY_HOURS) values in the hours before each origin, NaN where unknown
+            (a shorter window is read as its most recent hours, the older ones unknown).
         origin_hours: (n,) epoch hour of each origin (the hour of lead 1).
         horizon: Number of hours to forecast.
 
@@ -211,28 +307,28 @@ def predict_batch(
     """
     origin_hours = np.asarray(origin_hours, dtype=np.int64)
     n = len(origin_hours)
+    history = np.asarray(history, dtype=np.float64).reshape(n, -1)[:, -HISTORY_HOURS:]
+    if history.shape[1] < HISTORY_HOURS:
+        pad = np.full((n, HISTORY_HOURS - history.shape[1]), np.nan)
+        history = np.concatenate([pad, history], axis=1)
     ratios = log_ratios(
-        np.asarray(history, dtype=np.float64),
-        params.climatology(origin_hours[:, None] + np.arange(-HISTORY_HOURS, 0)),
+        history, params.climatology(origin_hours[:, None] + np.arange(-HISTORY_HOURS, 0))
     )
     target_clim = params.climatology(origin_hours[:, None] + np.arange(horizon))
-    known = ~np.isnan(ratios)
-    full = known.mean(axis=1) >= FULL_HISTORY_SHARE
-    short = ~full & (known[:, -24:].sum(axis=1) >= MIN_HISTORY_FOR_BAND)
-
     log_point = np.zeros((n, horizon))
     band = np.broadcast_to(lead_rows(params.band_climatology, horizon), (n, horizon, 2)).copy()
-    if full.any():
-        log_point[full] = regress(ratios[full], params.weights_full, horizon, short=False)
-        scale = np.full(int(full.sum()), params.band_scale)
-        if params.volatility_power:
+    for mode, chosen in history_modes(ratios).items():
+        if not chosen.any():
+            continue
+        log_point[chosen] = regress(
+            ratios[chosen], origin_hours[chosen], params.weights[mode], horizon, mode
+        )
+        scale = np.full(int(chosen.sum()), params.band_scale)
+        if params.volatility_power and mode != "short":
             reference = max(params.volatility_ref, 1e-6)
-            ratio = np.nan_to_num(volatility(ratios[full]) / reference, nan=1.0)
+            ratio = np.nan_to_num(volatility(ratios[chosen]) / reference, nan=1.0)
             scale *= np.clip(ratio, *VOLATILITY_CLIP) ** params.volatility_power
-        band[full] = lead_rows(params.band_full, horizon)[None] * scale[:, None, None]
-    if short.any():
-        log_point[short] = regress(ratios[short], params.weights_short, horizon, short=True)
-        band[short] = lead_rows(params.band_short, horizon)[None] * params.band_scale
+        band[chosen] = lead_rows(params.bands[mode], horizon)[None] * scale[:, None, None]
     log_point = np.clip(log_point, *_LOG_RATIO_CLIP)
     point = np.exp(log_point) * target_clim
     low = point * np.exp(np.minimum(band[:, :, 0], 0.0))
@@ -243,7 +339,7 @@ def predict_batch(
 class EmbeddedModel:
     """The offline forecaster shipped with harchos (see the module docstring)."""
 
-    model_name = "harchos-embedded-2 (climatology × per-lead regression on the last week)"
+    model_name = "harchos-embedded-3 (climatology × per-lead regression on the last 4 weeks)"
 
     def __init__(self, document: dict[str, Any]) -> None:
         self._doc = document
@@ -290,8 +386,10 @@ class EmbeddedModel:
                 raw = json.loads(packed)
             shared = self._doc.get("shared", {})
 
+            unit = float(self._doc.get("weight_scale", 1.0))  # offsets stored as integers
+
             def table(key: str, width: int) -> ArrayF:
-                values = np.asarray(raw[key], dtype=np.float64).reshape(-1, width)
+                values = unit * np.asarray(raw[key], dtype=np.float64).reshape(-1, width)
                 base = shared.get(key)
                 if base is not None:  # per-zone weights are stored as offsets from shared ones
                     values = values + np.asarray(base, dtype=np.float64).reshape(-1, width)
@@ -300,12 +398,10 @@ class EmbeddedModel:
             cached = ZoneParams(
                 level=np.asarray(raw["level"], dtype=np.float64),
                 shape=np.asarray(raw["shape"], dtype=np.float64).reshape(12, DAY_TYPES, 24),
-                weights_full=table("weights_full", len(FULL_FEATURES) + len(FULL_LEAD_FEATURES)),
-                weights_short=table(
-                    "weights_short", len(SHORT_FEATURES) + len(SHORT_LEAD_FEATURES)
-                ),
-                band_full=np.asarray(raw["band_full"], dtype=np.float64).reshape(-1, 2),
-                band_short=np.asarray(raw["band_short"], dtype=np.float64).reshape(-1, 2),
+                weights={m: table(f"weights_{m}", feature_width(m)) for m in MODES},
+                bands={
+                    m: np.asarray(raw[f"band_{m}"], dtype=np.float64).reshape(-1, 2) for m in MODES
+                },
                 band_climatology=np.asarray(raw["band_climatology"], dtype=np.float64).reshape(
                     -1, 2
                 ),
@@ -376,22 +472,26 @@ class EmbeddedModel:
         """
         params = self.params(zone)
         if with_history:
-            rows = lead_rows(params.band_full, max(int(horizon), 0)) * params.band_scale
+            rows = lead_rows(params.bands["full"], max(int(horizon), 0)) * params.band_scale
         else:
             rows = lead_rows(params.band_climatology, max(int(horizon), 0))
         return np.exp(np.minimum(rows[:, 0], 0.0)), np.exp(np.maximum(rows[:, 1], 0.0))
 
     def history_mode(self, history_hours: int) -> str:
-        """Which weights a history of `history_hours` consecutive known hours selects."""
+        """Which weights a history of `history_hours` consecutive known hours selects: `long`
+        (four weeks), `full` (a week), `short` (a day) or `climatology`."""
         known = min(max(int(history_hours), 0), HISTORY_HOURS)
-        if known >= FULL_HISTORY_SHARE * HISTORY_HOURS:
+        if known >= KNOWN_SHARE * MODE_HOURS["long"]:
+            return "long"
+        if known >= KNOWN_SHARE * MODE_HOURS["full"]:
             return "full"
         if min(known, 24) >= MIN_HISTORY_FOR_BAND:
             return "short"
         return "climatology"
 
     def explain(self, zone: str, history_hours: int) -> dict[str, Any]:
-        """What the model is and how well it did for `zone`, for `harchos forecast --explain`.
+        """What the model is, what this forecast used, and how well it did for `zone`, for
+        `harchos forecast --explain`.
 
         Args:
             zone: Electricity Maps zone id.
@@ -399,30 +499,49 @@ class EmbeddedModel:
                 forecast is given.
 
         Returns:
-            A JSON-ready dict: model, method, fitted_at, fit {start, end, hours, sources},
-            history {given_hours, used_hours, mode, description}, backtest (the zone's scores as
-            stored by the fit script: kind "held-out" or "in-sample", period, horizon_hours, mape,
-            coverage, persistence_mape, share_of_oracle_1h / _6h and their persistence values
-            where known, or None when the fit recorded nothing).
+            A JSON-ready dict: model, method (in plain words, what this forecast was made
+            from), model_description (the model in general), fitted_at, fit {start, end, hours,
+            sources}, history {given_hours, used_hours, mode, description}, backtest (the zone's
+            scores as stored by the fit script: kind "held-out" or "in-sample", period,
+            horizon_hours, mape, coverage, persistence_mape, share_of_oracle_1h / _6h and their
+            persistence values where known, or None when the fit recorded nothing).
 
         Raises:
             NoCarbonDataError: The model does not cover `zone`.
         """
         info = self.fit_info(zone)
-        mode = self.history_mode(history_hours)
-        used = min(max(int(history_hours), 0), HISTORY_HOURS if mode == "full" else 24)
-        descriptions = {
-            "full": "regression on the last week (means of 24 h and 168 h, the last 24 hours, "
-            "the same hour 1, 2 and 7 days back) over the climatology",
-            "short": "regression on the last 24 h (their mean, each hour, the same hour "
-            "yesterday) over the climatology",
-            "climatology": "seasonal profile only (month, day type, hour): fewer than "
-            f"{MIN_HISTORY_FOR_BAND} recent hours known",
-        }
+        given = max(int(history_hours), 0)
+        mode = self.history_mode(given)
+        used = 0 if mode == "climatology" else min(given, MODE_HOURS[mode])
+        if mode == "climatology":
+            why = (
+                "no recent actuals were available"
+                if given == 0
+                else f"only {given} recent hour{'s' if given != 1 else ''} of actuals were "
+                f"known, and it needs at least {MIN_HISTORY_FOR_BAND} of the last 24"
+            )
+            method = f"seasonal profile only (month, day type, hour): {why}"
+            description = f"no recent actuals used: {why}"
+        else:
+            method = (
+                f"regression on the last {used} h of actuals over the seasonal profile "
+                "(month, day type, hour)"
+            )
+            description = {
+                "long": f"the last {used} h of actuals: their 24 h and 168 h means, each of the "
+                "last 24 hours, the same hour 1–7 days back, the 4-week mean of the same hour "
+                "of the week and of the day",
+                "full": f"the last {used} h of actuals: their 24 h and 168 h means, each of the "
+                "last 24 hours, the same hour 1–7 days back",
+                "short": f"the last {used} h of actuals: their mean, each hour, the same hour "
+                "yesterday",
+            }[mode]
         return {
             "model": self.model_name,
-            "method": "per-zone climatology × per-lead linear regression of log(actual / "
-            "climatology) on recent history; P10–P90 band from calibrated residual quantiles",
+            "method": method,
+            "model_description": "per-zone seasonal profile (climatology) × per-lead ridge "
+            "regression of log(actual / climatology) on the last 24 h, week or 4 weeks of "
+            "actuals, whichever is known; P10–P90 band from calibrated residual quantiles",
             "fitted_at": self.fitted_at,
             "fit": {
                 "start": info.get("fit_start"),
@@ -432,9 +551,9 @@ class EmbeddedModel:
             },
             "history": {
                 "given_hours": int(history_hours),
-                "used_hours": used if mode != "climatology" else 0,
+                "used_hours": used,
                 "mode": mode,
-                "description": descriptions[mode],
+                "description": description,
             },
             "backtest": info.get("backtest"),
         }
