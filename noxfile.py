@@ -27,7 +27,7 @@ def tests(session: nox.Session) -> None:
     # Three workers on two cores: much of the suite waits on real processes (sshd, Slurm,
     # supervisors, simulated clocks) rather than computing. worksteal: a worker left with one
     # slow test hands its queue to the others.
-    session.run("pytest", "-n", "3", "--dist", "worksteal", *session.posargs)
+    session.run("pytest", "-n", "3", "--dist", "worksteal", "--durations=25", *session.posargs)
 
 
 @nox.session

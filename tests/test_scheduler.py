@@ -92,11 +92,12 @@ def test_waiting_jobs_cost_one_scheduler_fill_the_slots_and_each_runs_once(
     submit = ["run", "batch", "--defer-until-green", "--duration", "1h", "--deadline", "10h",
               "--provider", f"replay:{traces / DE_TRACE}", "--at", "2022-03-01T03:00:00Z",
               "--speedup", "1200", "--detach", "--json"]  # fmt: skip
-    ids = []
+    submitted: dict[str, str] = {}  # job id: its planned start at submission
     for _ in range(JOBS):
         result = harchos(capsys, *submit)
         assert result.code == 0, result.err
-        ids.append(str(result.json()["job_id"]))
+        submitted[str(result.json()["job_id"])] = str(result.json()["planned_start"])
+    ids = list(submitted)
 
     # While they wait: one scheduler, no supervisor.
     (scheduler,) = wait_until(lambda: processes("harchos_cli.jobs.scheduler"))
@@ -125,16 +126,16 @@ def test_waiting_jobs_cost_one_scheduler_fill_the_slots_and_each_runs_once(
         return all(store.get(job_id).state == "done" for job_id in ids)
 
     wait_until(all_done, timeout=150)
-    # Each ran exactly once, in its planned slot or later, by its deadline.
+    # Each ran exactly once, each planned to finish by its deadline. (Whether it then did depends
+    # on the machine keeping up: at 1200x a second's delay is 20 minutes of the job's clock, and a
+    # late job records the hour it really started in.)
     assert sorted(ran.read_text().split()) == sorted(ids)
     for job_id in ids:
         job = store.get(job_id)
-        assert job.planned_start is not None
-        planned = parse_instant(job.planned_start)
+        assert job.exit_code == 0
         assert job.plan is not None
         deadline = parse_instant(job.plan["deadline"])
-        assert planned + timedelta(hours=1) <= deadline
-        assert job.exit_code == 0
+        assert parse_instant(submitted[job_id]) + timedelta(hours=1) <= deadline
     # Never more than the hub's slots ran at once (a job late into another hour takes that
     # hour's slot; one that finished early frees its own).
     assert most_at_once([store.get(job_id) for job_id in ids]) <= SLOTS
