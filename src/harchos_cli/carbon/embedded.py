@@ -339,7 +339,7 @@ def predict_batch(
 class EmbeddedModel:
     """The offline forecaster shipped with harchos (see the module docstring)."""
 
-    model_name = "harchos-embedded-3 (climatology × per-lead regression on the last 4 weeks)"
+    model_name = "harchos-embedded-3 (seasonal profile, corrected by recent actuals when known)"
 
     def __init__(self, document: dict[str, Any]) -> None:
         self._doc = document
@@ -521,7 +521,7 @@ class EmbeddedModel:
                 f"known, and it needs at least {MIN_HISTORY_FOR_BAND} of the last 24"
             )
             method = f"seasonal profile only (month, day type, hour): {why}"
-            description = f"no recent actuals used: {why}"
+            description = f"none: {why}, so the seasonal profile alone"
         else:
             method = (
                 f"regression on the last {used} h of actuals over the seasonal profile "
