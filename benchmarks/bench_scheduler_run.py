@@ -29,6 +29,8 @@ from pathlib import Path
 
 from _record import machine, record
 
+from harchos_cli.testing.processes import home_processes, most_at_once
+
 REPO = Path(__file__).resolve().parent.parent
 TRACE = Path(os.environ.get("HARCHOS_TRACES", REPO.parent / "shared" / "traces"))
 TRACE = TRACE / "eco4cast" / "DE_2022_hourly.csv"
@@ -37,23 +39,8 @@ SLOTS = 4
 
 def harchos_processes(home: str) -> dict[str, list[int]]:
     """Live `python -m harchos_cli.jobs.{scheduler,supervisor}` of this HARCHOS_HOME."""
-    found: dict[str, list[int]] = {"scheduler": [], "supervisor": []}
-    marker = f"HARCHOS_HOME={home}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker not in environ or state == "Z":
-            continue
-        for kind, pids in found.items():
-            if f"harchos_cli.jobs.{kind}".encode() in argv:
-                pids.append(int(entry.name))
-    return found
+    return {kind: home_processes(f"harchos_cli.jobs.{kind}", home)
+            for kind in ("scheduler", "supervisor")}  # fmt: skip
 
 
 def rss_mb(pids: list[int]) -> float:
@@ -165,14 +152,7 @@ def main() -> int:
             late += 1
     if late:
         failures.append(f"{late} jobs planned past their deadline")
-    events = sorted(
-        [(parse_instant(str(j.started_at)), 1) for j in jobs]
-        + [(parse_instant(str(j.finished_at)), -1) for j in jobs]
-    )  # an end sorts before a start at the same instant
-    running = at_once = 0
-    for _, change in events:
-        running += change
-        at_once = max(at_once, running)
+    at_once = most_at_once(jobs)
     if at_once > SLOTS:
         failures.append(f"{at_once} jobs ran at once on a hub with {SLOTS} slots")
     if schedulers_max > 1:

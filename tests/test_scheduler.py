@@ -23,6 +23,7 @@ from harchos_cli.carbon.types import Forecast, Point, Region, Source
 from harchos_cli.jobs.scheduler import SharedForecaster
 from harchos_cli.jobs.spec import load_project
 from harchos_cli.jobs.store import JobStore
+from harchos_cli.testing.processes import home_processes, most_at_once
 from harchos_cli.timeparse import iso, parse_instant
 
 __all__ = ["client_key_fixture", "sshd_factory_fixture"]
@@ -34,33 +35,7 @@ SLOTS = 4
 
 def processes(module: str) -> list[int]:
     """The live `python -m MODULE` processes of this test's HARCHOS_HOME."""
-    home = f"HARCHOS_HOME={os.environ['HARCHOS_HOME']}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if module.encode() in argv and home in environ and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
-def most_at_once(jobs: list[Any]) -> int:
-    """The most of `jobs` that ran at the same time, by their recorded start and end."""
-    events = sorted(
-        [(parse_instant(j.started_at), 1) for j in jobs]
-        + [(parse_instant(j.finished_at), -1) for j in jobs]
-    )  # an end sorts before a start at the same instant
-    running = most = 0
-    for _, change in events:
-        running += change
-        most = max(most, running)
-    return most
+    return home_processes(module, os.environ["HARCHOS_HOME"])
 
 
 def sweep(tmp_path: Path) -> Path:

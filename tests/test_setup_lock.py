@@ -16,6 +16,7 @@ from test_jobs_supervisor import kill_supervisor
 from test_run_ssh import add_h1, batch_project
 
 from harchos_cli.jobs.store import Job, log_path
+from harchos_cli.testing.processes import live_processes
 
 __all__ = ["client_key_fixture", "sshd_fixture"]
 
@@ -101,20 +102,14 @@ def test_the_setup_of_a_killed_supervisor_is_ended_and_setup_completes_once(
 
 def rsyncs_into(target: Path) -> list[int]:
     """The live rsync processes on this machine whose arguments name `target`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"rsync") and state != "Z" and any(
-            str(target).encode() in arg or target.name.encode() in arg for arg in argv
-        ):  # fmt: skip
-            found.append(int(entry.name))
-    return found
+
+    def copying(argv: list[bytes], _environ: list[bytes]) -> bool:
+        names = (str(target).encode(), target.name.encode())
+        return bool(argv) and argv[0].endswith(b"rsync") and any(
+            name in arg for arg in argv for name in names
+        )  # fmt: skip
+
+    return live_processes(copying)
 
 
 def test_the_copy_of_a_killed_supervisor_ends_with_it(
