@@ -458,8 +458,10 @@ class SshTransport:
         )
         manifest = "\0".join(sorted(current)).encode(errors="surrogateescape")
         self.run(
-            ["sh", "-c", 'cd -- "$1" && shift 2 && cat > "$0.tmp" && mv -f -- "$0.tmp" "$0" '
-             '&& if [ "$#" -gt 0 ]; then rm -f -- "$@"; fi',
+            # A temporary file of this shell's own: two syncs of one project at once (two
+            # jobs started together) must not take each other's away before the rename.
+            ["sh", "-c", 'cd -- "$1" && shift 2 && cat > "$0.tmp.$$" && mv -f -- "$0.tmp.$$" '
+             '"$0" && if [ "$#" -gt 0 ]; then rm -f -- "$@"; fi',
              SYNC_MANIFEST, target, "--", *gone],
             stdin=manifest,
             timeout=120,
