@@ -231,6 +231,8 @@ class Scheduler:
             self.considered[job.id] = hour
             start = self._replan(job, now, start)
         if now >= start:
+            if self._slots_full(job):
+                return  # the next pass looks again (a count, not a plan, while it waits)
             # Once more just before it starts, here rather than in each job's supervisor: one
             # process plans the jobs whose hour came one after the other, so each sees the slots
             # those before it took (supervisors checking at once would all see them free).
@@ -238,8 +240,6 @@ class Scheduler:
             if start <= now:
                 from harchos_cli.jobs.supervisor import FileReporter
 
-                if self._slots_full(job):
-                    return  # the next pass looks again
                 if self.store.advance(job.id, ["waiting"], "syncing", message=None):
                     FileReporter(job.id).stage(job, "syncing", f"starting on hub {job.hub}")
                 self._hand_over(job)

@@ -96,10 +96,14 @@ def parkable(job: Job, queue: SlurmQueue) -> bool:
     it (a cancel, a pause, a move). A job pending for resources may start any second, and its
     output and meter are followed from then: its supervisor stays."""
     return (
-        queue.pending and queue.reason == "BeginTime" and bool(job.request.get("defer"))
-        and job.detached and job.state == "running" and job.launched
+        waits_for_begin(job, queue) and job.detached and job.state == "running" and job.launched
         and not job.cancel_requested and not job.intent
     )  # fmt: skip
+
+
+def waits_for_begin(job: Job, queue: SlurmQueue) -> bool:
+    """Whether the deferred job is pending in Slurm only for the begin time harchos planned."""
+    return queue.pending and queue.reason == "BeginTime" and bool(job.request.get("defer"))
 
 
 def queues_in_slurm(job: Job, request: Request) -> bool:
@@ -1236,10 +1240,13 @@ def follow_queue(
             message += f", starts {queue.start} UTC"
     if current.message != message:
         store.update(job.id, message=message)
-    waiting = queue.pending and queue.reason == "BeginTime" and current.request.get("defer")
     clock = from_json(current.request.get("clock"))
     now = clock.now()
-    if not waiting or floor_hour(now) <= considered or current.planned_start is None:
+    if (
+        not waits_for_begin(current, queue)
+        or floor_hour(now) <= considered
+        or current.planned_start is None
+    ):
         return considered
     request = Request.from_json(current.request, current.project_dir)
     planned = parse_instant(current.planned_start)
