@@ -175,7 +175,12 @@ def evaluate(
     idx = origins(trace, span)
     _need_origins(trace, idx, span)
     actual = trace.values[idx[:, None] + np.arange(span)]
-    point, _, _ = model_forecast(trace, model, idx, span, history_hours)
+    # The rolling policy needs a forecast at every hour; the single-shot one is those at origins.
+    hourly = hourly_forecasts(trace, model, idx, span, history_hours) if rolling else None
+    if hourly is not None:
+        point = hourly[0][idx - idx.min()]
+    else:
+        point, _, _ = model_forecast(trace, model, idx, span, history_hours)
     persistence = persistence_forecast(trace.values, idx, span)
 
     baseline = actual[:, :job_hours].mean(axis=1)
@@ -183,8 +188,7 @@ def evaluate(
     if interruptible:
         policies["oracle"] = np.sort(actual, axis=1)[:, :job_hours].mean(axis=1)
         policies["forecast"] = _cheapest_hours(point, actual, job_hours)
-        if rolling:
-            hourly = hourly_forecasts(trace, model, idx, span, history_hours)
+        if hourly is not None:
             policies["rolling"] = rolling_interruptible(
                 trace, hourly[0], idx, job_hours=job_hours, slack_hours=slack_hours
             )
@@ -193,8 +197,7 @@ def evaluate(
         windows = sliding_window_view(actual, job_hours, axis=1).mean(axis=2)
         policies["oracle"] = windows.min(axis=1)
         policies["forecast"] = _cheapest_start(point, windows, job_hours)
-        if rolling:
-            hourly = hourly_forecasts(trace, model, idx, span, history_hours)
+        if hourly is not None:
             starts, _ = rolling_starts(
                 [trace], [hourly], idx, job_hours=job_hours, slack_hours=slack_hours,
                 min_saving=min_saving,
@@ -270,7 +273,8 @@ def evaluate_spatial(
 
     actual = np.stack([t.values[idx[:, None] + np.arange(span)] for t in aligned])  # (hub, n, span)
     windows = sliding_window_view(actual, job_hours, axis=2).mean(axis=3)  # (hub, n, starts)
-    predicted = np.stack([model_forecast(t, model, idx, span, history_hours)[0] for t in aligned])
+    hourly = [hourly_forecasts(t, model, idx, span, history_hours) for t in aligned]
+    predicted = np.stack([h[0][idx - idx.min()] for h in hourly])  # made at the origins
     persisted = np.stack([persistence_forecast(t.values, idx, span) for t in aligned])
     rows = np.arange(len(idx))
     baseline = windows[0, :, 0]
@@ -287,7 +291,6 @@ def evaluate_spatial(
         "oracle": chosen_by(actual),
         "forecast": chosen_by(predicted),
     }
-    hourly = [hourly_forecasts(t, model, idx, span, history_hours) for t in aligned]
     starts, hub_index = rolling_starts(
         aligned, hourly, idx, job_hours=job_hours, slack_hours=slack_hours, min_saving=min_saving
     )
