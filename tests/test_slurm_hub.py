@@ -249,7 +249,9 @@ def scheduler_pid() -> int | None:
 
     if not is_scheduling():
         return None
-    return int((scheduler_dir() / "scheduler.lock").read_text().split()[0])
+    # The holder writes its pid just after taking the lock: empty for that moment.
+    written = (scheduler_dir() / "scheduler.lock").read_text().split()
+    return int(written[0]) if written else None
 
 
 def job_clock_now(job_id: str) -> datetime:
