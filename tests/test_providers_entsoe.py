@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,16 +20,19 @@ from harchos_cli.carbon.providers.entsoe import (
     DIRECT,
     LIFECYCLE,
     PSR_TYPES,
+    REASON_MAX,
     Entsoe,
     EntsoeData,
     hourly_mix,
     parse_document,
     parse_resolution,
 )
+from harchos_cli.carbon.providers.http import ERROR_BODY_LIMIT
 from harchos_cli.carbon.providers.live import LIVE_PROVIDERS, make_live_provider, worth_trying
 from harchos_cli.carbon.service import AUTO_ORDER
 from harchos_cli.carbon.types import Region
 from harchos_cli.errors import ProviderError
+from harchos_cli.secrets import MASK
 
 FIXTURES = Path(__file__).parent / "fixtures" / "entsoe"
 TOKEN = "0b1c2d3e-4f5a-6b7c-8d9e-0f1a2b3c4d5e"
@@ -344,6 +348,70 @@ def test_server_errors_are_retried_and_never_show_the_token(
     assert TOKEN not in str(caught.value)
     assert not caught.value.permanent
     assert len(server.hits(API)) == 2
+
+
+REFUSED = (
+    "entsoe: the Transparency Platform refused the query for DE (10Y1001A1001A83F, A75) (HTTP 400)"
+)
+
+
+def test_a_refused_query_says_why_the_platform_refused_it(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    server.route(API, Reply(400, recorded("ack_400_A75_DE_limit.xml")))
+    with pytest.raises(ProviderError) as caught:
+        provider(server, tmp_path).fetch(DE, NOW, 24)
+    assert str(caught.value) == (
+        f"{REFUSED}: The amount of requested data exceeds allowed limit. Requested 9 documents, "
+        "but only allowed to request 1 document per request."
+    )
+    assert caught.value.permanent
+    assert len(server.hits(API)) == 1
+
+
+def test_a_refused_querys_reason_is_one_short_line_without_the_token(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    # The token straddles the point where the reason is cut: no part of it may survive the cut.
+    reason = "Bad\r\n  request\t" + "x" * (REASON_MAX - 20) + f" {TOKEN} " + "y" * 1000
+    body = re.sub(
+        rb"<text>.*</text>",
+        f"<text>{reason}</text>".encode(),
+        recorded("ack_400_A75_DE_limit.xml"),
+        flags=re.S,
+    )
+    assert len(body) < ERROR_BODY_LIMIT
+    server.route(API, Reply(400, body))
+    with pytest.raises(ProviderError) as caught:
+        provider(server, tmp_path).fetch(DE, NOW, 24)
+    message = str(caught.value)
+    assert message.startswith(f"{REFUSED}: Bad request x")
+    assert message.endswith("…")
+    assert len(message) == len(REFUSED) + 2 + REASON_MAX
+    assert not {"\n", "\r", "\t"} & set(message)
+    assert TOKEN[:6] not in message
+    assert MASK[:4] in message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"Bad Request",
+        b"<html><body><h1>400 Bad Request</h1></body></html>",
+        recorded("ack_400_A75_DE_limit.xml").replace(b"<Reason>", b"<!DOCTYPE x><Reason>"),
+        # An acknowledgement longer than what is kept of an error's body is cut short: no reason.
+        recorded("ack_400_A75_DE_limit.xml").replace(b"allowed limit.", b"z" * ERROR_BODY_LIMIT),
+        b"",
+    ],
+)
+def test_a_refused_query_without_an_acknowledgement_keeps_the_plain_message(
+    server: FakeServer, tmp_path: Path, body: bytes
+) -> None:
+    server.route(API, Reply(400, body))
+    with pytest.raises(ProviderError) as caught:
+        provider(server, tmp_path).fetch(DE, NOW, 24)
+    assert str(caught.value) == REFUSED
+    assert caught.value.permanent
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from httpfake import FakeServer, Reply, provider_config
 
 from harchos_cli.carbon.cache import ResponseCache
 from harchos_cli.carbon.providers.http import (
+    ERROR_BODY_LIMIT,
     HttpStatusError,
     ProviderHttp,
     RetryPolicy,
@@ -99,6 +100,21 @@ def test_client_error_is_not_retried(server: FakeServer, tmp_path: Path) -> None
     assert sleeps.calls == []
     assert caught.value.permanent
     assert caught.value.server_message == "bad date"
+
+
+def test_an_error_keeps_the_start_of_its_body_but_never_shows_it(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    body = b"<Reason>" + b"r" * (2 * ERROR_BODY_LIMIT)
+    server.route("/x", Reply(400, body))
+    with pytest.raises(HttpStatusError) as caught:
+        make_http(server, tmp_path).get_json("x", zone="GB", now=NOW)
+    assert caught.value.body == body[:ERROR_BODY_LIMIT]
+    assert str(caught.value) == "ukgrid: HTTP 400"
+    server.route("/y", Reply(503, b"busy"))
+    with pytest.raises(HttpStatusError) as caught:
+        make_http(server, tmp_path, retries=1).get_json("y", zone="GB", now=NOW)
+    assert caught.value.body == b"busy"
 
 
 def test_server_that_never_answers_times_out(server: FakeServer, tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ Answers are XML: a `GL_MarketDocument` of `TimeSeries` (one per production type,
 storage one more for what it consumed), each with `Period`s of `Point`s (position, quantity in
 MW) at a `resolution` of PT15M, PT30M or PT60M. Curve type A01 gives every position (a missing one
 is a gap); A03 leaves out positions whose value repeats the previous one. "No matching data" comes
-back as HTTP 200 with an `Acknowledgement_MarketDocument` (reason code 999); a bad token as HTTP
-401 with an HTML page.
+back as HTTP 200 with an `Acknowledgement_MarketDocument` (reason code 999); a refused query as
+HTTP 400, usually with an acknowledgement saying why; a bad token as HTTP 401 with an HTML page.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ BACKFILL_MAX = timedelta(days=365)
 #: the hours after its last value are left out rather than computed without it.
 PUBLICATION_LAG = timedelta(hours=6)
 NO_DATA_CODE = "999"
+#: Characters of an acknowledgement's reason shown in an error message.
+REASON_MAX = 300
 TOKEN_HINT = (
     "set ENTSOE_SECURITY_TOKEN or entsoe.token in `harchos config path`; the token is free: "
     "register at transparency.entsoe.eu and ask for Restful API access"
@@ -300,6 +302,17 @@ def _check_document(body: bytes) -> ElementTree.Element:
     if name != "GL_MarketDocument":
         raise ProviderError(NAME, f"unexpected document {name!r} in the answer")
     return root
+
+
+def acknowledgement_reason(body: bytes) -> str | None:
+    """The `Reason` text of an `Acknowledgement_MarketDocument`; None for any other body."""
+    try:
+        _check_document(body)
+    except AcknowledgementError as exc:
+        return exc.text
+    except ProviderError:
+        return None
+    return None
 
 
 def check_answer(body: Any) -> None:
@@ -568,6 +581,16 @@ class Entsoe:
     def _scrub(self, text: str) -> str:
         return text.replace(self._token, MASK) if self._token else text
 
+    def _reason(self, body: bytes) -> str | None:
+        """The reason text of an acknowledgement sent with an HTTP error, made safe for a
+        one-line message; None when the body is no acknowledgement (or was cut short)."""
+        text = acknowledgement_reason(body)
+        if text is None:
+            return None
+        # Masked before it is cut, so that no part of the token survives the cut.
+        text = " ".join(self._scrub(text).split())
+        return text if len(text) <= REASON_MAX else text[: REASON_MAX - 1] + "…"
+
     def _get(
         self,
         query: dict[str, str],
@@ -601,10 +624,11 @@ class Entsoe:
                     permanent=True,
                 ) from None
             if exc.status == 400:
+                reason = self._reason(exc.body)
                 raise ProviderError(
                     NAME,
                     f"the Transparency Platform refused the query for {zone} ({query['in_Domain']}"
-                    f", {query['documentType']}) (HTTP 400)",
+                    f", {query['documentType']}) (HTTP 400)" + (f": {reason}" if reason else ""),
                     permanent=True,
                 ) from None
             raise ProviderError(

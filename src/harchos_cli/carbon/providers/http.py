@@ -35,13 +35,17 @@ Params = Mapping[str, str | int | float]
 HOUR = timedelta(hours=1)
 #: An hourly bucket is kept only when its data cover at least this share of the hour.
 MIN_HOUR_COVERAGE = 0.5
+#: Bytes of an error answer's body kept in `HttpStatusError.body`.
+ERROR_BODY_LIMIT = 4096
 
 
 class HttpStatusError(ProviderError):
     """A provider answered with a non-retryable HTTP status (or kept answering a retryable one).
 
     `status` lets a client treat 401/403 specially (plan limits, bad token, re-login);
-    `server_message` is the provider's own explanation when the body carried one.
+    `server_message` is the provider's own explanation when the body carried one; `body` is the
+    start of the raw body (at most `ERROR_BODY_LIMIT` bytes), for a client whose errors are not
+    JSON. Neither is part of the message: a client decides what of them is safe to show.
     """
 
     def __init__(
@@ -52,11 +56,13 @@ class HttpStatusError(ProviderError):
         *,
         permanent: bool = False,
         text: str | None = None,
+        body: bytes = b"",
     ) -> None:
         default = f"HTTP {status}" + (f": {server_message}" if server_message else "")
         super().__init__(provider, text or default, permanent=permanent)
         self.status = status
         self.server_message = server_message
+        self.body = body[:ERROR_BODY_LIMIT]
 
 
 @dataclass(frozen=True)
@@ -278,6 +284,7 @@ class ProviderHttp:
         failure = ""
         last_status: int | None = None
         last_message = ""
+        last_body = b""
         for attempt in range(attempts):
             retry_after: float | None = None
             try:
@@ -304,8 +311,11 @@ class ProviderHttp:
                 if 200 <= status < 300:
                     return self._decode(response), response.content
                 last_status, last_message = status, _server_message(response)
+                last_body = response.content[:ERROR_BODY_LIMIT]
                 if status not in (408, 429) and status < 500:
-                    raise HttpStatusError(self.provider, status, last_message, permanent=True)
+                    raise HttpStatusError(
+                        self.provider, status, last_message, permanent=True, body=last_body
+                    )
                 failure = f"HTTP {status}" + (f": {last_message}" if last_message else "")
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if attempt + 1 < attempts:
@@ -313,7 +323,7 @@ class ProviderHttp:
         tries = f"after {attempts} tries" if attempts > 1 else "(no retries)"
         if last_status is not None:
             raise HttpStatusError(
-                self.provider, last_status, last_message, text=f"{failure} {tries}"
+                self.provider, last_status, last_message, text=f"{failure} {tries}", body=last_body
             )
         raise ProviderError(self.provider, f"{failure} {tries}")
 
