@@ -239,3 +239,21 @@ def test_hostile_values_end_in_a_documented_exit_code(
                     os.environ["HARCHOS_HOME"] = before[1]
 
     run()
+
+
+def test_hostile_history_reaches_the_backtest_of_a_readable_trace(
+    capsys: pytest.CaptureFixture[str], fuzz_env: None, tmp_path: Path
+) -> None:
+    # Above, TRACE is hostile too, so a --history that parses never reaches the model.
+    trace = tmp_path / "t.csv"
+    rows = [f"2030-01-{1 + hour // 24:02d}T{hour % 24:02d}:00:00Z,{300 + hour % 24}"
+            for hour in range(20 * 24)]  # fmt: skip
+    trace.write_text("datetime,carbon_intensity\n" + "\n".join(rows) + "\n")
+
+    @settings(PROFILE)
+    @given(value=VALUES)
+    def run(value: str) -> None:
+        argv = ["forecast", "backtest", str(trace), "--zone", "DE", "--history", value, "--json"]
+        check(harchos(capsys, *argv), argv)
+
+    run()

@@ -6,6 +6,7 @@ import csv
 import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from clirunner import harchos
@@ -258,3 +259,55 @@ def test_several_regions_none_of_which_fits_is_exit_2(capsys: pytest.CaptureFixt
     )
     assert result.code == 2
     assert "no region can fit the job" in result.err
+
+
+def test_backtest_history_limits_what_the_model_sees(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    trace = tmp_path / "t.csv"
+    write_trace(trace)
+
+    def scored(*extra: str) -> dict[str, Any]:
+        result = harchos(capsys, "forecast", "backtest", str(trace), "--zone", "DE", *extra)
+        assert result.code == 0, result.err
+        data: dict[str, Any] = result.json()
+        return data
+
+    full, day = scored("--json"), scored("--history", "24h", "--json")
+    assert (full["history_hours"], day["history_hours"]) == (None, 24)
+    assert scored("--history", "all", "--json") == full
+    assert day["origins"] == full["origins"]
+    assert day["mape"] != pytest.approx(full["mape"], rel=1e-3)
+    # The reference is not the model: it sees the day before whatever the model is given.
+    assert day["baseline"] == full["baseline"]
+    text = harchos(capsys, "forecast", "backtest", str(trace), "--zone", "DE", "--history", "7d")
+    assert text.code == 0, text.err
+    assert "the model sees 168 h of history" in text.out
+    text = harchos(capsys, "forecast", "backtest", str(trace), "--zone", "DE")
+    assert "the model sees all the history" in text.out
+
+
+HISTORY_HINT = "give 0h (offline), 24h (a live provider's day), 168h (a week), or all"
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("90m", "history '90m' is not a whole number of hours"),
+        ("soon", "history: bad duration 'soon'"),
+        ("-1h", "history: bad duration '-1h'"),
+        ("", "history: empty duration"),
+    ],
+)
+def test_backtest_bad_history_exits_2_with_one_line_and_a_hint(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, value: str, fragment: str
+) -> None:
+    trace = tmp_path / "t.csv"
+    write_trace(trace)
+    result = harchos(capsys, "forecast", "backtest", str(trace), "--history", value)
+    assert result.code == 2
+    lines = result.err.strip().splitlines()
+    assert lines[0] == f"harchos: error: {fragment}"
+    assert len(lines) == 2
+    assert lines[1] == f"  hint: {HISTORY_HINT}"
+    assert result.out == ""

@@ -88,6 +88,12 @@ def backtest(
         ..., help="Hourly trace: Electricity Maps export or datetime,carbon_intensity."
     ),
     horizon: int = typer.Option(24, "--horizon", min=1, max=168, help="Forecast horizon in hours."),
+    history: str = typer.Option(
+        "all",
+        "--history",
+        help="Actuals the model may see before each forecast: 0h (offline), 24h (a live "
+        "provider's day), 168h (a week), or all.",
+    ),
     zone: str | None = typer.Option(None, "--zone", help="Grid zone, if the file doesn't say."),
     json_: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -95,8 +101,12 @@ def backtest(
     from harchos_cli.carbon.embedded import EmbeddedModel
     from harchos_cli.cli.session import load_trace
     from harchos_cli.plan.evaluate import backtest as run_backtest
+    from harchos_cli.plan.evaluate import parse_history
 
-    result = run_backtest(load_trace(trace, zone), EmbeddedModel.load(), horizon=horizon)
+    history_hours = parse_history(history)
+    result = run_backtest(
+        load_trace(trace, zone), EmbeddedModel.load(), horizon=horizon, history_hours=history_hours
+    )
     if json_:
         from harchos_cli.cli import output
 

@@ -370,6 +370,8 @@ def print_backtest(result: dict[str, Any]) -> None:
         f"[bold]{result['zone']}[/]: {result['origins']} forecasts of {result['horizon_hours']} h"
         f"{span}"
     )
+    seen = _history_seen(result.get("history_hours"))
+    stdout.print(f"the model sees {seen} before each forecast")
     base = result["baseline"]["persistence_24h"]
     rows = [
         ("harchos embedded", percent(result["mape"], 1), f"{result['mae']:.1f}"),
@@ -382,10 +384,13 @@ def print_backtest(result: dict[str, Any]) -> None:
         warn("the model was fitted on data from this period: these scores are in-sample")
 
 
+def _history_seen(hours: int | None) -> str:
+    return "all the history" if hours is None else f"{hours} h of history"
+
+
 def print_evaluation(result: dict[str, Any]) -> None:
     kind = "interruptible" if result["interruptible"] else "non-interruptible"
-    history = result.get("history_hours")
-    seen = "all the history" if history is None else f"{history} h of history"
+    seen = _history_seen(result.get("history_hours"))
     where = result["zone"] if "zones" not in result else " + ".join(result["hubs"])
     stdout.print(
         f"[bold]{where}[/]: {result['jobs']} {kind} jobs of {result['job_hours']} h "

@@ -49,6 +49,7 @@ ORIGIN_EVERY_HOURS = 6
 DEFAULT_MIN_SAVING = 0.02
 """The product's default `plan.min_saving_percent` (2 %), as a fraction."""
 _HOUR = timedelta(hours=1)
+_HISTORY_HINT = "give 0h (offline), 24h (a live provider's day), 168h (a week), or all"
 Hourly = tuple[np.ndarray, np.ndarray, np.ndarray]
 """Forecasts made at consecutive hours: (point, low, high), each (hours, leads)."""
 
@@ -356,11 +357,15 @@ def parse_history(text: str) -> int | None:
         return None
     if re.fullmatch(r"0+(?:\.0*)?\s*[smhdw]?", raw):
         return 0
-    hours = parse_duration(text).total_seconds() / 3600
+    try:
+        hours = parse_duration(text).total_seconds() / 3600
+    except UsageError as exc:
+        # parse_duration's hint suggests 90m, which is no history.
+        raise UsageError(f"history: {exc.message}", hint=_HISTORY_HINT) from None
     if hours != int(hours):
         raise UsageError(
             f"history {text!r} is not a whole number of hours",
-            hint="give 0h (offline), 24h (a live provider's day), 168h (a week), or all",
+            hint=_HISTORY_HINT,
         )
     return int(hours)
 
@@ -376,7 +381,7 @@ def _check_history(history_hours: int | None) -> None:
     if history_hours is not None and history_hours < 0:
         raise UsageError(
             f"history cannot be negative, got {history_hours} h",
-            hint="give 0h (offline), 24h (a live provider's day), 168h (a week), or all",
+            hint=_HISTORY_HINT,
         )
 
 
