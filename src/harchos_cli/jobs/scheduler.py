@@ -1,8 +1,10 @@
 """The scheduler: one process per `HARCHOS_HOME` holds every detached job that waits for its
 green window, so a thousand waiting jobs cost one process, not a thousand supervisors.
 
-What it holds: a `waiting` job with a deferred plan that no process supervises (a foreground
-`harchos run` supervises its own job; a job bound for a Slurm queue waits there instead). Each
+What it holds: a detached `waiting` job that no process supervises, with a deferred plan, or
+one that starts at once but found its hub's slots full (a foreground `harchos run` supervises
+its own job, and waits for a slot by the same rule, `supervisor.take_slot`; a job bound for a
+Slurm queue waits there instead). Each
 pass it re-plans a held job when its clock enters a new hour (the supervisor's own rule, through
 `supervisor.replan`), with one forecast per provider, region and hour shared by every job; when a
 job's planned start comes, it hands the job to a supervisor of its own (`liveness.spawn`), which
@@ -238,10 +240,17 @@ class Scheduler:
             # those before it took (supervisors checking at once would all see them free).
             start = self._replan(job, now, start)
             if start <= now:
-                from harchos_cli.jobs.supervisor import FileReporter
+                from harchos_cli.jobs.supervisor import FileReporter, take_slot
 
-                if self.store.advance(job.id, ["waiting"], "syncing", message=None):
-                    FileReporter(job.id).stage(job, "syncing", f"starting on hub {job.hub}")
+                current = self.store.get(job.id)  # the re-plan may have moved it to another hub
+                if take_slot(self.store, current, self._project(job)):
+                    FileReporter(job.id).stage(current, "syncing", f"starting on hub {current.hub}")
+                else:
+                    current = self.store.get(job.id)
+                    if current.state == "waiting":
+                        # Another process took the slot since the count: the next pass looks.
+                        self._line(f"{job.id}: {current.message}")
+                        return
                 self._hand_over(job)
                 return
         nearest = min(start, hour + timedelta(hours=1))
@@ -279,24 +288,13 @@ class Scheduler:
         return known[1]
 
     def _slots_full(self, job: Job) -> bool:
-        """Whether the job's hub runs its `max_jobs` already. Plans never book an hour beyond
-        the slots, but a job that runs past its window, or starts late, can still fill the hour
-        another job is due in; that job then waits for a slot rather than start beside them (and
-        is late for its deadline when every hour before it was full)."""
-        if not job.hub:
-            return False
-        request = Request.from_json(job.request, job.project_dir, project=self._project(job))
-        from harchos_cli.jobs.request import get_hub
+        """Whether the job's hub runs its `max_jobs` already (`supervisor.waits_for_slot`)."""
+        from harchos_cli.jobs.supervisor import waits_for_slot
 
-        slots = get_hub(job.hub, request.project).max_jobs
-        running = self.store.started_on(job.hub) if slots else 0
-        if not slots or running < slots:
-            return False
-        message = f"waiting for a slot: hub {job.hub} runs {running} job(s), its max_jobs"
-        if job.message != message:
-            self.store.update(job.id, message=message)
+        message = waits_for_slot(self.store, job, self._project(job))
+        if message is not None and message != job.message:
             self._line(f"{job.id}: {message}")
-        return True
+        return message is not None
 
     def _hand_over(self, job: Job) -> None:
         last = self.handed.get(job.id)

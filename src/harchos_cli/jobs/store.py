@@ -39,6 +39,8 @@ FINISHED: tuple[JobStateName, ...] = ("done", "failed", "cancelled")
 # still run there, unwatched, until `harchos jobs reattach` (or a cancel) takes it up again.
 LOST: JobStateName = "lost"
 STATES: tuple[JobStateName, ...] = (*ACTIVE, "paused", LOST, *FINISHED)
+# The jobs that hold one of a hub's `max_jobs` slots (the hub is the one parameter).
+_STARTED_ON = "hub = ? AND state IN ('syncing', 'running')"
 
 
 @dataclass
@@ -365,10 +367,25 @@ class JobStore:
 
     def started_on(self, hub: str) -> int:
         """How many jobs are starting or running on `hub` (what its slots hold now)."""
-        row = self.db.execute(
-            "SELECT COUNT(*) FROM jobs WHERE hub = ? AND state IN ('syncing', 'running')", (hub,)
-        ).fetchone()
+        row = self.db.execute(f"SELECT COUNT(*) FROM jobs WHERE {_STARTED_ON}", (hub,)).fetchone()
         return int(row[0])
+
+    def admit(self, job_id: str, hub: str | None, slots: int | None, **values: Any) -> bool:
+        """Move the waiting job to `syncing` if it is still bound for `hub` and `hub` runs fewer
+        than `slots` jobs (`started_on`; None: no limit); True when it moved. The count and the
+        move are one UPDATE, which SQLite runs holding the write lock from before it counts:
+        two processes that both saw a hub's last slot free never both take it."""
+        if slots is None:
+            return self.advance(job_id, ["waiting"], "syncing", **values)
+        values["state"] = "syncing"
+        values["updated_at"] = iso(utcnow())
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        cursor = self.db.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = ? AND state = 'waiting' AND hub = ? "
+            f"AND (SELECT COUNT(*) FROM jobs WHERE {_STARTED_ON}) < ?",
+            [*(_encode(name, value) for name, value in values.items()), job_id, hub, hub, slots],
+        )
+        return cursor.rowcount == 1
 
     def held_ids(self) -> list[str]:
         """The scheduler's jobs: detached ones waiting for their window, and those parked in a

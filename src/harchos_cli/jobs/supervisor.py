@@ -4,8 +4,9 @@ One supervisor per job, guaranteed by an exclusive `flock` on the job's lock fil
 kernel when the process dies, even by SIGKILL). Every stage is restartable:
 
 - waiting: the plan and the simulated clock's anchor are in the store; a new supervisor re-plans
-  and waits for the same moment (a detached job waits in the scheduler instead,
-  `harchos_cli.jobs.scheduler`, which hands it to its supervisor when its start comes);
+  and waits for the same moment, then for a slot on its hub (`max_jobs`, `take_slot`); a
+  detached job waits in the scheduler instead (`harchos_cli.jobs.scheduler`), which hands it to
+  its supervisor when its start comes;
 - syncing: rsync and the setup marker (per project folder on the hub and content hash) make a
   second pass cheap;
 - running: followed with the hub, command and folder saved when syncing ended (never reloaded
@@ -59,6 +60,7 @@ from harchos_cli.jobs.request import (
     main_address,
     make_plan,
 )
+from harchos_cli.jobs.spec import Project
 from harchos_cli.jobs.store import (
     ACTIVE,
     ATTEMPT_KEYS,
@@ -74,6 +76,7 @@ from harchos_cli.timeparse import floor_hour, iso, parse_duration, parse_instant
 
 HEARTBEAT_S = 2.0
 TICK_S = 0.25  # real seconds between checks while waiting (cancel, countdown)
+SLOT_POLL_S = 1.0  # ... and while waiting for a slot on a hub (`max_jobs`)
 POLL_S = 0.25  # real seconds between log reads while running on this machine
 REMOTE_POLL_S = 1.0  # ... and over SSH, where each read is a round trip
 STATUS_EVERY_S = 5.0  # a local job's status is asked for at least this often
@@ -115,6 +118,47 @@ def queues_in_slurm(job: Job, request: Request) -> bool:
         return get_hub(job.hub, request.project).transport == SLURM
     except HarchosError:
         return False
+
+
+def slot_limit(job: Job, project: Project) -> int | None:
+    """How many jobs the job's hub runs at once (`max_jobs`); None: no hub, or no limit."""
+    return get_hub(job.hub, project).max_jobs if job.hub else None
+
+
+def waits_for_slot(store: JobStore, job: Job, project: Project) -> str | None:
+    """Why the waiting `job` may not start now: its hub runs its `max_jobs` already. The reason
+    is recorded as the job's message (once); None when the hub has a free slot or no limit.
+
+    Plans never book an hour beyond the slots, but a job that runs past its window, starts late
+    or was started at once can still fill the hour another job is due in; that job then waits
+    for a slot rather than start beside them (late for its deadline when every hour before it
+    was full). The rule of the scheduler for the jobs it holds and of a supervisor for the job
+    it starts itself; `take_slot` is its atomic form."""
+    slots = slot_limit(job, project)
+    if slots is None:
+        return None
+    assert job.hub is not None
+    running = store.started_on(job.hub)
+    if running < slots:
+        return None
+    message = f"waiting for a slot: hub {job.hub} runs {running} job(s), its max_jobs"
+    if job.message != message:
+        store.update(job.id, message=message)
+    return message
+
+
+def take_slot(store: JobStore, job: Job, project: Project) -> bool:
+    """Start the waiting `job`: `waiting → syncing` if its hub has a free slot then, counted
+    and taken in one UPDATE (`JobStore.admit`), so that of two processes that both saw a hub's
+    last slot free only one takes it. True when it moved; False when it waits for a slot (its
+    message says so, `waits_for_slot`) or is no longer waiting."""
+    while True:
+        if store.admit(job.id, job.hub, slot_limit(job, project), message=None):
+            return True
+        job = store.get(job.id)
+        if job.state != "waiting" or waits_for_slot(store, job, project):
+            return False
+        # A slot came free, or the job was re-planned onto another hub, since the UPDATE.
 
 
 def slurm_options(job: Job, request: Request, hub: Hub, hub_job_id: str) -> dict[str, Any]:
@@ -319,14 +363,18 @@ class Supervisor:
     def _wait(self, job: Job) -> None:
         request = Request.from_json(job.request, job.project_dir)
         clock = from_json(request.clock)
-        if not request.defer or job.planned_start is None or queues_in_slurm(job, request):
+        if queues_in_slurm(job, request):
             # A Slurm hub waits in its own queue (`sbatch --begin`), not in this process.
             self.store.advance(job.id, ["waiting"], "syncing")
             return
         forecaster: Forecaster | None = None
-        start = parse_instant(job.planned_start)
+        start = clock.now()  # a job that starts at once waits only for a slot
+        final_check = True
+        if request.defer and job.planned_start is not None:
+            start = parse_instant(job.planned_start)
+            final_check = False
         refreshed = floor_hour(clock.now())
-        final_check = False
+        told = False
         while True:
             current = self.store.get(job.id)
             if current.state != "waiting":
@@ -336,6 +384,15 @@ class Supervisor:
                 return
             now = clock.now()
             if now >= start:
+                waits = waits_for_slot(self.store, current, request.project)
+                if waits is not None:
+                    # A count, not a plan, while it waits (the scheduler's rule); the jobs it
+                    # waits on end in real time, whatever the job's clock.
+                    if not told:
+                        told = True
+                        self.reporter.notice(waits)
+                    self.sleep(SLOT_POLL_S)
+                    continue
                 if not final_check:
                     # Once more just before starting: the forecast may have changed.
                     final_check = True
@@ -343,7 +400,11 @@ class Supervisor:
                     start = self._replan(job, request, forecaster, now, start)
                     if start > now:
                         continue
-                break
+                current = self.store.get(job.id)  # the re-plan may have moved it to another hub
+                if take_slot(self.store, current, request.project):
+                    self.reporter.stage(current, "syncing", f"starting on hub {current.hub}")
+                    return
+                continue  # another job took the slot meanwhile
             if floor_hour(now) > refreshed:
                 # A new hour: providers publish a new forecast; re-plan on it.
                 refreshed = floor_hour(now)
@@ -354,8 +415,6 @@ class Supervisor:
             self.reporter.waiting(current, now, start)
             wake = min(start, refreshed + timedelta(hours=1))
             self.sleep(min(TICK_S, max(clock.real_seconds((wake - now).total_seconds()), 0.0)))
-        if self.store.advance(job.id, ["waiting"], "syncing"):
-            self.reporter.stage(job, "syncing", f"starting on hub {job.hub}")
 
     def _replan(
         self, job: Job, request: Request, forecaster: Forecaster, now: datetime, start: datetime
@@ -1305,8 +1364,9 @@ def create_job(
     run_id: str | None = None,
     store: JobStore | None = None,
 ) -> Job:
-    """Record a planned job (state `waiting`, or `syncing` when it starts at once) of training
-    run `run_id` (None: a run of its own), in `store` (default: a connection of its own)."""
+    """Record a planned job (state `waiting`, or `syncing` when it starts at once and its hub
+    has a free slot) of training run `run_id` (None: a run of its own), in `store` (default: a
+    connection of its own)."""
     request, plan = prepared.request, prepared.plan
     job = Job(
         id=job_id or new_id(),
@@ -1321,6 +1381,12 @@ def create_job(
         plan=plan.as_json(),
         run_id=run_id,
     )
+    # One that starts at once on a hub with slots starts as a waiting job whose start came: by
+    # `take_slot`, or else it waits for a slot (in its supervisor, or the scheduler's if
+    # detached). A Slurm hub queues it in its own queue.
+    starts_now = not request.defer and not queues_in_slurm(job, request)
+    if starts_now and slot_limit(job, request.project) is not None:
+        job = replace(job, state="waiting")
     own = store is None
     store = store or JobStore()
     try:
@@ -1340,6 +1406,9 @@ def create_job(
             expected_intensity=plan.as_json().get("expected_intensity"),
             run_id=run_id or job.id,
         )  # fmt: skip
+        if job.state == "waiting" and starts_now:
+            take_slot(store, job, request.project)
+            return store.get(job.id)
         return job
     finally:
         if own:
