@@ -14,11 +14,16 @@ import pytest
 from browser import inspect_page
 from clirunner import harchos
 
+from harchos_cli.carbon.history import HistoryStore, lifecycle_series
+from harchos_cli.carbon.service import ForecastService
+from harchos_cli.carbon.types import Observation
 from harchos_cli.hubs import inventory
 from harchos_cli.hubs.base import Hub
 from harchos_cli.jobs.store import Job, JobStore
 from harchos_cli.meter import ledger
+from harchos_cli.meter.model import FigureSource, IntensityPoint, Ledger
 from harchos_cli.meter.samples import SampleStore
+from harchos_cli.timeparse import floor_hour, iso, utcnow
 
 DE_TRACE = "eco4cast/DE_2022_hourly.csv"
 T0 = datetime(2022, 3, 1, tzinfo=UTC)
@@ -247,3 +252,181 @@ def test_a_metered_run_through_harchos_fills_the_ledger_and_the_next_plan(
     watts = entry.average_power_w.value
     assert watts is not None
     assert plan["energy_kwh"] == pytest.approx(watts / 1000, rel=0.05)
+
+
+# --- past hours at the actuals the history store kept --------------------------------------
+
+P0 = datetime(2026, 11, 20, 2, tzinfo=UTC)  # a week and more before these tests were written
+HOUR = timedelta(hours=1)
+
+
+def live_job(store: JobStore) -> Job:
+    """A job that ran on hub a (cloud region → zone DE, PUE 1.5) from P0 for two hours, 0.5 then
+    1.0 kWh, priced with the embedded model's intensity (no clock: the job's hours are the wall's).
+    """
+    hub = inventory.as_json(Hub(name="a", transport="ssh", host="h", region="gcp:europe-west3",
+                                pue=1.5))  # fmt: skip
+    job = Job(id="j1", kind="train", name="demo", project_dir="/p", state="done",
+              request={"hub": "a", "gpus": 1, "provider": "embedded", "hubs_used": [hub]},
+              hub="a", created_at=iso(P0))  # fmt: skip
+    job = store.create(job)
+    t = P0.timestamp()
+    data = line(t, 0.0) + line(t + 3600, 1.8e6) + line(t + 7200, 5.4e6)
+    SampleStore(store.db).ingest(job.id, "j1", "a", 0, data)
+    return store.get(job.id)
+
+
+def stored(provider: str, first: datetime, *values: float, estimated: bool = False) -> None:
+    """Keep `values` as `provider`'s actuals of DE's lifecycle intensity, hourly from `first`."""
+    history = HistoryStore()
+    observations = [
+        Observation(first + i * HOUR, first + (i + 1) * HOUR, v, estimated)
+        for i, v in enumerate(values)
+    ]
+    assert history.record(lifecycle_series("DE"), provider, observations, first + 48 * HOUR)
+    history.close()
+
+
+def forecast_only(store: JobStore, job: Job) -> Ledger:
+    """The ledger with a history store that answers nothing: what the forecast alone gives."""
+    service = ForecastService.from_settings("embedded")
+    service.store = HistoryStore(enabled=False)
+    return ledger.build(job, store, ledger.IntensityLookup("embedded", service=service))
+
+
+def kg(kwh_and_intensity: list[tuple[float, float]]) -> float:
+    return sum(kwh * value * 1.5 / 1000 for kwh, value in kwh_and_intensity)
+
+
+def test_past_hours_are_priced_at_the_stored_actuals_not_the_forecast() -> None:
+    store = JobStore()
+    job = live_job(store)
+    baseline = forecast_only(store, job)
+    forecast = [i.intensity for i in baseline.intervals]
+    assert baseline.emissions_kg.source == "forecast"
+    # Two providers gave the first hour: the measured value wins over the estimate (the
+    # service's rule); the second hour is measured too.
+    stored("electricitymaps", P0, 111.0, 222.0)
+    stored("entsoe", P0, 500.0, estimated=True)
+    assert 111.0 not in forecast
+    assert 222.0 not in forecast
+
+    result = ledger.build(job, store)
+
+    assert [i.intensity for i in result.intervals] == [111.0, 222.0]
+    assert result.emissions_kg.value == pytest.approx(kg([(0.5, 111.0), (1.0, 222.0)]))
+    assert result.emissions_kg.value != pytest.approx(baseline.emissions_kg.value)
+    # Measured intensities times an energy estimated from the CPU's TDP: an estimate, never
+    # more certain than its energy.
+    assert result.energy_kwh.source == "estimated"
+    assert result.emissions_kg.source == "estimated"
+    assert result.emissions_kg.detail == "energy × intensity of each hour it ran × hub PUE"
+    # Run at once is the same hours here, so no saving; its energy is always an estimate.
+    assert result.counterfactual.emissions_kg.source == "estimated"
+    assert result.saving_emissions_kg.value == pytest.approx(0.0)
+    points = {p.at: p for p in result.intensity["a"]}
+    assert (points[P0].value, points[P0].source) == (111.0, "measured")
+    assert (points[P0 + HOUR].value, points[P0 + HOUR].source) == (222.0, "measured")
+    assert points[P0 + 2 * HOUR].source == "forecast"  # the hour after it ran: not stored
+    assert result.as_json()["intensity"]["a"][0] == {
+        "at": iso(P0), "value": 111.0, "source": "measured",
+    }  # fmt: skip
+
+
+def test_hours_without_a_stored_actual_keep_the_forecast_and_the_sum_says_mixed() -> None:
+    store = JobStore()
+    job = live_job(store)
+    first_forecast = forecast_only(store, job).intervals[0].intensity
+    assert first_forecast is not None
+    stored("electricitymaps", P0 + HOUR, 222.0, estimated=True)  # the second hour only
+
+    result = ledger.build(job, store)
+
+    assert [i.intensity for i in result.intervals] == [pytest.approx(first_forecast), 222.0]
+    expected = kg([(0.5, first_forecast), (1.0, 222.0)])
+    assert result.emissions_kg.value == pytest.approx(expected)
+    assert result.emissions_kg.source == "mixed"
+    assert result.emissions_kg.detail.endswith(
+        "; intensity estimated for 67% of the energy, forecast for 33%"
+    )
+    sources = {p.at: p.source for p in result.intensity["a"]}
+    assert (sources[P0], sources[P0 + HOUR]) == ("forecast", "estimated")
+    assert result.saving_emissions_kg.source == "mixed"
+
+
+def test_a_store_that_cannot_be_read_leaves_the_forecast(tmp_path: Path) -> None:
+    store = JobStore()
+    job = live_job(store)
+    baseline = forecast_only(store, job)
+    stored("entsoe", P0, 111.0, 222.0)
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"not a database" * 100)
+    service = ForecastService.from_settings("embedded")
+    service.store = HistoryStore(damaged)
+
+    result = ledger.build(job, store, ledger.IntensityLookup("embedded", service=service))
+
+    assert service.store.error is not None
+    assert result.emissions_kg == baseline.emissions_kg
+    assert result.emissions_kg.source == "forecast"
+    assert [i.intensity for i in result.intervals] == [i.intensity for i in baseline.intervals]
+
+
+def test_hours_not_over_yet_are_never_priced_from_the_store() -> None:
+    lookup = ledger.IntensityLookup("embedded")
+    now = floor_hour(utcnow())
+    past, soon = now - 3 * HOUR, now + HOUR
+    # A row for an hour still to come (a clock gone wrong somewhere) is no actual of it.
+    history = HistoryStore()
+    row = [Observation(soon, soon + HOUR, 1.0)]
+    assert history.record(lifecycle_series("DE"), "entsoe", row, soon + 2 * HOUR)
+    history.close()
+    stored("entsoe", past, 111.0)
+
+    point = lookup.at("DE", soon)
+    assert point is not None
+    assert point.source == "forecast"
+    assert point.value != 1.0
+    assert lookup.at("DE", past) == IntensityPoint(past, 111.0, "measured")
+
+
+def test_a_replayed_job_keeps_the_trace_even_where_the_store_has_actuals(traces: Path) -> None:
+    trace = traces / DE_TRACE
+    values = trace_values(trace)
+    store = JobStore()
+    job = make_job(store, trace)
+    start = T0.timestamp() + 2 * 3600
+    SampleStore(store.db).ingest(job.id, "j1", "a", 0, line(start, 0.0) + line(start + 3600, 1.8e6))
+    history = HistoryStore()
+    hour = T0 + 2 * HOUR
+    history.record(
+        lifecycle_series("DE"), "entsoe", [Observation(hour, hour + HOUR, 1.0)], T0 + 9 * HOUR
+    )
+    history.close()
+
+    result = ledger.build(store.get(job.id), store)
+
+    (interval,) = result.intervals
+    assert interval.intensity == pytest.approx(values[hour])
+    assert result.emissions_kg.source == "replayed"
+    assert {p.source for p in result.intensity["a"]} == {"replayed"}
+
+
+@pytest.mark.parametrize(
+    ("energy", "intensities", "expected"),
+    [
+        ("measured", {"measured"}, "measured"),
+        ("estimated", {"measured"}, "estimated"),
+        ("mixed", {"measured"}, "mixed"),
+        ("measured", {"estimated"}, "estimated"),
+        ("estimated", {"estimated"}, "estimated"),
+        ("estimated", {"forecast"}, "forecast"),
+        ("measured", {"forecast"}, "forecast"),
+        ("estimated", {"replayed"}, "replayed"),
+        ("estimated", {"measured", "forecast"}, "mixed"),
+    ],
+)
+def test_emissions_are_never_labelled_more_certain_than_their_energy(
+    energy: FigureSource, intensities: set[FigureSource], expected: FigureSource
+) -> None:
+    assert ledger._emission_source(energy, intensities) == expected

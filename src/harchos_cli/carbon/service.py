@@ -200,6 +200,25 @@ class ForecastService:
             backfill=backfill,
         )
 
+    def stored_actuals(
+        self, forecast: Forecast, start: datetime, end: datetime
+    ) -> list[Observation]:
+        """What the history store holds for the hours in [start, end) of the series `forecast`
+        is a forecast of, one value per hour by the store's rule (`forecast`'s provider first).
+
+        That series is the zone's average lifecycle intensity, the one the embedded model
+        conditions on. A forecast of anything else (a marginal or direct signal, a replayed
+        trace) gets nothing: stored values would not be values of what it forecasts. A store
+        that cannot be read answers nothing.
+        """
+        source = forecast.source
+        same_series = source.signal == "average" and source.method == "lifecycle"
+        if source.provider == "replay" or not same_series:
+            return []
+        prefer = source.provider if source.provider in LIVE_PROVIDERS else None
+        rows = self.store.rows(lifecycle_series(forecast.region.zone), start, end)
+        return [hour.observation() for hour in resolve(rows, prefer)]
+
     def _backfill(
         self, name: str, region: Region, series: Series, now: datetime
     ) -> tuple[str | None, list[Observation], str | None]:

@@ -10,7 +10,9 @@ ran, cost from its hubs' prices, and the same against running at once where it w
     saving     counterfactual − actual
 
 Energy and money are physical: they use the hubs' wall clock. Intensity is looked up at the job's
-own clock, which a replayed (`--at`/`--speedup`) job runs faster than the wall.
+own clock, which a replayed (`--at`/`--speedup`) job runs faster than the wall. An hour's intensity
+is what was measured for it where harchos has that (the history store's actuals for hours already
+over, or the provider's history), else the forecast of it; a replayed trace's hours are its own.
 A job that ran without a meter (`meter.interval` 0, or a hub script from before the meter) is
 estimated at the planner's flat draw (300 W per GPU + 100 W for the host) and labelled so.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -47,12 +49,18 @@ MEASURED_GPU = frozenset({"nvml-energy", "nvml-power", "nvidia-smi"})
 
 
 class IntensityLookup:
-    """Hourly intensity of regions from one provider spec, cached per (region, hour)."""
+    """Hourly intensity of regions from one provider spec, cached per (region, hour): a replayed
+    trace's values, else the actuals (measured or provider-estimated) where there are any, else
+    the forecast."""
 
-    def __init__(self, provider: str | None, project_file: Any = None) -> None:
+    def __init__(
+        self, provider: str | None, project_file: Any = None, *, service: Any = None
+    ) -> None:
+        """`service`: the `ForecastService` to ask (default: made from the settings on first use,
+        for `provider` and the project's harchos.toml)."""
         self.provider = provider
         self.project_file = project_file
-        self._service: Any = None
+        self._service: Any = service
         self._cache: dict[tuple[str, datetime], IntensityPoint | None] = {}
 
     def _get_service(self) -> Any:
@@ -111,8 +119,11 @@ class IntensityLookup:
                 )
         if provider == "replay":
             return
-        # What a live provider measured for those hours beats any forecast of them.
-        for observation in forecast.history:
+        # What a live provider measured for those hours beats any forecast of them: the actuals
+        # the history store kept for the hours already over, and this call's own history.
+        over = min(first + hours * HOUR, floor_hour(utcnow()))
+        stored = service.stored_actuals(forecast, first, over) if first < over else []
+        for observation in [*stored, *forecast.history]:
             hour = floor_hour(observation.start)
             if hour in wanted:
                 kind: FigureSource = "estimated" if observation.estimated else "measured"
@@ -200,7 +211,8 @@ class _Builder:
         self.gpus = int(job.request.get("gpus") or 0)
         # A multi-node job inside a Slurm cluster has no meter (Slurm places its machines).
         self.machines = int(job.request.get("cluster_nodes") or 1)
-        self.intensity_sources: set[FigureSource] = set()  # of the intervals' intensities
+        # The intervals' intensity sources, each with the energy priced at it (kWh).
+        self.intensity_sources: dict[FigureSource, float] = {}
 
     def pricing(self, hub: Hub) -> _Pricing:
         return _Pricing(
@@ -241,14 +253,14 @@ class _Builder:
 
     def _placed(
         self, hub: Hub, region: str | None, start: datetime, end: datetime, *, kwh: float,
-        source: FigureSource, seen: set[FigureSource],
+        source: FigureSource, seen: dict[FigureSource, float],
     ) -> Interval:  # fmt: skip
         """Energy on `hub` from `start` to `end`, at the intensity of the hour of its middle;
-        the intensity's source joins `seen`."""
+        the energy is added to its intensity's source in `seen`."""
         point = self.lookup.at(region, start + (end - start) / 2) if region else None
         if point is None:
             return Interval(hub.name, start, end, kwh, None, None, source)
-        seen.add(point.source)
+        seen[point.source] = seen.get(point.source, 0.0) + kwh
         emissions = kwh * point.value * hub.pue / 1000.0
         return Interval(hub.name, start, end, kwh, point.value, emissions, source)
 
@@ -292,7 +304,7 @@ class _Builder:
             source, detail = _energy_source(samples)
         else:
             source, detail = "estimated", "no meter: flat 300 W/GPU + 100 W host"
-        emissions = self._emissions_figure(intervals)
+        emissions = self._emissions_figure(intervals, source)
         cost, currency = self._cost(rows)
         clock = job.request.get("clock")
         # A simulated clock starts at the submission (`--at`); the wall-clock creation time, to
@@ -329,15 +341,16 @@ class _Builder:
             warnings=tuple(self.warnings),
         )
 
-    def _emissions_figure(self, intervals: Sequence[Interval]) -> Figure:
+    def _emissions_figure(self, intervals: Sequence[Interval], energy: FigureSource) -> Figure:
         total = _sum(i.emissions_kg for i in intervals)
         if total is None:
             return Figure(None, "unknown", "no intensity for the hours it ran (no region?)")
         missing = sum(1 for i in intervals if i.emissions_kg is None)
         if missing:
             self.warnings.append(f"{missing} interval(s) had no intensity data: left out")
-        return Figure(total, _one_source(self.intensity_sources),
-                      "energy × intensity of each hour it ran × hub PUE")  # fmt: skip
+        detail = "energy × intensity of each hour it ran × hub PUE"
+        source = _emission_source(energy, self.intensity_sources)
+        return Figure(total, source, detail + _shares(self.intensity_sources))
 
     def _region(self, hub_name: str) -> str | None:
         return self.lookup.region_of(_hub(hub_name, self.known))
@@ -393,7 +406,7 @@ class _Builder:
         shifted = []
         money = 0.0
         pricing = self.pricing(hub)
-        seen: set[FigureSource] = set()
+        seen: dict[FigureSource, float] = {}
         for interval, seconds, gpus, _ in rows:
             start = datetime.fromtimestamp(t, UTC)
             end = start + timedelta(seconds=seconds * speed)
@@ -403,7 +416,9 @@ class _Builder:
             t += seconds * speed
         energy = sum(i.energy_kwh for i in shifted)
         total = _sum(i.emissions_kg for i in shifted)
-        emission_source: FigureSource = "unknown" if total is None else _one_source(seen)
+        emission_source: FigureSource = (
+            "unknown" if total is None else _emission_source("estimated", seen)
+        )
         priced = pricing.per_gpu_hour is not None or pricing.per_kwh is not None
         same_currency = currency is None or pricing.currency == currency
         cost = (
@@ -417,7 +432,7 @@ class _Builder:
             region,
             submitted,
             Figure(energy, "estimated", "the job's own energy profile"),
-            Figure(total, emission_source, f"run at once on {where}"),
+            Figure(total, emission_source, f"run at once on {where}" + _shares(seen)),
             cost,
             tuple(shifted),
         )
@@ -463,9 +478,34 @@ class _Builder:
         return series
 
 
-def _one_source(sources: set[FigureSource]) -> FigureSource:
+def _one_source(sources: Collection[FigureSource]) -> FigureSource:
     """The source of a sum: the one its parts share, else `mixed`."""
     return next(iter(sources)) if len(sources) == 1 else "mixed"
+
+
+def _emission_source(energy: FigureSource, intensities: Collection[FigureSource]) -> FigureSource:
+    """The source of energy × intensity: never more certain than its energy (a measured intensity
+    times an estimated energy is an estimate); a forecast or replayed intensity labels it so."""
+    intensity = _one_source(intensities)
+    if energy in ("measured", intensity) or intensity not in ("measured", "estimated"):
+        return intensity
+    if intensity == "measured" or energy == "estimated":
+        return energy
+    return "mixed"
+
+
+def _shares(energy: dict[FigureSource, float]) -> str:
+    """For emissions priced at intensities of several sources, which ones and for how much of the
+    energy (`; intensity measured for 75% of the energy, forecast for 25%`); '' for one source."""
+    if len(energy) < 2:
+        return ""
+    total = sum(energy.values())
+    ranked = sorted(energy.items(), key=lambda kv: (-kv[1], kv[0]))
+    if total <= 0:
+        return "; intensity " + ", ".join(name for name, _ in ranked)
+    parts = [f"{name} for {100 * kwh / total:.0f}%" for name, kwh in ranked]
+    parts[0] += " of the energy"
+    return "; intensity " + ", ".join(parts)
 
 
 def _speedup(clock: dict[str, Any] | None) -> float:

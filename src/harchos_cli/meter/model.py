@@ -1,10 +1,11 @@
 """The ledger's data: what one job used, emitted and cost, and what running at once would have.
 
-Every figure carries its source: `measured` (a meter read it), `estimated` (a stated assumption,
-e.g. a TDP or the flat per-GPU draw), `forecast` (a provider's or the embedded model's
-intensity), `replayed` (a recorded trace), `configured` (a price from the hub or config), or
-`mixed` (a sum of figures from more than one source; `detail` says which). A figure whose inputs
-are missing (no price configured) has value None and source `unpriced` or `unknown`.
+Every figure carries its source: `measured` (a meter read it; for an intensity, the grid's value a
+live provider measured), `estimated` (a stated assumption, e.g. a TDP or the flat per-GPU draw; for
+an intensity, one the provider marked estimated), `forecast` (a provider's or the embedded model's
+forecast intensity), `replayed` (a recorded trace), `configured` (a price from the hub or
+config), or `mixed` (a sum of figures from more than one source; `detail` says which). A figure
+whose inputs are missing (no price configured) has value None and source `unpriced` or `unknown`.
 
 The JSON shape (`Ledger.as_json`) is the documented `harchos report --json` schema (docs/report.md).
 """

@@ -70,8 +70,9 @@ def render(report: Report, *, generated_at: datetime) -> str:
         "<h1>harchos report: energy, emissions and cost</h1>",
         f'<p class="meta">Generated {_e(iso(generated_at))}'
         + (f"; jobs submitted since {_e(iso(report.since))}" if report.since else "")
-        + ". Times are UTC. Each figure shows its source: measured (a meter read it), estimated "
-        "(a stated assumption), forecast, replayed (a recorded trace), configured (a price), or "
+        + ". Times are UTC. Each figure shows its source: measured (a meter read it, or a grid "
+        "operator measured the hour's intensity), estimated (a stated assumption, or an intensity "
+        "the provider estimated), forecast, replayed (a recorded trace), configured (a price), or "
         "mixed (a sum of several).</p>",
         '<section id="total"><h2>Total</h2>',
         _total_table(report.total),
