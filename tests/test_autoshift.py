@@ -12,6 +12,9 @@ from clirunner import harchos
 from sshd import Sshd, client_key_fixture, sshd_factory_fixture
 from test_pause_migrate import add_hub, on_hub
 
+from harchos_cli.jobs.liveness import supervisor_lock
+from harchos_cli.jobs.store import Job, JobStore
+
 __all__ = ["client_key_fixture", "sshd_factory_fixture"]
 
 # A workload that keeps the training contract: it registers, saves its step in
@@ -124,3 +127,48 @@ def test_a_job_allowed_to_move_moves_itself_to_the_greener_hub_and_no_step_is_lo
     assert on_hub(h2, tmp_path, "checkpoints", data["job_id"], "step").read_text() == "150"
     assert decisions["tidy"]["hub"] == "h1"
     assert str(checkpoints) in decisions["tidy"]["reason"]
+
+
+def test_a_job_does_not_move_to_a_greener_hub_whose_slots_are_full(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    traces: Path,
+    sshd_factory: Callable[[str], Sshd],
+) -> None:
+    """As above, but France's hub runs its one job already: moving there would stop the job
+    until that one ends, so the job stays in Germany and runs through."""
+    h1, h2 = sshd_factory("h1"), sshd_factory("h2")
+    (tmp_path / "work.py").write_text(WORK)
+    (tmp_path / "harchos.toml").write_text(
+        '[job]\nkind = "batch"\ncommand = "python3 work.py 60 0.1"\n\n'
+        '[carbon]\nhubs = ["h1", "h2"]\n'
+    )
+    add_hub(capsys, h1, "DE")
+    added = harchos(
+        capsys, "hubs", "add", "h2", "--ssh", f"root@127.0.0.1:{h2.port}", "--identity",
+        str(h2.client_key), "--region", "FR", "--python", h2.hub().python, "--max-jobs", "1",
+    )  # fmt: skip
+    assert added.code == 0, added.err
+    os.chdir(tmp_path)
+    eco4cast = traces / "eco4cast"
+    replay = f"replay:{eco4cast / 'DE_2022_hourly.csv'},{eco4cast / 'FR_2022_hourly.csv'}"
+    store = JobStore()
+    try:
+        with supervisor_lock("busy"):  # a running job on h2 that no harchos command revives
+            store.create(Job("busy", "batch", "p", "/p", "running", {}, hub="h2"))
+            result = harchos(
+                capsys, "run", "batch", "--hub", "h1", "--migrate", "auto", "--duration", "2h",
+                "--deadline", "24h", "--provider", replay, "--at", "2022-03-01T03:00:00Z",
+                "--speedup", "720", "--json",
+            )  # fmt: skip
+    finally:
+        store.close()
+    assert result.code == 0, result.err
+    data = result.json()
+    assert (data["state"], data["hub"]) == ("done", "h1"), data["message"]
+    shown = harchos(capsys, "jobs", "show", data["job_id"], "--json").json()
+    actions = [d["action"] for d in shown["decisions"]]
+    assert "auto-migrate" not in actions
+    assert "migrate" not in actions
+    ran = on_hub(h1, tmp_path, "steps.log").read_text().split()
+    assert ran[1::2] == [str(i) for i in range(1, 61)]

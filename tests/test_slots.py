@@ -19,7 +19,7 @@ from polling import job, wait_until
 
 from harchos_cli.jobs.liveness import supervisor_lock
 from harchos_cli.jobs.spec import Project, load_project
-from harchos_cli.jobs.store import Job, JobStore
+from harchos_cli.jobs.store import Job, JobStateName, JobStore, job_dir
 from harchos_cli.jobs.supervisor import SLOT_POLL_S, take_slot
 from harchos_cli.timeparse import iso, utcnow
 
@@ -224,4 +224,214 @@ def test_admission_counts_only_the_hub_it_is_bound_for(tmp_path: Path) -> None:
     assert store.admit("b", "h", 2)
     assert not store.admit("b", "h", None)  # no longer waiting
     assert [store.get(i).state for i in ("a", "b")] == ["syncing", "syncing"]
+    store.close()
+
+
+# A workload that keeps the pause contract (as tests/test_autoshift.py's): it resumes from the
+# step in $HARCHOS_CHECKPOINT_DIR, and on SIGUSR1/SIGTERM confirms a pause and exits 85. It
+# steps at least STEPS times and ends once its gate file exists; every run appends to RUNS
+# "<job> start <time> <step it resumed from>", each step "<job> step <n>", and "<job> end <time>".
+WORK = """
+import json, os, pathlib, signal, sys, time
+runs, steps, gate = pathlib.Path(sys.argv[1]), int(sys.argv[2]), pathlib.Path(sys.argv[3])
+stop = []
+signal.signal(signal.SIGUSR1, lambda *_: stop.append(1))
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+job = os.environ["HARCHOS_JOB_ID"]
+def note(line):
+    with runs.open("a") as log:
+        log.write(f"{job} {line}\\n")
+workers = pathlib.Path(os.environ["HARCHOS_CONTROL_DIR"]) / "workers"
+workers.mkdir(parents=True, exist_ok=True)
+(workers / str(os.getpid())).touch()
+progress = pathlib.Path(os.environ["HARCHOS_CHECKPOINT_DIR"]) / "step"
+progress.parent.mkdir(parents=True, exist_ok=True)
+step = int(progress.read_text()) if progress.exists() else 0
+note(f"start {time.time()} {step}")
+code = 0
+while step < steps or not gate.exists():
+    if stop:
+        (workers / f"{os.getpid()}.paused").write_text(json.dumps({"step": step}))
+        code = 85
+        break
+    time.sleep(0.02)
+    step += 1
+    note(f"step {step}")
+    progress.write_text(str(step))
+note(f"end {time.time()}")
+sys.exit(code)
+"""
+
+
+def runs_of(runs: Path, job_id: str) -> list[list[str]]:
+    """The job's lines in the workloads' shared log, split (without the job id)."""
+    if not runs.exists():
+        return []
+    lines = [line.split() for line in runs.read_text().splitlines()]
+    return [line[1:] for line in lines if line[0] == job_id]
+
+
+def intervals(runs: Path, job_id: str) -> list[tuple[float, float]]:
+    """When each run of the job's workload started and ended (by its own clock)."""
+    lines = runs_of(runs, job_id)
+    starts = [float(line[1]) for line in lines if line[0] == "start"]
+    ends = [float(line[1]) for line in lines if line[0] == "end"]
+    assert len(starts) == len(ends), lines
+    return list(zip(starts, ends, strict=True))
+
+
+def detach(capsys: pytest.CaptureFixture[str], runs: Path, steps: int, gate: Path) -> str:
+    started = harchos(capsys, "run", "batch", "--hub", "local", "--detach", "--json", "--",
+                      sys.executable, "work.py", str(runs), str(steps), str(gate))  # fmt: skip
+    assert started.code == 0, started.err
+    return str(started.json()["job_id"])
+
+
+def decisions(capsys: pytest.CaptureFixture[str], job_id: str) -> list[dict[str, object]]:
+    shown = harchos(capsys, "jobs", "show", job_id, "--json")
+    assert shown.code == 0, shown.err
+    return list(shown.json()["decisions"])
+
+
+@pytest.mark.parametrize("resumed_by", ["hand", "policy"])
+def test_a_paused_job_resumes_only_once_its_hub_has_a_slot_again(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, resumed_by: str
+) -> None:
+    project = one_slot_project(tmp_path)
+    (project.root / "work.py").write_text(WORK)
+    runs, a_gate, b_gate = tmp_path / "runs.log", tmp_path / "a-may-end", tmp_path / "b-may-end"
+    a = detach(capsys, runs, 5, a_gate)
+    wait_until(lambda: len(runs_of(runs, a)) >= 3)  # started, and stepping
+    paused = harchos(capsys, "jobs", "pause", a)
+    assert paused.code == 0, paused.err
+    wait_until(lambda: job(a).state == "paused")
+    assert job(a).exit_code == 85
+    # While it is paused, another job takes the hub's one slot.
+    b = detach(capsys, runs, 0, b_gate)
+    wait_until(lambda: any(line[0] == "start" for line in runs_of(runs, b)))
+
+    if resumed_by == "hand":
+        resumed = harchos(capsys, "jobs", "resume", a)
+        assert resumed.code == 0, resumed.err
+        assert resumed.out == f"job {a}: stays paused until a slot frees, then resumes ({FULL})\n"
+        reason = "asked with harchos jobs resume; " + FULL
+    else:
+        # As the policy leaves a job it paused for greener hours, whose hour has come; any
+        # harchos command starts its supervisor.
+        store = JobStore()
+        try:
+            request = {**store.get(a).request, "resume_at": iso(utcnow())}
+            store.update(a, request=request)
+        finally:
+            store.close()
+        assert harchos(capsys, "jobs", "list").code == 0
+        wait_until(lambda: job(a).message == FULL)
+        reason = "greener hours: resuming at "
+    # Long enough for its supervisor to look again twice; the other job runs throughout.
+    time.sleep(SLOT_POLL_S * 2.5)
+    waiting = job(a)
+    assert (waiting.state, waiting.attempt, waiting.message) == ("paused", 1, FULL)
+    assert [line[0] for line in runs_of(runs, a)].count("start") == 1
+    assert job(b).state == "running"
+
+    a_gate.touch()
+    b_gate.touch()
+    wait_until(lambda: job(b).state == "done" and job(a).state == "done", timeout=60)
+    final = job(a)
+    assert (final.attempt, final.exit_code, final.message) == (2, 0, None)
+    (a1, a2), (b1,) = intervals(runs, a), intervals(runs, b)
+    # Never two workloads at once on the one slot: A, then B, then A again.
+    assert a1[1] <= b1[0], (a1, b1)
+    assert b1[1] <= a2[0], (b1, a2)
+    lines = runs_of(runs, a)
+    steps = [int(line[1]) for line in lines if line[0] == "step"]
+    assert steps == list(range(1, len(steps) + 1))  # from its checkpoint: none twice, none lost
+    first_run = lines[: [line[0] for line in lines].index("end")]
+    paused_at = max((int(line[1]) for line in first_run if line[0] == "step"), default=0)
+    second = [line for line in lines if line[0] == "start"][1]
+    assert int(second[2]) == paused_at
+    actions = decisions(capsys, a)
+    asked = [d for d in actions if d["action"] == "resume-requested"]
+    assert len(asked) == 1, actions  # recorded once, however long it waited
+    assert str(asked[0]["reason"]).startswith(reason)
+    assert str(asked[0]["reason"]).endswith(FULL)
+    assert [d["action"] for d in actions][-3:] == ["pause", "resume-requested", "resume"]
+
+
+def test_a_resume_is_admitted_by_the_same_count_and_a_move_by_its_targets(tmp_path: Path) -> None:
+    del tmp_path
+    store = JobStore()
+    store.create(Job("busy", "batch", "p", "/p", "running", {}, hub="h"))
+    store.create(Job("a", "batch", "p", "/p", "paused", {}, hub="h"))
+    assert not store.admit("a", "h", 1, from_states=("paused",))
+    assert not store.admit("a", "h", 2)  # not waiting
+    # A move to `g`, counted there while the job is still bound for `h`.
+    assert not store.admit("a", "g", 1, from_states=("paused",))
+    assert store.admit("a", "g", 1, from_states=("paused",), bound="h")
+    assert (store.get("a").state, store.get("a").hub) == ("syncing", "h")
+    store.create(Job("b", "batch", "p", "/p", "running", {}, hub="g"))
+    # A rollback from `g` to a full `h`, then to `h` with a slot more, the hub set with it.
+    assert not store.admit("b", "h", 2, from_states=("running",), bound="g", hub="h")
+    assert store.admit("b", "h", 3, from_states=("running",), bound="g", hub="h")
+    assert (store.get("b").state, store.get("b").hub) == ("syncing", "h")
+    store.close()
+
+
+def stopped_job(project: Project, hub: str, state: JobStateName, **request: object) -> Job:
+    """A job of the project stopped at a checkpoint on `hub` (its first attempt launched)."""
+    store = JobStore()
+    try:
+        data = {"kind": "batch", "hub": hub, "defer": False, "duration_s": 60, **request}
+        job = Job("j", "batch", "p", str(project.root), state, data, hub=hub, attempt=1)
+        store.create(job)
+        return store.get("j")
+    finally:
+        store.close()
+
+
+def test_a_rollback_to_a_full_source_waits_paused_there(tmp_path: Path) -> None:
+    from harchos_cli.jobs.control import continue_job
+    from harchos_cli.jobs.supervisor import Supervisor
+
+    project = one_slot_project(tmp_path)
+    failed = stopped_job(project, "target", "running", migrated_from="local")
+    store = JobStore()
+    with busy_hub():
+        Supervisor("j", store=store)._relaunch(failed, "local", "rollback", "the move failed")
+        held = store.get("j")
+        assert (held.state, held.hub, held.attempt, held.message) == ("paused", "local", 1, FULL)
+        assert held.request["resume_at"]
+        assert "migrated_from" not in held.request
+        assert store.decisions("j")[-1].action == "rollback"
+        assert not continue_job(store, held, reason="a slot?", wake=False)
+        assert store.get("j").state == "paused"
+        end_busy()
+        assert continue_job(store, store.get("j"), reason="a slot!", wake=False)
+    resumed = store.get("j")
+    assert (resumed.state, resumed.hub, resumed.attempt, resumed.message) == (
+        "syncing", "local", 2, None,
+    )  # fmt: skip
+    assert "resume_at" not in resumed.request
+    # Its decision was recorded when it began to wait, not again.
+    assert [d.action for d in store.decisions("j")] == ["rollback"]
+    store.close()
+
+
+def test_a_move_to_a_full_target_waits_paused_on_the_source_and_copies_nothing(
+    tmp_path: Path,
+) -> None:
+    from harchos_cli.jobs.supervisor import Supervisor
+
+    project = one_slot_project(tmp_path)
+    moving = stopped_job(project, "source", "syncing")
+    store = JobStore()
+    store.update("j", intent="migrate:local")
+    with busy_hub():
+        after = Supervisor("j", store=store)._migrate(store.get("j"), "local")
+    assert (after.state, after.hub, after.intent, after.message) == (
+        "paused", "source", "migrate:local", FULL,
+    )  # fmt: skip
+    assert [d.action for d in store.decisions("j")] == ["queue"]
+    assert not (job_dir("j") / "transfer").exists()
+    assert moving.state == "syncing"
     store.close()

@@ -432,6 +432,7 @@ def reattach(job_id: str = _ID, json_output: bool = _JSON) -> None:
 
 def _ask(job_id: str, json_output: bool, act: Callable[[JobStore, str], Job], done: str) -> None:
     from harchos_cli.cli.output import print_json
+    from harchos_cli.jobs.supervisor import SLOT_WAIT
 
     store = _store()
     try:
@@ -440,6 +441,9 @@ def _ask(job_id: str, json_output: bool, act: Callable[[JobStore, str], Job], do
         store.close()
     if json_output:
         print_json(job.as_json())
+    elif job.state == "paused" and (job.message or "").startswith(SLOT_WAIT):
+        # Asked, not refused: its supervisor goes on as soon as the hub has a slot.
+        typer.echo(f"job {job.id}: stays paused until a slot frees, then resumes ({job.message})")
     else:
         typer.echo(f"job {job.id}: {done}")
 
@@ -456,7 +460,8 @@ def pause(job_id: str = _ID, json_output: bool = _JSON) -> None:
 
 @app.command("resume", short_help="Resume a paused job.")
 def resume(job_id: str = _ID, json_output: bool = _JSON) -> None:
-    """Resume a paused job from its newest checkpoint, on the hub it paused on."""
+    """Resume a paused job from its newest checkpoint, on the hub it paused on; if that hub
+    runs its max_jobs already, the job stays paused and resumes as soon as a slot frees."""
     from harchos_cli.jobs.control import request_resume
 
     _ask(job_id, json_output, request_resume,

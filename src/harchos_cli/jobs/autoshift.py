@@ -23,6 +23,7 @@ from harchos_cli.timeparse import floor_hour, iso, parse_instant
 
 if TYPE_CHECKING:
     from harchos_cli.jobs.request import Request
+    from harchos_cli.jobs.spec import Project
 
 HOUR = timedelta(hours=1)
 
@@ -71,6 +72,16 @@ def stopped(request: dict[str, Any], now: datetime) -> dict[str, Any]:
     return {**rest, "done_worker_hours": done}
 
 
+def has_room(store: JobStore, project: Project, hub: str) -> bool:
+    """Whether a move could go on on `hub` now: it runs fewer than its `max_jobs` (the count a
+    resume there makes, `supervisor.resume_limit`). A hub without room is no candidate: moving
+    there would stop the job at its source until a slot frees."""
+    from harchos_cli.jobs.supervisor import resume_limit
+
+    limit = resume_limit(project, hub)
+    return limit is None or store.started_on(hub) < limit
+
+
 def consider(store: JobStore, job: Job, clock: Clock) -> str | None:
     """Decide the job's next hour; record an intent (and a decision) when it should change.
     Returns the intent recorded, if any. A forecast that cannot be had changes nothing."""
@@ -88,7 +99,11 @@ def consider(store: JobStore, job: Job, clock: Clock) -> str | None:
     project = request.project
     names = [job.hub]
     if policy.migrate:
-        names += [n for n in (project.spec.carbon.hubs or project.spec.hubs) if n != job.hub]
+        names += [
+            n
+            for n in (project.spec.carbon.hubs or project.spec.hubs)
+            if n != job.hub and has_room(store, project, n)
+        ]
     try:
         hubs = [get_hub(name, project) for name in request.nodes or names]
         candidates = Forecaster(request.provider, project).forecasts(hubs, now, request.deadline)

@@ -7,9 +7,14 @@ by the job's supervisor, started here when the job has none: the caller never wa
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from harchos_cli.errors import UsageError
 from harchos_cli.jobs.liveness import is_supervised, spawn
 from harchos_cli.jobs.store import ATTEMPT_KEYS, Job, JobStore
+
+if TYPE_CHECKING:
+    from harchos_cli.jobs.spec import Project
 
 _HINT_LIST = "see the job's state with: harchos jobs show JOB_ID"
 
@@ -88,19 +93,57 @@ def request_resume(store: JobStore, job_id: str) -> Job:
 def continue_job(
     store: JobStore, job: Job, *, reason: str, intent: str | None = None,
     workers: int | None = None, wake: bool = True,
-) -> None:  # fmt: skip
-    """A new attempt of a paused job: `paused → syncing`, for its supervisor to launch."""
+) -> bool:  # fmt: skip
+    """A new attempt of a paused job: `paused → syncing`, for its supervisor to launch, if the
+    hub it goes on on (a move's target) has a free slot (`supervisor.resume_slot`); True when
+    it moved.
+
+    Else it stays paused, nothing lost: its message says it waits for a slot, the request
+    (`intent`, `workers`) is kept, and its supervisor (`resume_at`: now) asks again every
+    `SLOT_POLL_S` until a slot frees. The decision is recorded once, when asked or when it
+    first waits."""
+    from harchos_cli.jobs.clock import from_json
+    from harchos_cli.jobs.supervisor import SLOT_WAIT, resume_slot
+    from harchos_cli.timeparse import iso
+
     request = {k: v for k, v in job.request.items() if k not in (*ATTEMPT_KEYS, "resume_at")}
     if workers is not None:
         request["workers"] = workers
-    if store.advance(
-        job.id, ["paused"], "syncing", attempt=job.attempt + 1, launched=False, log_offset=0,
-        exit_code=None, intent=intent, message=None, finished_at=None, request=request,
+    target = intent.removeprefix("migrate:") if intent and intent.startswith("migrate:") else None
+    # Already waiting for a slot, for the same request: its decision is recorded.
+    waited = (job.message or "").startswith(SLOT_WAIT) and job.intent == intent
+    if resume_slot(
+        store, job, _project(job), on=target, attempt=job.attempt + 1, launched=False,
+        log_offset=0, exit_code=None, intent=intent, finished_at=None, request=request,
         gpu_ids=None,
     ):  # fmt: skip
-        store.decide(job.id, "resume-requested", job.hub, reason, attempt=job.attempt + 1)
+        if not waited:
+            store.decide(job.id, "resume-requested", job.hub, reason, attempt=job.attempt + 1)
         if wake:
             _wake(job.id)
+        return True
+    current = store.get(job.id)
+    now = iso(from_json(current.request.get("clock")).now())
+    kept = {**current.request, "resume_at": min(now, current.request.get("resume_at") or now)}
+    if workers is not None:
+        kept["workers"] = workers
+    # Compare-and-set: its supervisor may have resumed it since.
+    if not store.advance(job.id, ["paused"], "paused", intent=intent, request=kept):
+        return False
+    if not waited:
+        store.decide(job.id, "resume-requested", job.hub, f"{reason}; {current.message}",
+                     attempt=job.attempt + 1)  # fmt: skip
+    if wake:
+        _wake(job.id)
+    return False
+
+
+def _project(job: Job) -> Project:
+    from pathlib import Path
+
+    from harchos_cli.jobs.spec import load_project
+
+    return load_project(Path(job.project_dir), required=False)
 
 
 def _single_node(job: Job, verb: str) -> None:

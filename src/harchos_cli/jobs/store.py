@@ -370,21 +370,34 @@ class JobStore:
         row = self.db.execute(f"SELECT COUNT(*) FROM jobs WHERE {_STARTED_ON}", (hub,)).fetchone()
         return int(row[0])
 
-    def admit(self, job_id: str, hub: str | None, slots: int | None, **values: Any) -> bool:
-        """Move the waiting job to `syncing` if it is still bound for `hub` and `hub` runs fewer
-        than `slots` jobs (`started_on`; None: no limit); True when it moved. The count and the
-        move are one UPDATE, which SQLite runs holding the write lock from before it counts:
-        two processes that both saw a hub's last slot free never both take it."""
+    def admit(
+        self, job_id: str, hub: str | None, slots: int | None, /, *,
+        from_states: Sequence[JobStateName] = ("waiting",), bound: str | None = None,
+        **values: Any,
+    ) -> bool:  # fmt: skip
+        """Move the job from one of `from_states` (a start: `waiting`; a resume: `paused`) to
+        `syncing` if it is still bound for hub `bound` (default `hub`) and `hub` runs fewer than
+        `slots` jobs (`started_on`; None: no limit); True when it moved. The count and the move
+        are one UPDATE, which SQLite runs holding the write lock from before it counts: two
+        processes that both saw a hub's last slot free never both take it.
+
+        `bound` differs from `hub` for a move (`values` may set the job's `hub` itself, to move
+        it in the same step). A job started on `hub` already counts itself there: it needs no
+        admission."""
         if slots is None:
-            return self.advance(job_id, ["waiting"], "syncing", **values)
+            return self.advance(job_id, from_states, "syncing", **values)
         values["state"] = "syncing"
         values["updated_at"] = iso(utcnow())
         assignments = ", ".join(f"{name} = ?" for name in values)
         cursor = self.db.execute(
-            f"UPDATE jobs SET {assignments} WHERE id = ? AND state = 'waiting' AND hub = ? "
+            f"UPDATE jobs SET {assignments} WHERE id = ? "
+            f"AND state IN ({', '.join('?' for _ in from_states)}) AND hub = ? "
             f"AND (SELECT COUNT(*) FROM jobs WHERE {_STARTED_ON}) < ?",
-            [*(_encode(name, value) for name, value in values.items()), job_id, hub, hub, slots],
-        )
+            [
+                *(_encode(name, value) for name, value in values.items()), job_id, *from_states,
+                bound or hub, hub, slots,
+            ],
+        )  # fmt: skip
         return cursor.rowcount == 1
 
     def held_ids(self) -> list[str]:

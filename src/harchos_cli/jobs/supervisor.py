@@ -22,6 +22,7 @@ scheduler when a detached job waits without one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -120,45 +121,96 @@ def queues_in_slurm(job: Job, request: Request) -> bool:
         return False
 
 
-def slot_limit(job: Job, project: Project) -> int | None:
-    """How many jobs the job's hub runs at once (`max_jobs`); None: no hub, or no limit."""
-    return get_hub(job.hub, project).max_jobs if job.hub else None
+def slot_limit(job: Job, project: Project, hub: str | None = None) -> int | None:
+    """How many jobs hub `hub` (default the job's) runs at once (`max_jobs`); None: no hub, or
+    no limit."""
+    name = hub or job.hub
+    return get_hub(name, project).max_jobs if name else None
 
 
-def waits_for_slot(store: JobStore, job: Job, project: Project) -> str | None:
-    """Why the waiting `job` may not start now: its hub runs its `max_jobs` already. The reason
-    is recorded as the job's message (once); None when the hub has a free slot or no limit.
+SLOT_WAIT = "waiting for a slot: "
+"""How the message of a job held back by its hub's `max_jobs` begins."""
+
+
+def waits_for_slot(
+    store: JobStore, job: Job, project: Project, hub: str | None = None
+) -> str | None:
+    """Why `job` may not start on hub `hub` (default its own) now: that hub runs its `max_jobs`
+    already. The reason is recorded as the job's message (once); None when the hub has a free
+    slot or no limit.
 
     Plans never book an hour beyond the slots, but a job that runs past its window, starts late
     or was started at once can still fill the hour another job is due in; that job then waits
     for a slot rather than start beside them (late for its deadline when every hour before it
-    was full). The rule of the scheduler for the jobs it holds and of a supervisor for the job
-    it starts itself; `take_slot` is its atomic form."""
-    slots = slot_limit(job, project)
+    was full). The rule of the scheduler for the jobs it holds, of a supervisor for the job
+    it starts itself, and of every resume (`resume_slot`); `take_slot` is its atomic form."""
+    name = hub or job.hub
+    slots = slot_limit(job, project, name)
     if slots is None:
         return None
-    assert job.hub is not None
-    running = store.started_on(job.hub)
+    assert name is not None
+    running = store.started_on(name)
     if running < slots:
         return None
-    message = f"waiting for a slot: hub {job.hub} runs {running} job(s), its max_jobs"
+    message = f"{SLOT_WAIT}hub {name} runs {running} job(s), its max_jobs"
     if job.message != message:
         store.update(job.id, message=message)
     return message
 
 
-def take_slot(store: JobStore, job: Job, project: Project) -> bool:
-    """Start the waiting `job`: `waiting → syncing` if its hub has a free slot then, counted
-    and taken in one UPDATE (`JobStore.admit`), so that of two processes that both saw a hub's
-    last slot free only one takes it. True when it moved; False when it waits for a slot (its
-    message says so, `waits_for_slot`) or is no longer waiting."""
+def take_slot(
+    store: JobStore, job: Job, project: Project, *, on: str | None = None,
+    slots: Callable[[str | None], int | None] | None = None,
+    from_states: tuple[JobStateName, ...] = ("waiting",), **values: Any,
+) -> bool:  # fmt: skip
+    """Start the `job` (waiting, or stopped: one of `from_states`) on hub `on` (default its
+    own): `→ syncing`, with `values`, if that hub has a free slot then (`slots`: its limit,
+    default `slot_limit`), counted and taken in one UPDATE (`JobStore.admit`), so that of two
+    processes that both saw a hub's last slot free only one takes it. True when it moved;
+    False when it waits for a slot (its message says so, `waits_for_slot`) or is in none of
+    `from_states` any more."""
     while True:
-        if store.admit(job.id, job.hub, slot_limit(job, project), message=None):
+        name = on or job.hub
+        limit = slots(name) if slots else slot_limit(job, project, name)
+        if store.admit(job.id, name, limit, from_states=from_states, bound=job.hub,
+                       **{"message": None, **values}):  # fmt: skip
             return True
         job = store.get(job.id)
-        if job.state != "waiting" or waits_for_slot(store, job, project):
+        if job.state not in from_states or (limit and waits_for_slot(store, job, project, name)):
             return False
         # A slot came free, or the job was re-planned onto another hub, since the UPDATE.
+
+
+def resume_limit(project: Project, hub: str | None) -> int | None:
+    """The slots a resume on `hub` counts (`resume_slot`): its `max_jobs`; None for no limit, a
+    Slurm cluster, or a hub that cannot be loaded any more."""
+    if not hub:
+        return None
+    try:
+        found = get_hub(hub, project)
+    except HarchosError:
+        return None
+    return None if found.transport == SLURM else found.max_jobs
+
+
+def resume_slot(
+    store: JobStore, job: Job, project: Project, *, on: str | None = None,
+    from_states: tuple[JobStateName, ...] = ("paused",), **values: Any,
+) -> bool:  # fmt: skip
+    """Go on with the stopped `job` (paused, or stopped on a move's target) on hub `on`
+    (default its own; a move's target): `→ syncing` with `values` if that hub has a free slot,
+    by the rule and the one atomic step of a start (`take_slot`). False when it stays as it is,
+    its message saying it waits for a slot (or it is in none of `from_states` any more).
+
+    Counted as at its start: a multi-node job takes a slot of its main hub only (its other
+    machines' hubs are not counted), and a Slurm cluster's slots are not counted at all (its
+    own queue holds the attempt until it has room, as it holds a job bound for it at its
+    start). A hub that cannot be loaded any more is not counted either: the supervisor fails
+    the job on it, as it would have without slots."""
+    return take_slot(
+        store, job, project, on=on, slots=lambda name: resume_limit(project, name),
+        from_states=from_states, **values,
+    )  # fmt: skip
 
 
 def slurm_options(job: Job, request: Request, hub: Hub, hub_job_id: str) -> dict[str, Any]:
@@ -345,18 +397,57 @@ class Supervisor:
     ) -> None:  # fmt: skip
         """A new attempt of a stopped job (paused at a checkpoint, or failed on a move's target):
         `running|syncing → syncing` on `hub`, where it resumes from the run's checkpoints;
-        `intent` is what `_sync` still has to do first (a move)."""
+        `intent` is what `_sync` still has to do first (a move).
+
+        On its own hub the job keeps the slot it holds; on another (a rollback to the source)
+        it takes one there as a resume does (`resume_slot`), and while that hub is full it
+        waits paused there, at its checkpoint, for its supervisor to resume it."""
         gone = (*ATTEMPT_KEYS, "migrated_from")
         updated = {k: v for k, v in job.request.items() if k not in gone}
         updated = autoshift.stopped(updated, from_json(job.request.get("clock")).now())
         updated.update({k: v for k, v in request.items() if v is not None})
-        if self.store.advance(
-            job.id, ["running", "syncing"], "syncing", hub=hub, attempt=job.attempt + 1,
-            launched=False, log_offset=0, exit_code=None, intent=intent, request=updated,
-            message=None, gpu_ids=None,
-        ):  # fmt: skip
+        values: dict[str, Any] = {
+            "hub": hub, "attempt": job.attempt + 1, "launched": False, "log_offset": 0,
+            "exit_code": None, "intent": intent, "request": updated, "message": None,
+            "gpu_ids": None,
+        }  # fmt: skip
+        project = None
+        if hub != job.hub:
+            # Without its project the attempt fails on it, as it would have without slots.
+            with contextlib.suppress(HarchosError):
+                project = Request.from_json(job.request, job.project_dir).project
+        if project is None:
+            moved = self.store.advance(job.id, ["running", "syncing"], "syncing", **values)
+        else:
+            moved = resume_slot(self.store, job, project, on=hub,
+                                from_states=("running", "syncing"), **values)  # fmt: skip
+            if not moved:
+                self._wait_for_slot(job, hub, action, reason, intent)
+                return
+        if moved:
             self.store.decide(job.id, action, hub, reason, attempt=job.attempt + 1)
             self.reporter.stage(job, action, reason)
+
+    def _wait_for_slot(
+        self, job: Job, hub: str, action: str, reason: str, intent: str | None
+    ) -> None:
+        """The stopped attempt could not go on on `hub`, whose slots are full: `paused` on
+        `hub` (`hub` and `intent`: what is still to do), its checkpoints kept, and resumed by
+        this supervisor (`_wait_resume`) once `hub` has a slot."""
+        current = self.store.get(job.id)
+        if current.state not in ("running", "syncing"):
+            return
+        message = current.message or ""
+        # Its last attempt stays on record (`jobs pull`); the resume starts a new one.
+        request = {k: v for k, v in current.request.items() if k != "migrated_from"}
+        now = from_json(current.request.get("clock")).now()
+        request = {**autoshift.stopped(request, now), "resume_at": iso(now)}
+        if self.store.advance(
+            job.id, ["running", "syncing"], "paused", hub=hub, intent=intent, request=request,
+            gpu_ids=None,
+        ):  # fmt: skip
+            self.store.decide(job.id, action, hub, f"{reason}; {message}", attempt=job.attempt)
+            self.reporter.stage(job, "paused", f"{reason}; {message}")
 
     # -- waiting -----------------------------------------------------------------------------
 
@@ -433,6 +524,8 @@ class Supervisor:
 
         if job.intent and job.intent.startswith("migrate:"):
             job = self._migrate(job, job.intent.removeprefix("migrate:"))
+            if job.state != "syncing":  # paused until the target has a slot
+                return
         request = Request.from_json(job.request, job.project_dir)
         hubs = [get_hub(name, request.project) for name in request.nodes or [job.hub or LOCAL]]
         remotes = []
@@ -971,20 +1064,30 @@ class Supervisor:
                 self._tidy_source(job)
 
     def _wait_resume(self, job: Job) -> None:
-        """A job the policy paused: launch it again at the planned hour (or when asked)."""
+        """A job the policy paused: launch it again at the planned hour (or when asked); and a
+        resume that found its hub's slots full (`resume_at` now): ask again every
+        `SLOT_POLL_S` until one frees."""
         from harchos_cli.jobs.control import continue_job
 
         clock = from_json(job.request.get("clock"))
-        resume_at = parse_instant(job.request["resume_at"])
+        told = False
         while True:
             current = self.store.get(job.id)
             if current.state != "paused" or not current.request.get("resume_at"):
                 return
+            resume_at = parse_instant(current.request["resume_at"])  # a resume by hand: now
             now = clock.now()
             if now >= resume_at:
-                continue_job(self.store, current, reason=f"greener hours: resuming at {iso(now)}",
-                             wake=False)  # fmt: skip
-                return
+                if continue_job(self.store, current, reason=f"greener hours: resuming at "
+                                f"{iso(now)}", intent=current.intent, wake=False):  # fmt: skip
+                    return
+                current = self.store.get(job.id)
+                if current.state == "paused" and not told:
+                    told = True
+                    self.reporter.notice(current.message or "")
+                # A count, not a plan: the jobs it waits on end in real time.
+                self.sleep(SLOT_POLL_S)
+                continue
             self.reporter.waiting(current, now, resume_at)
             wait = clock.real_seconds((resume_at - now).total_seconds())
             self.sleep(min(TICK_S, max(wait, 0.0)))
@@ -1097,6 +1200,12 @@ class Supervisor:
 
         source = job.hub or LOCAL
         request = Request.from_json(job.request, job.project_dir)
+        if resume_limit(request.project, target) and waits_for_slot(
+            self.store, job, request.project, target
+        ):
+            # Nothing copied to a full target; the move waits, paused on the source.
+            self._wait_for_slot(job, source, "queue", f"moving to hub {target}", job.intent)
+            return self.store.get(job.id)
         self.reporter.stage(job, "migrating", f"copying checkpoints from hub {source} to {target}")
         try:
             moved = migration.copy_run_checkpoints(
@@ -1116,10 +1225,15 @@ class Supervisor:
             f"moved to hub {target}: {moved.files} file(s), {moved.bytes} bytes copied in "
             f"{moved.seconds:.1f} s and verified by sha256"
         )
-        self.store.update(
-            job.id, hub=target, intent=None, gpu_ids=None,
-            request={**job.request, "migrated_from": source},
-        )  # fmt: skip
+        # The target's slot is taken with the move, in one step (`resume_slot`); a full target
+        # leaves the job paused on the source with its move to do, until a slot frees there.
+        if not resume_slot(
+            self.store, job, request.project, on=target, from_states=("syncing",), hub=target,
+            intent=None, gpu_ids=None, request={**job.request, "migrated_from": source},
+        ):  # fmt: skip
+            self._wait_for_slot(job, source, "queue", f"moving to hub {target}",
+                                f"migrate:{target}")  # fmt: skip
+            return self.store.get(job.id)
         self.store.decide(job.id, "migrate", target, reason, source=source, **moved.as_json())
         self.reporter.stage(job, "migrated", reason)
         return self.store.get(job.id)
