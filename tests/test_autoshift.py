@@ -44,6 +44,27 @@ while step < steps:
 """
 
 
+def germany_and_france(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, traces: Path,
+    sshd_factory: Callable[[str], Sshd], *, steps: int, carbon: str = "",
+    france: tuple[str, ...] = (),
+) -> tuple[Sshd, Sshd, str]:  # fmt: skip
+    """Hubs h1 (Germany) and h2 (France, `hubs add` with `france` options more) for the
+    project in `tmp_path` (entered), whose job is WORK of `steps` steps; and the replay spec of
+    both grids."""
+    h1, h2 = sshd_factory("h1"), sshd_factory("h2")
+    (tmp_path / "work.py").write_text(WORK)
+    (tmp_path / "harchos.toml").write_text(
+        f'[job]\nkind = "batch"\ncommand = "python3 work.py {steps} 0.1"\n\n'
+        f'[carbon]\nhubs = ["h1", "h2"]\n{carbon}'
+    )
+    add_hub(capsys, h1, "DE")
+    add_hub(capsys, h2, "FR", *france)
+    os.chdir(tmp_path)
+    eco4cast = traces / "eco4cast"
+    return h1, h2, f"replay:{eco4cast / 'DE_2022_hourly.csv'},{eco4cast / 'FR_2022_hourly.csv'}"
+
+
 def test_an_interruptible_job_pauses_for_greener_hours_and_finishes_by_its_deadline(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, traces: Path
 ) -> None:
@@ -83,17 +104,9 @@ def test_a_job_allowed_to_move_moves_itself_to_the_greener_hub_and_no_step_is_lo
 ) -> None:
     """Each hub on its own replayed grid: Germany (about 540 g at 03:00 on 2022-03-01) and
     France (about 100 g). The supervisor moves the job at its first hourly look."""
-    h1, h2 = sshd_factory("h1"), sshd_factory("h2")
-    (tmp_path / "work.py").write_text(WORK)
-    (tmp_path / "harchos.toml").write_text(
-        '[job]\nkind = "batch"\ncommand = "python3 work.py 150 0.1"\n\n'
-        '[carbon]\nhubs = ["h1", "h2"]\ntidy_source = "delete"\n'
+    h1, h2, replay = germany_and_france(
+        capsys, tmp_path, traces, sshd_factory, steps=150, carbon='tidy_source = "delete"\n'
     )
-    add_hub(capsys, h1, "DE")
-    add_hub(capsys, h2, "FR")
-    os.chdir(tmp_path)
-    eco4cast = traces / "eco4cast"
-    replay = f"replay:{eco4cast / 'DE_2022_hourly.csv'},{eco4cast / 'FR_2022_hourly.csv'}"
     # At 720× a clock hour is 5 s: the 150 steps (15 s) are the job's 3 hours.
     result = harchos(
         capsys, "run", "batch", "--hub", "h1", "--migrate", "auto", "--duration", "3h",
@@ -137,21 +150,9 @@ def test_a_job_does_not_move_to_a_greener_hub_whose_slots_are_full(
 ) -> None:
     """As above, but France's hub runs its one job already: moving there would stop the job
     until that one ends, so the job stays in Germany and runs through."""
-    h1, h2 = sshd_factory("h1"), sshd_factory("h2")
-    (tmp_path / "work.py").write_text(WORK)
-    (tmp_path / "harchos.toml").write_text(
-        '[job]\nkind = "batch"\ncommand = "python3 work.py 60 0.1"\n\n'
-        '[carbon]\nhubs = ["h1", "h2"]\n'
+    h1, _, replay = germany_and_france(
+        capsys, tmp_path, traces, sshd_factory, steps=60, france=("--max-jobs", "1")
     )
-    add_hub(capsys, h1, "DE")
-    added = harchos(
-        capsys, "hubs", "add", "h2", "--ssh", f"root@127.0.0.1:{h2.port}", "--identity",
-        str(h2.client_key), "--region", "FR", "--python", h2.hub().python, "--max-jobs", "1",
-    )  # fmt: skip
-    assert added.code == 0, added.err
-    os.chdir(tmp_path)
-    eco4cast = traces / "eco4cast"
-    replay = f"replay:{eco4cast / 'DE_2022_hourly.csv'},{eco4cast / 'FR_2022_hourly.csv'}"
     store = JobStore()
     try:
         with supervisor_lock("busy"):  # a running job on h2 that no harchos command revives

@@ -189,11 +189,11 @@ def test_a_cancelled_run_resumes_when_run_again(
     assert "resumed from" not in log_path(fresh.json()["job_id"]).read_text()
 
 
-def add_hub(capsys: pytest.CaptureFixture[str], server: Sshd, region: str) -> None:
+def add_hub(capsys: pytest.CaptureFixture[str], server: Sshd, region: str, *options: str) -> None:
     added = harchos(
         capsys, "hubs", "add", server.name, "--ssh", f"root@127.0.0.1:{server.port}",
         "--identity", str(server.client_key), "--region", region, "--python",
-        server.hub().python,
+        server.hub().python, *options,
     )  # fmt: skip
     assert added.code == 0, added.err
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from clirunner import harchos
+from clirunner import Result, harchos
 from polling import job, wait_until
 
 from harchos_cli.jobs.liveness import supervisor_lock
@@ -84,6 +84,21 @@ def watch(finished: threading.Event, act: Callable[[Job], None]) -> threading.Th
     return thread
 
 
+def run_beside_busy(
+    capsys: pytest.CaptureFixture[str], marker: Path, act: Callable[[Job], None]
+) -> Result:
+    """A foreground run (it creates `marker`) on the busy hub; `act` on it once it waits."""
+    finished = threading.Event()
+    with busy_hub():
+        watcher = watch(finished, act)
+        try:
+            return harchos(capsys, "run", "batch", "--hub", "local", "--", sys.executable,
+                           "-c", f"open({str(marker)!r}, 'w')")  # fmt: skip
+        finally:
+            finished.set()
+            watcher.join()
+
+
 def test_a_foreground_run_waits_for_a_slot_and_starts_once_the_hub_has_one(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -96,15 +111,7 @@ def test_a_foreground_run_waits_for_a_slot_and_starts_once_the_hub_has_one(
         time.sleep(SLOT_POLL_S * 2.5)
         seen.append((waiting.id, job(waiting.id).state, marker.exists()))
 
-    finished = threading.Event()
-    with busy_hub():
-        watcher = watch(finished, look_then_end_busy)
-        try:
-            result = harchos(capsys, "run", "batch", "--hub", "local", "--", sys.executable,
-                             "-c", f"open({str(marker)!r}, 'w')")  # fmt: skip
-        finally:
-            finished.set()
-            watcher.join()
+    result = run_beside_busy(capsys, marker, look_then_end_busy)
     assert result.code == 0, result.err
     assert len(seen) == 1, "the run never waited for the busy hub's slot"
     job_id, state, ran = seen[0]
@@ -127,15 +134,7 @@ def test_ctrl_c_while_waiting_for_a_slot_cancels_cleanly(
         interrupted.append(waiting.id)
         os.kill(os.getpid(), signal.SIGINT)
 
-    finished = threading.Event()
-    with busy_hub():
-        watcher = watch(finished, interrupt)
-        try:
-            result = harchos(capsys, "run", "batch", "--hub", "local", "--", sys.executable,
-                             "-c", f"open({str(marker)!r}, 'w')")  # fmt: skip
-        finally:
-            finished.set()
-            watcher.join()
+    result = run_beside_busy(capsys, marker, interrupt)
     assert len(interrupted) == 1, "the run never waited for the busy hub's slot"
     assert result.code == 130
     assert f"cancelled job {interrupted[0]} while it waited; nothing ran" in result.err
