@@ -425,13 +425,15 @@ def test_ctrl_c_while_the_cli_is_imported_prints_no_traceback() -> None:
 
 def test_a_real_ctrl_c_at_start_up_prints_no_traceback() -> None:
     # A real SIGINT, while `main` imports the CLI: the child says "go" from inside that import
-    # (and lingers there), so the signal cannot land before `main` began.
+    # and lingers there until the signal ends the sleep (a 2 s linger was outlasted once by a
+    # parent slow to send it on a loaded CI machine), so it cannot land before `main` began or
+    # after it ended.
     code = (
         "import sys, time\n"
         "class Go:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name == 'harchos_cli.cli.app':\n"
-        "            sys.stderr.write('go\\n'); sys.stderr.flush(); time.sleep(2)\n"
+        "            sys.stderr.write('go\\n'); sys.stderr.flush(); time.sleep(60)\n"
         "sys.meta_path.insert(0, Go())\n"
         "sys.argv = ['harchos', 'forecast', '--region', 'eu-west', '--json']\n"
         "from harchos_cli.cli.entry import main\n"
