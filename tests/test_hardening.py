@@ -425,11 +425,14 @@ def test_ctrl_c_while_the_cli_is_imported_prints_no_traceback() -> None:
 
 def test_a_real_ctrl_c_at_start_up_prints_no_traceback() -> None:
     # A real SIGINT, while `main` imports the CLI: the child says "go" from inside that import
-    # and lingers there until the signal ends the sleep (a 2 s linger was outlasted once by a
-    # parent slow to send it on a loaded CI machine), so it cannot land before `main` began or
+    # and lingers there until the signal ends the sleep, so it cannot land before `main` began or
     # after it ended.
     code = (
-        "import sys, time\n"
+        "import signal, sys, time\n"
+        # As a terminal starts it: Ctrl-C neither ignored nor blocked, whatever this test
+        # process inherited (CI once ran it where SIGINT never reached the child).
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})\n"
         "class Go:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name == 'harchos_cli.cli.app':\n"
