@@ -393,6 +393,29 @@ def test_a_refused_querys_reason_is_one_short_line_without_the_token(
     assert MASK[:4] in message
 
 
+@pytest.mark.parametrize("code", ["999", "998"])
+def test_an_acknowledgement_with_http_200_is_quoted_short_and_without_the_token(
+    server: FakeServer, tmp_path: Path, code: str
+) -> None:
+    reason = "No\r\n  matching\t" + "x" * (REASON_MAX - 20) + f" {TOKEN} " + "y" * 1000
+    body = re.sub(
+        rb"<text>.*</text>", f"<text>{reason}</text>".encode(), recorded("ack_999_A75_DE.xml"),
+        flags=re.S,
+    )  # fmt: skip
+    body = re.sub(rb"<code>999</code>", f"<code>{code}</code>".encode(), body)
+    server.route(API, by_document(Reply(200, body)))
+    with pytest.raises(ProviderError) as caught:
+        provider(server, tmp_path).fetch(DE, NOW, 24)
+    message = str(caught.value)
+    assert f"No matching x{'x' * 10}" in message
+    assert ("no data for zone DE" in message) == (code == "999")
+    assert "…" in message
+    assert len(message) < REASON_MAX + 120
+    assert not {"\n", "\r", "\t"} & set(message)
+    assert TOKEN[:6] not in message
+    assert MASK[:4] in message
+
+
 @pytest.mark.parametrize(
     "body",
     [

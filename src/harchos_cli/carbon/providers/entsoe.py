@@ -470,9 +470,9 @@ class Entsoe:
                 raise ProviderError(
                     NAME,
                     f"no data for zone {zone} ({eic}) in the last {HISTORY_HOURS} h "
-                    f"(the Transparency Platform answered: {exc.text})",
+                    f"(the Transparency Platform answered: {self._shown(exc.text)})",
                 ) from None
-            raise
+            raise self._acknowledged(exc) from None
         mix, dropped = hourly_mix(parse_document(body))
         mix = [hour for hour in mix if hour.start < now]
         history: list[Observation] = []
@@ -546,7 +546,7 @@ class Entsoe:
             except AcknowledgementError as exc:
                 if exc.code == NO_DATA_CODE:
                     continue
-                raise
+                raise self._acknowledged(exc) from None
             mix, _ = hourly_mix(parse_document(body))
             for hour in mix:
                 value = intensity(hour.mw, LIFECYCLE)
@@ -585,9 +585,15 @@ class Entsoe:
         """The reason text of an acknowledgement sent with an HTTP error, made safe for a
         one-line message; None when the body is no acknowledgement (or was cut short)."""
         text = acknowledgement_reason(body)
-        if text is None:
-            return None
-        # Masked before it is cut, so that no part of the token survives the cut.
+        return None if text is None else self._shown(text)
+
+    def _acknowledged(self, exc: AcknowledgementError) -> AcknowledgementError:
+        """The acknowledgement `exc` with its reason made safe to show (`_shown`)."""
+        return AcknowledgementError(exc.code, self._shown(exc.text))
+
+    def _shown(self, text: str) -> str:
+        """The platform's words made safe for a one-line message: the token masked before the
+        cut (so that no part of it survives the cut), one line, at most REASON_MAX."""
         text = " ".join(self._scrub(text).split())
         return text if len(text) <= REASON_MAX else text[: REASON_MAX - 1] + "…"
 
