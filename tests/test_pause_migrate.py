@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,10 @@ class SlowReads(Dataset):
 
 def slow_synthetic(delay=0.001, **kwargs):
     return SlowReads(synthetic(**kwargs), delay)
+
+
+def slower_synthetic(**kwargs):
+    return SlowReads(synthetic(**kwargs), 0.005)
 """
 # The final weights, as the training blueprint saves them.
 WEIGHTS = "model.safetensors"
@@ -107,8 +111,13 @@ def same_weights(a: Path, b: Path) -> bool:
     )
 
 
-def start(capsys: pytest.CaptureFixture[str], *hub: str) -> str:
-    started = harchos(capsys, "run", "train", *hub, "--detach", "--json", *SETTINGS)
+# The same data read five times slower (the same weights): for runs whose requests travel
+# further, to two machines over SSH, before they are caught mid-run.
+SLOWER_SETTINGS = [s.replace("slow_synthetic", "slower_synthetic") for s in SETTINGS]
+
+
+def start(capsys: pytest.CaptureFixture[str], *hub: str, settings: Sequence[str] = SETTINGS) -> str:
+    started = harchos(capsys, "run", "train", *hub, "--detach", "--json", *settings)
     assert started.code == 0, started.err
     job_id = str(started.json()["job_id"])
     wait_until(lambda: log_path(job_id).is_file() and b"step 20/" in log_path(job_id).read_bytes())
