@@ -432,7 +432,7 @@ def reattach(job_id: str = _ID, json_output: bool = _JSON) -> None:
 
 def _ask(job_id: str, json_output: bool, act: Callable[[JobStore, str], Job], done: str) -> None:
     from harchos_cli.cli.output import print_json
-    from harchos_cli.jobs.supervisor import SLOT_WAIT
+    from harchos_cli.jobs.store import SLOT_WAIT
 
     store = _store()
     try:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from harchos_cli.errors import UsageError
 from harchos_cli.jobs.liveness import is_supervised, spawn
-from harchos_cli.jobs.store import ATTEMPT_KEYS, Job, JobStore
+from harchos_cli.jobs.store import ATTEMPT_KEYS, SLOT_WAIT, Job, JobStore
 
 if TYPE_CHECKING:
     from harchos_cli.jobs.spec import Project
@@ -103,7 +103,7 @@ def continue_job(
     `SLOT_POLL_S` until a slot frees. The decision is recorded once, when asked or when it
     first waits."""
     from harchos_cli.jobs.clock import from_json
-    from harchos_cli.jobs.supervisor import SLOT_WAIT, resume_slot
+    from harchos_cli.jobs.supervisor import resume_slot
     from harchos_cli.timeparse import iso
 
     request = {k: v for k, v in job.request.items() if k not in (*ATTEMPT_KEYS, "resume_at")}

@@ -39,6 +39,8 @@ FINISHED: tuple[JobStateName, ...] = ("done", "failed", "cancelled")
 # still run there, unwatched, until `harchos jobs reattach` (or a cancel) takes it up again.
 LOST: JobStateName = "lost"
 STATES: tuple[JobStateName, ...] = (*ACTIVE, "paused", LOST, *FINISHED)
+SLOT_WAIT = "waiting for a slot: "
+"""How the message of a job held back by its hub's `max_jobs` begins."""
 # The jobs that hold one of a hub's `max_jobs` slots (the hub is the one parameter).
 _STARTED_ON = "hub = ? AND state IN ('syncing', 'running')"
 

@@ -66,6 +66,7 @@ from harchos_cli.jobs.store import (
     ACTIVE,
     ATTEMPT_KEYS,
     LOST,
+    SLOT_WAIT,
     Job,
     JobStateName,
     JobStore,
@@ -126,10 +127,6 @@ def slot_limit(job: Job, project: Project, hub: str | None = None) -> int | None
     no limit."""
     name = hub or job.hub
     return get_hub(name, project).max_jobs if name else None
-
-
-SLOT_WAIT = "waiting for a slot: "
-"""How the message of a job held back by its hub's `max_jobs` begins."""
 
 
 def waits_for_slot(
